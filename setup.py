@@ -1,0 +1,5 @@
+"""Setuptools shim; the configuration lives in setup.cfg."""
+
+import setuptools
+
+setuptools.setup()

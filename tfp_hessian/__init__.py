@@ -1,0 +1,23 @@
+"""Exact, fast Hessians of normalizing-flow log densities for TensorFlow Probability.
+
+>>> import tfp_hessian
+>>> hessian = tfp_hessian.log_prob_hessian(flow, z)   # [*batch, D, D]
+"""
+
+from tfp_hessian import bijectors, reference, registry
+from tfp_hessian.distribution import TransformedDistribution
+from tfp_hessian.pullback import Pullback
+from tfp_hessian.sweep import LogProbDerivatives, log_prob_and_derivatives, log_prob_hessian
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LogProbDerivatives",
+    "Pullback",
+    "TransformedDistribution",
+    "bijectors",
+    "log_prob_and_derivatives",
+    "log_prob_hessian",
+    "reference",
+    "registry",
+]

@@ -1,0 +1,79 @@
+"""Second-order derivatives of a bijector's inverse, for any bijector with vector events.
+
+The functions take a stock TFP bijector (served through the registry); `HessianBijector` puts the same
+functions on a bijector as methods. Points `y` are `[*batch, D]`.
+"""
+
+import tensorflow as tf
+
+from tfp_hessian import registry
+
+
+def _pullback(bijector, y, name):
+  with tf.name_scope(name):
+    y = tf.convert_to_tensor(y, dtype_hint=bijector.dtype, name="y")
+    if y.shape.rank is None or y.shape.rank < 1:
+      raise ValueError(f"`y` must have shape [*batch, D] (rank >= 1); got shape {y.shape}.")
+    return registry.pullback(bijector, y)
+
+
+def hessian_pullback(bijector, y):
+  """The `Pullback` of `bijector` at `y`: the map `(∇F, ∇²F)` at `x = h(y)` ↦ `(∇G, ∇²G)` at `y`."""
+  return _pullback(bijector, y, "hessian_pullback")
+
+
+def inverse_jacobian(bijector, y):
+  """`∂x/∂y` of `x = bijector.inverse(y)`, shape `[*batch, D, D]`, `[..., k, i] = ∂x_k/∂y_i`."""
+  return _pullback(bijector, y, "inverse_jacobian").jacobian()
+
+
+def inverse_hessian(bijector, y):
+  """`∂²x/∂y²` of `x = bijector.inverse(y)`, shape `[*batch, D, D, D]`, `[..., k, i, j] = ∂²x_k/∂y_i∂y_j`.
+
+  For inspection and tests: it holds D³ numbers per point, which the Hessian sweep never forms.
+  """
+  return _pullback(bijector, y, "inverse_hessian").hessian()
+
+
+def inverse_log_det_jacobian_gradient(bijector, y):
+  """`∇_y log|det ∂x/∂y|`, shape `[*batch, D]`."""
+  return _pullback(bijector, y, "inverse_log_det_jacobian_gradient").ildj_derivatives()[0]
+
+
+def inverse_log_det_jacobian_hessian(bijector, y):
+  """`∇²_y log|det ∂x/∂y|`, shape `[*batch, D, D]`."""
+  return _pullback(bijector, y, "inverse_log_det_jacobian_hessian").ildj_derivatives()[1]
+
+
+class HessianBijector:
+  """Mixin giving a TFP bijector the second-order derivatives of its inverse.
+
+  Combine it with a TFP bijector class, first in the bases, and every TFP behaviour (caching, `tf.function`,
+  CompositeTensor) is kept:
+
+  >>> class Softplus(HessianBijector, tfb.Softplus):
+  ...   pass
+
+  The class finds its rule in the registry through its TFP base. A new bijector instead defines
+  `_hessian_pullback(self, y)` returning a `tfp_hessian.pullback.Pullback`.
+  """
+
+  def hessian_pullback(self, y):
+    """See `tfp_hessian.bijectors.hessian_pullback`."""
+    return hessian_pullback(self, y)
+
+  def inverse_jacobian(self, y):
+    """See `tfp_hessian.bijectors.inverse_jacobian`."""
+    return inverse_jacobian(self, y)
+
+  def inverse_hessian(self, y):
+    """See `tfp_hessian.bijectors.inverse_hessian`."""
+    return inverse_hessian(self, y)
+
+  def inverse_log_det_jacobian_gradient(self, y):
+    """See `tfp_hessian.bijectors.inverse_log_det_jacobian_gradient`."""
+    return inverse_log_det_jacobian_gradient(self, y)
+
+  def inverse_log_det_jacobian_hessian(self, y):
+    """See `tfp_hessian.bijectors.inverse_log_det_jacobian_hessian`."""
+    return inverse_log_det_jacobian_hessian(self, y)
