@@ -126,12 +126,10 @@ class ElementwisePullback(Pullback):
 
   def _curvature(self, grad):
     """The diagonal `g ⊙ φ'' + (log|φ'|)''`, or None when it is zero."""
-    terms = []
-    if self.d2 is not None:
-      terms.append(grad * self.d2)
+    curvature = None if self.d2 is None else grad * self.d2
     if self.dlog2 is not None:
-      terms.append(self.dlog2)
-    return tf.add_n(terms) if len(terms) > 1 else (terms[0] if terms else None)
+      curvature = self.dlog2 if curvature is None else curvature + self.dlog2
+    return curvature
 
   def __call__(self, grad, hess):
     curvature = self._curvature(grad)

@@ -3,6 +3,7 @@
 - `naive_hessian`: `tf.hessians` of the summed log density inside `tf.function` (graph mode is required), the
   diagonal `[D, D]` blocks of the `[N, D, N, D]` result taken per point.
 - `tape_hessian`: nested `tf.GradientTape`s, `batch_jacobian` of the gradient: what an expert writes by hand.
+- `tape_gradient`: one `tf.GradientTape`, the gradient the Hessian references differentiate.
 
 Both differentiate `distribution.log_prob` itself, so they share none of the package's rules. Both feed the
 distribution a reshaped copy of `z`, so TFP's cache of sampled tensors cannot cut `z` off the tape.
@@ -11,7 +12,7 @@ distribution a reshaped copy of `z`, so TFP's cache of sampled tensors cannot cu
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["naive_hessian", "tape_hessian"]
+__all__ = ["naive_hessian", "tape_gradient", "tape_hessian"]
 
 
 def _flat_points(distribution, z):
@@ -58,3 +59,12 @@ def tape_hessian(distribution, z):
     grad = inner.gradient(log_prob, flat)
   hess = outer.batch_jacobian(grad, flat)
   return tf.reshape(hess, shape.concatenate(shape[-1:]))
+
+
+def tape_gradient(distribution, z):
+  """Per-point gradients of `distribution.log_prob` by one `GradientTape`, `[*batch, D]`."""
+  flat, shape = _flat_points(distribution, z)
+  with tf.GradientTape() as tape:
+    tape.watch(flat)
+    log_prob = _summed_log_prob(distribution, flat, shape)
+  return tf.reshape(tape.gradient(log_prob, flat), shape)

@@ -4,6 +4,10 @@ A *rule* is a function `rule(bijector, y) -> Pullback` (see `pullback.py`) for o
 registered against TFP's own classes, so a trained, stock `tfb.Softplus` needs no rebuilding; the subclasses in
 `tfp_hessian.bijectors` find the same rules through their method resolution order.
 
+A *forward rule* `rule(bijector, x) -> Pullback` gives the pullback of `Invert(bijector)` at `x` from the
+bijector's forward direction directly. `Invert` prefers it to running the inverse rule backwards: it needs no
+point `bijector.forward(x)` to be inverted again, which keeps full precision at the edges of the support.
+
 A subclass inherits its ancestor's rule only if it leaves the ancestor's math alone: a user's `tfb.Softplus`
 subclass that overrides `_inverse` gets the autodiff fallback, never a silently wrong analytic rule. A bijector
 can also carry its own rule as a `_hessian_pullback(y)` method.
@@ -11,21 +15,51 @@ can also carry its own rule as a `_hessian_pullback(y)` method.
 
 import tensorflow as tf
 
-__all__ = ["register", "lookup", "pullback", "has_analytic_rule", "analytic_bijectors"]
+__all__ = [
+    "register",
+    "register_forward",
+    "register_fallback",
+    "lookup",
+    "forward_rule",
+    "pullback",
+    "fallback",
+    "has_analytic_rule",
+    "analytic_bijectors",
+]
 
 _RULES = {}
+_FORWARD_RULES = {}
+_APPLIES = {}
 _FALLBACK = []
 
 # The methods whose override changes a bijector's math (and so voids an inherited rule).
 _MATH_METHODS = ("_forward", "_inverse", "_forward_log_det_jacobian", "_inverse_log_det_jacobian")
 
 
-def register(*bijector_classes):
-  """Decorator: registers `rule(bijector, y) -> Pullback` for the given TFP bijector classes."""
+def register(*bijector_classes, applies=None):
+  """Decorator: registers `rule(bijector, y) -> Pullback` for the given TFP bijector classes.
+
+  Args:
+    *bijector_classes: the TFP classes the rule serves (and their subclasses that keep their math).
+    applies: optional `bijector -> bool`; where it is False the bijector gets the fallback instead.
+  """
 
   def decorate(rule):
     for cls in bijector_classes:
       _RULES[cls] = rule
+      if applies is not None:
+        _APPLIES[cls] = applies
+    return rule
+
+  return decorate
+
+
+def register_forward(*bijector_classes):
+  """Decorator: registers `rule(bijector, x) -> Pullback` of `Invert(bijector)` at `x`."""
+
+  def decorate(rule):
+    for cls in bijector_classes:
+      _FORWARD_RULES[cls] = rule
     return rule
 
   return decorate
@@ -37,19 +71,24 @@ def register_fallback(rule):
   return rule
 
 
+def _find(table, bijector):
+  """The entry for the nearest registered ancestor of `bijector`'s class, if the class keeps its math."""
+  cls = type(bijector)
+  for ancestor in cls.__mro__:
+    if ancestor in table:
+      keeps_math = all(getattr(cls, m, None) is getattr(ancestor, m, None) for m in _MATH_METHODS)
+      return ancestor if keeps_math else None
+  return None
+
+
 def _analytic_rule(bijector):
   own = getattr(bijector, "_hessian_pullback", None)
   if own is not None:
     return lambda _, y: own(y)
-  cls = type(bijector)
-  for ancestor in cls.__mro__:
-    rule = _RULES.get(ancestor)
-    if rule is None:
-      continue
-    if all(getattr(cls, m, None) is getattr(ancestor, m, None) for m in _MATH_METHODS):
-      return rule
+  ancestor = _find(_RULES, bijector)
+  if ancestor is None or not _APPLIES.get(ancestor, lambda _: True)(bijector):
     return None
-  return None
+  return _RULES[ancestor]
 
 
 def has_analytic_rule(bijector):
@@ -57,16 +96,24 @@ def has_analytic_rule(bijector):
   return _analytic_rule(bijector) is not None
 
 
-def lookup(bijector):
-  """The rule for `bijector`: its analytic rule if it has one, else the autodiff fallback."""
-  rule = _analytic_rule(bijector)
-  if rule is not None:
-    return rule
+def forward_rule(bijector):
+  """The forward rule of `bijector` (for `Invert(bijector)`), or None."""
+  ancestor = _find(_FORWARD_RULES, bijector)
+  return None if ancestor is None else _FORWARD_RULES[ancestor]
+
+
+def fallback(bijector, y):
+  """The autodiff pullback of `bijector` at `y`, whatever rules it has."""
   if not _FALLBACK:
     raise NotImplementedError(
         f"No Hessian rule for bijector {bijector.name!r} ({type(bijector).__name__}). Implement "
         "`_hessian_pullback(y)` on it, or register a rule with `tfp_hessian.registry.register`.")
-  return _FALLBACK[0]
+  return _FALLBACK[0](bijector, y)
+
+
+def lookup(bijector):
+  """The rule for `bijector`: its analytic rule if it has one, else the autodiff fallback."""
+  return _analytic_rule(bijector) or fallback
 
 
 def pullback(bijector, y):

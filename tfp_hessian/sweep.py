@@ -93,7 +93,30 @@ def _points(distribution, z):
     raise ValueError(f"`z` must have event size D = {size} (the distribution's event shape); got shape "
                      f"{z.shape}, event size {z.shape[-1]}.")
   _check_structure(distribution, size)
-  return tf.ensure_shape(z, z.shape[:-1].concatenate([size]))
+  z = tf.ensure_shape(z, z.shape[:-1].concatenate([size]))
+  return _broadcast_to_batch(distribution, z)
+
+
+def _broadcast_to_batch(distribution, z):
+  """`z` broadcast to `[*batch, D]`, `*batch` the broadcast of its batch shape and the distribution's.
+
+  The autodiff paths (fallback layers, bases without a closed form) differentiate sums over the points, which
+  gives per-point derivatives only if every point is its own: a point shared by several batch members of the
+  distribution would collect all their derivatives. So every point is made its own before the sweep.
+  """
+  batch = z.shape[:-1]
+  try:
+    static = tf.broadcast_static_shape(batch, distribution.batch_shape)
+  except ValueError:
+    raise ValueError(f"`z` of shape {z.shape} has batch shape {batch}, which does not broadcast against "
+                     f"the distribution's batch shape {distribution.batch_shape}.") from None
+  if static.is_fully_defined() and batch.is_fully_defined():
+    if static == batch:
+      return z
+    return tf.broadcast_to(z, static.concatenate(z.shape[-1:]))
+  shape = tf.broadcast_dynamic_shape(tf.shape(z)[:-1], distribution.batch_shape_tensor())
+  return tf.ensure_shape(tf.broadcast_to(z, tf.concat([shape, tf.shape(z)[-1:]], 0)),
+                         static.concatenate(z.shape[-1:]))
 
 
 def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives"):

@@ -1,15 +1,17 @@
-"""Rules for coordinatewise bijectors: each states only the scalar derivatives of its inverse.
+"""Rules for coordinatewise bijectors: each states only the scalar derivatives of its maps.
 
-For an inverse `x_i = φ(y_i)` a rule returns, at `y`, the four vectors
+For the inverse `x_i = φ(y_i)` an inverse rule returns, at `y`, the four vectors
 
     φ'(y),  φ''(y),  (log|φ'|)'(y) = φ''/φ',  (log|φ'|)''(y) = φ'''/φ' - (φ''/φ')²
 
-(``None`` for a term that is identically zero). The point `x` and the log-det value come from the bijector's own
-`inverse` and `inverse_log_det_jacobian`, so TFP's numerics and `validate_args` checks apply unchanged; the
-diagonal pullback and the event reduction live in `ElementwisePullback`.
+(``None`` for a term that is identically zero); a forward rule returns the same four for the forward map
+`ψ = φ⁻¹` at `x`, which is what `Invert` of the bijector needs. The point and the log-det value come from the
+bijector's own methods, so TFP's numerics and `validate_args` checks apply unchanged; the diagonal pullback and
+the event reduction live in `ElementwisePullback`.
 
 Each formula is written in terms that stay accurate at the edge of the support (`expm1` for softplus, the two
-distances `p = y - low` and `q = high - y` for sigmoid, `(1 - y)(1 + y)` for tanh).
+distances `p = y - low` and `q = high - y` for sigmoid, `(1 - y)(1 + y)` for tanh, `sigmoid(±x)` and `1/cosh²`
+for the forward maps).
 """
 
 import math
@@ -24,7 +26,7 @@ tfb = tfp.bijectors
 
 
 def elementwise_rule(*bijector_classes):
-  """Registers `derivatives(bijector, y, x) -> (φ', φ'', (log|φ'|)', (log|φ'|)'')` as a rule."""
+  """Registers `derivatives(bijector, y, x) -> (φ', φ'', (log|φ'|)', (log|φ'|)'')` of the inverse at `y`."""
 
   def decorate(derivatives):
 
@@ -39,10 +41,27 @@ def elementwise_rule(*bijector_classes):
   return decorate
 
 
+def elementwise_forward_rule(*bijector_classes):
+  """Registers `derivatives(bijector, x, y) -> (ψ', ψ'', (log|ψ'|)', (log|ψ'|)'')` of the forward map at `x`."""
+
+  def decorate(derivatives):
+
+    @registry.register_forward(*bijector_classes)
+    def rule(bijector, x):
+      y = bijector.forward(x)
+      fldj = bijector.forward_log_det_jacobian(x, event_ndims=1)
+      return ElementwisePullback(y, fldj, *derivatives(bijector, x, y))
+
+    return derivatives
+
+  return decorate
+
+
 def _param(value, y):
   return None if value is None else tf.cast(value, y.dtype)
 
 
+@elementwise_forward_rule(tfb.Identity)
 @elementwise_rule(tfb.Identity)
 def _identity(bijector, y, x):
   del bijector, y, x
@@ -55,13 +74,6 @@ def _exp(bijector, y, x):
   del bijector, x
   r = tf.math.reciprocal(y)
   return r, -r * r, -r, r * r
-
-
-@elementwise_rule(tfb.Log)
-def _log(bijector, y, x):
-  # φ = exp y: every derivative is φ itself and log|φ'| = y.
-  del bijector
-  return x, x, tf.ones_like(y), None
 
 
 @elementwise_rule(tfb.Expm1)
@@ -191,3 +203,114 @@ def _square(bijector, y, x):
   dlog1 = -0.5 / y
   d1 = 0.5 / x
   return d1, d1 * dlog1, dlog1, -dlog1 / y
+
+
+# Forward maps ψ at x, for `Invert`. (`tfb.Log` is `Invert(Exp)` and is served by `_exp_forward`.)
+
+
+@elementwise_forward_rule(tfb.Exp, tfb.Expm1)
+def _exp_forward(bijector, x, y):
+  # ψ = exp x (or expm1 x): ψ' = ψ'' = exp x, log ψ' = x.
+  del bijector, y
+  e = tf.exp(x)
+  return e, e, tf.ones_like(x), None
+
+
+@elementwise_forward_rule(tfb.Softplus)
+def _softplus_forward(bijector, x, y):
+  # ψ = low + c·softplus(x/c): ψ' = σ(x/c), ψ'' = σ σ̄/c, (log ψ')' = σ̄/c, (log ψ')'' = -σ σ̄/c², with
+  # σ̄ = σ(-x/c) formed directly so neither tail cancels.
+  del y
+  c = _param(bijector.hinge_softness, x)
+  t = x if c is None else x / c
+  sigma, sigma_bar = tf.sigmoid(t), tf.sigmoid(-t)
+  dlog1, dlog2 = sigma_bar, -sigma * sigma_bar
+  if c is not None:
+    dlog1, dlog2 = dlog1 / c, dlog2 / (c * c)
+  return sigma, sigma * dlog1, dlog1, dlog2
+
+
+@elementwise_forward_rule(tfb.Sigmoid)
+def _sigmoid_forward(bijector, x, y):
+  # ψ = low + w σ(x): ψ' = w σ σ̄, (log ψ')' = σ̄ - σ, (log ψ')'' = -2 σ σ̄.
+  del y
+  sigma, sigma_bar = tf.sigmoid(x), tf.sigmoid(-x)
+  d1 = sigma * sigma_bar
+  if bijector.low is not None:
+    d1 = d1 * (_param(bijector.high, x) - _param(bijector.low, x))
+  dlog1 = sigma_bar - sigma
+  return d1, d1 * dlog1, dlog1, -2 * sigma * sigma_bar
+
+
+@elementwise_forward_rule(tfb.Tanh)
+def _tanh_forward(bijector, x, y):
+  # ψ = tanh x: ψ' = 1/cosh² x (not 1 - tanh² x, which cancels in the tails), (log ψ')' = -2 tanh x,
+  # (log ψ')'' = -2ψ'.
+  del bijector, y
+  d1 = tf.math.reciprocal(tf.square(tf.cosh(x)))
+  dlog1 = -2 * tf.tanh(x)
+  return d1, d1 * dlog1, dlog1, -2 * d1
+
+
+@elementwise_forward_rule(tfb.Sinh)
+def _sinh_forward(bijector, x, y):
+  # ψ = sinh x: ψ' = cosh x, ψ'' = sinh x, (log ψ')' = tanh x, (log ψ')'' = 1/cosh² x.
+  del bijector, y
+  cosh = tf.cosh(x)
+  return cosh, tf.sinh(x), tf.tanh(x), tf.math.reciprocal(tf.square(cosh))
+
+
+@elementwise_forward_rule(tfb.SinhArcsinh)
+def _sinh_arcsinh_forward(bijector, x, y):
+  # ψ = m sinh(v), v = (asinh x + ε)δ, v' = δ/√(1+x²), v''/v' = -x/(1+x²):
+  # ψ' = m cosh(v) v', (log ψ')' = tanh(v) v' + v''/v',
+  # (log ψ')'' = v'²/cosh²(v) + tanh(v) v' (v''/v') - (1 - x²)/(1+x²)².
+  del y
+  tailweight = tf.cast(bijector.tailweight, x.dtype)
+  skewness = tf.cast(bijector.skewness, x.dtype)
+  m = bijector._output_multiplier(tailweight)  # pylint: disable=protected-access
+  r = tf.math.reciprocal(1 + x * x)
+  v = (tf.asinh(x) + skewness) * tailweight
+  dv = tailweight * tf.sqrt(r)
+  dv_ratio = -x * r
+  tanh_v = tf.tanh(v)
+  d1 = m * tf.cosh(v) * dv
+  dlog1 = tanh_v * dv + dv_ratio
+  dlog2 = dv * dv * (1 - tanh_v * tanh_v) + tanh_v * dv * dv_ratio - (1 - x * x) * r * r
+  return d1, d1 * dlog1, dlog1, dlog2
+
+
+@elementwise_forward_rule(tfb.Power)
+def _power_forward(bijector, x, y):
+  # ψ = sign(x)|x|^p: ψ' = p|x|^(p-1), (log ψ')' = (p - 1)/x, (log ψ')'' = -(p - 1)/x².
+  del y
+  p = tf.cast(bijector.power, x.dtype)
+  d1 = p * tf.pow(tf.abs(x), p - 1)
+  dlog1 = (p - 1) / x
+  return d1, d1 * dlog1, dlog1, -dlog1 / x
+
+
+@elementwise_forward_rule(tfb.NormalCDF)
+def _normal_cdf_forward(bijector, x, y):
+  # ψ = Φ(x): ψ' = ϕ(x), (log ψ')' = -x, (log ψ')'' = -1.
+  del bijector, y
+  d1 = tf.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+  return d1, -x * d1, -x, -tf.ones_like(x)
+
+
+@elementwise_forward_rule(tfb.Softsign)
+def _softsign_forward(bijector, x, y):
+  # ψ = x/(1 + |x|): ψ' = a², (log ψ')' = -2 sign(x) a, (log ψ')'' = 2a², with a = 1/(1 + |x|).
+  del bijector, y
+  a = tf.math.reciprocal(1 + tf.abs(x))
+  d1 = a * a
+  dlog1 = -2 * tf.sign(x) * a
+  return d1, d1 * dlog1, dlog1, 2 * d1
+
+
+@elementwise_forward_rule(tfb.Square)
+def _square_forward(bijector, x, y):
+  # ψ = x²: ψ' = 2x, ψ'' = 2, (log|ψ'|)' = 1/x, (log|ψ'|)'' = -1/x².
+  del bijector, y
+  r = tf.math.reciprocal(x)
+  return 2 * x, 2 * tf.ones_like(x), r, -r * r

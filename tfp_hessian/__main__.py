@@ -1,0 +1,34 @@
+"""Command line of tfp_hessian: `python -m tfp_hessian COMMAND [options]`.
+
+Commands:
+  demo   Hessians of a random flow, checked against autodiff, with its spectrum and timings (`demo.py`).
+"""
+
+import argparse
+import sys
+
+from tfp_hessian import demo
+
+# Every subcommand is a module with `HELP` (one line), `add_arguments(parser)` and `run(args) -> exit status`.
+# A new command (`bench`) is one more entry here.
+COMMANDS = {
+    "demo": demo,
+}
+
+
+def main(argv=None):
+  """Parses `argv` (default: `sys.argv[1:]`), runs the chosen command and returns its exit status."""
+  parser = argparse.ArgumentParser(
+      prog="python -m tfp_hessian",
+      description="Exact Hessians of normalizing-flow log densities for TensorFlow Probability.")
+  subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+  for name, command in COMMANDS.items():
+    subparser = subparsers.add_parser(name, help=command.HELP, description=command.HELP)
+    command.add_arguments(subparser)
+    subparser.set_defaults(run=command.run)
+  args = parser.parse_args(argv)
+  return args.run(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
