@@ -11,6 +11,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+import tf_keras
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -60,14 +61,124 @@ def _lu(rng, dtype):
   return tf.cast(lower_upper, dtype), permutation
 
 
-def _real_nvp(dtype, rng):
-  kernel = tf.constant(rng.normal(size=(2, 2 * (DIM - 2))) * 0.7, dtype)
+def _dense_tanh(rng, dtype, sizes):
+  """Random dense tanh layers as `(kernel, bias)` pairs, weights of order one (not near identity)."""
+  return [(tf.constant(rng.normal(size=(n_in, n_out)) / np.sqrt(n_in) * 1.5, dtype),
+           tf.constant(rng.normal(size=n_out) * 0.3, dtype)) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+
+
+def _apply(layers, x):
+  for k, (kernel, bias) in enumerate(layers):
+    x = tf.tensordot(x, kernel, [[-1], [0]]) + bias
+    if k + 1 < len(layers):
+      x = tf.tanh(x)
+  return x
+
+
+def _real_nvp(dtype, rng, num_masked=2, **kwargs):
+  """RealNVP with a callable conditioner (a 1-hidden-layer tanh MLP) of random weights."""
+  layers = {}
 
   def shift_and_log_scale(x, output_units):
-    hidden = tf.tanh(tf.matmul(x, kernel))
-    return hidden[..., :output_units], 0.5 * hidden[..., output_units:]
+    if output_units not in layers:
+      layers[output_units] = _dense_tanh(rng, dtype, [x.shape[-1], 8, 2 * output_units])
+    out = _apply(layers[output_units], x)
+    return out[..., :output_units], 0.5 * tf.tanh(out[..., output_units:])
 
-  return tfb.RealNVP(num_masked=2, shift_and_log_scale_fn=shift_and_log_scale)
+  if "fraction_masked" in kwargs:
+    return tfb.RealNVP(shift_and_log_scale_fn=shift_and_log_scale, **kwargs)
+  return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=shift_and_log_scale, **kwargs)
+
+
+def _made(dtype, rng, activation="tanh", hidden_units=(7, 6)):
+  """A built `tfb.AutoregressiveNetwork` with random masked weights, computing in `dtype` throughout.
+
+  Its activation layers take Keras' floatx when they are created, so floatx is set to `dtype` while the network
+  is built (otherwise a float64 network computes its activations in float32).
+  """
+  floatx = tf_keras.backend.floatx()
+  tf_keras.backend.set_floatx(np.dtype(dtype).name)
+  try:
+    made = tfb.AutoregressiveNetwork(params=2, event_shape=[DIM], hidden_units=list(hidden_units),
+                                     activation=activation, dtype=dtype)
+    made(tf.zeros([1, DIM], dtype))
+  finally:
+    tf_keras.backend.set_floatx(floatx)
+  dense = [layer for layer in made._network.layers if isinstance(layer, tf_keras.layers.Dense)]
+  for layer, mask in zip(dense, made._masks):
+    n_in = layer.kernel.shape[0]
+    layer.kernel.assign(rng.normal(size=layer.kernel.shape) / np.sqrt(n_in) * 1.5 * mask)
+    layer.bias.assign(rng.normal(size=layer.bias.shape) * 0.3)
+  return made
+
+
+def _maf_callable(dtype, rng):
+  """MAF with a plain callable conditioner: a dense tanh network made autoregressive by masking its output."""
+  layers = _dense_tanh(rng, dtype, [DIM, 8, 2 * DIM])
+  mask = tf.constant(np.tril(np.ones((DIM, DIM)), -1), dtype)
+
+  def shift_and_log_scale(y):
+    # Output i sees only y_{<i}: a masked linear read-out of a full network would not be autoregressive, so the
+    # inputs are masked per output instead ([..., D, D] copies of y).
+    hidden = _apply(layers, y[..., tf.newaxis, :] * mask)  # [..., D, 2D]
+    shift = tf.linalg.diag_part(hidden[..., :DIM])
+    log_scale = 0.5 * tf.tanh(tf.linalg.diag_part(hidden[..., DIM:]))
+    return shift, log_scale
+
+  return tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=shift_and_log_scale)
+
+
+def _maf_spline(dtype, rng):
+  """MAF with `bijector_fn` (here an affine bijector from a MADE): served by the autodiff fallback."""
+  made = _made(dtype, rng)
+
+  def bijector_fn(y):
+    shift, log_scale = tf.unstack(made(y), axis=-1)
+    return tfb.Chain([tfb.Shift(shift), tfb.Scale(log_scale=0.5 * log_scale)])
+
+  return tfb.MaskedAutoregressiveFlow(bijector_fn=bijector_fn)
+
+
+def _spline(dtype, rng, num_bins=5, range_min=-3.):
+  """A rational quadratic spline on [-3, 3] per coordinate: random bin widths, heights and knot slopes."""
+
+  def bins():
+    size = rng.uniform(0.3, 1., size=(DIM, num_bins))
+    return tf.constant(size / size.sum(-1, keepdims=True) * -2 * range_min, dtype)
+
+  slopes = tf.constant(rng.uniform(0.3, 3., size=(DIM, num_bins - 1)), dtype)
+  return tfb.RationalQuadraticSpline(bins(), bins(), slopes, range_min=tf.constant(range_min, dtype))
+
+
+def _spline_edges(bijector, dtype):
+  """The identity tails, both sides of the range boundaries, and both sides of interior knots (in `y`).
+
+  The spline is only C¹: its second derivative jumps at every knot and at the range boundaries, so the Hessian
+  does not exist exactly there (autodiff returns whichever one-sided value TFP's bin search picks). The points
+  sit a few hundred ulps off each such point instead, on both sides, so both one-sided limits are checked. Edge
+  row `k` lands on coordinate `k % DIM` (see `flow_and_points`), so each knot is that coordinate's.
+  """
+  delta = 1e-10 if dtype == np.float64 else 1e-5
+  low = bijector.range_min.numpy()
+  knots = (low + tf.cumsum(bijector.bin_heights, axis=-1)).numpy()  # knots[c, -1] is the range's top.
+  high = knots[:, -1]
+  values = [-4.5, 5.5, low - delta, low + delta, high[4] - delta, high[0] + delta]
+  for row, (knot, side) in enumerate([(0, -1), (1, 1), (2, -1), (3, 1), (1, 1), (2, -1)], start=len(values)):
+    values.append(knots[row % DIM, knot] + side * delta)
+  return tuple(values)
+
+
+def _batch_norm(dtype, rng, **layer_kwargs):
+  """Inference-mode `BatchNormalization` over a built layer with random moving statistics, gamma and beta."""
+  layer = tf_keras.layers.BatchNormalization(epsilon=float(rng.uniform(1e-3, 0.1)), dtype=dtype, **layer_kwargs)
+  layer(tf.zeros([1, DIM], dtype))
+  layer.moving_mean.assign(rng.normal(size=DIM) * 2)
+  layer.moving_variance.assign(rng.uniform(0.2, 3., size=DIM))
+  if layer.scale:
+    layer.gamma.assign(rng.uniform(0.5, 2., size=DIM))
+  if layer.center:
+    layer.beta.assign(rng.normal(size=DIM))
+  return tfb.BatchNormalization(layer, training=False)
 
 
 BIJECTORS = {
@@ -128,8 +239,8 @@ BIJECTORS = {
     "Invert(Permute)": BijectorCase(lambda dtype, rng: tfb.Invert(tfb.Permute(rng.permutation(DIM))),
                                     structure="linear"),
     # Invert of a bijector without a rule is itself served by the fallback.
-    "Invert(RealNVP) (fallback)": BijectorCase(lambda dtype, rng: tfb.Invert(_real_nvp(dtype, rng)),
-                                               analytic=False),
+    "Invert(Ascending) (fallback)": BijectorCase(lambda dtype, rng: tfb.Invert(tfb.Ascending()), analytic=False,
+                                                 domain=lambda dtype, inverted: inverted.bijector),
     "Chain": BijectorCase(lambda dtype, rng: tfb.Chain([
         tfb.Shift(_vec(rng, dtype)), tfb.Softplus(), tfb.ScaleMatvecTriL(_well_conditioned(rng, dtype, True)),
         tfb.Permute(rng.permutation(DIM)),
@@ -142,7 +253,36 @@ BIJECTORS = {
     "SoftClip (fallback)": BijectorCase(
         lambda dtype, rng: tfb.SoftClip(low=tf.constant(-1., dtype), high=tf.constant(2., dtype)),
         analytic=False),
-    "RealNVP (fallback)": BijectorCase(_real_nvp, analytic=False),
+    # Coordinatewise bijectors without a rule: the elementwise autodiff fallback, diagonal by construction.
+    "RationalQuadraticSpline (fallback)": BijectorCase(_spline, edges=_spline_edges, analytic=False,
+                                                       structure="elementwise"),
+    "GumbelCDF (fallback)": BijectorCase(
+        lambda dtype, rng: tfb.GumbelCDF(loc=_vec(rng, dtype), scale=_vec(rng, dtype, 0.5, 2.)),
+        edges=(1e-6, 1 - 1e-5), analytic=False, structure="elementwise"),
+    "KumaraswamyCDF (fallback)": BijectorCase(
+        lambda dtype, rng: tfb.KumaraswamyCDF(concentration1=_vec(rng, dtype, 0.5, 3.),
+                                              concentration0=_vec(rng, dtype, 0.5, 3.)),
+        edges=(1e-6, 1 - 1e-5), analytic=False, structure="elementwise", domain=lambda dtype, _: tfb.Sigmoid()),
+    # Inference mode only (training mode raises; see test_batch_norm.py). TFP's log-det needs `gamma` (a layer
+    # with `scale=False` fails inside TFP), but `beta` may be absent.
+    "BatchNormalization": BijectorCase(_batch_norm, structure="elementwise"),
+    "BatchNormalization(center=False)": BijectorCase(lambda dtype, rng: _batch_norm(dtype, rng, center=False),
+                                                     structure="elementwise"),
+    # Coupling and autoregressive layers: the conditioner from its kernels (AutoregressiveNetwork) or by tapes.
+    "MAF(MADE tanh)": BijectorCase(lambda dtype, rng: tfb.MaskedAutoregressiveFlow(_made(dtype, rng)),
+                                   edges=(-6., 6.)),
+    "MAF(MADE softplus, 1 layer)": BijectorCase(lambda dtype, rng: tfb.MaskedAutoregressiveFlow(
+        _made(dtype, rng, "softplus", (9,))), edges=(-6., 6.)),
+    "MAF(MADE relu)": BijectorCase(lambda dtype, rng: tfb.MaskedAutoregressiveFlow(
+        _made(dtype, rng, "relu", (8, 8)))),
+    "MAF(callable)": BijectorCase(_maf_callable, edges=(-6., 6.)),
+    "IAF: Invert(MAF(MADE tanh))": BijectorCase(
+        lambda dtype, rng: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng)))),
+    "RealNVP": BijectorCase(_real_nvp, edges=(-6., 6.)),
+    "RealNVP(reversed mask)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, num_masked=-2)),
+    "RealNVP(fraction_masked)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, fraction_masked=0.6)),
+    "Invert(RealNVP)": BijectorCase(lambda dtype, rng: tfb.Invert(_real_nvp(dtype, rng))),
+    "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False),
 }
 
 
@@ -166,7 +306,7 @@ def _inverted(case):
     mapped = inverted.bijector.inverse(tf.constant(np.repeat(values[:, None], DIM, axis=1))).numpy()
     return tuple(mapped[rows, rows % DIM])
 
-  return BijectorCase(lambda dtype, rng: tfb.Invert(case.make(dtype, rng)), edges=edges,
+  return BijectorCase(lambda dtype, rng: tfb.Invert(case.make(dtype, rng)), edges=edges, analytic=case.analytic,
                       structure=case.structure, domain=domain)
 
 

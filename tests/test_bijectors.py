@@ -111,7 +111,7 @@ def test_package_subclass_is_the_stock_bijector_with_methods(name):
   """`tfp_hessian.bijectors.X` is `tfb.X` (same math, same rule) with the derivative methods on it."""
   cls = getattr(hb, name)
   assert issubclass(cls, getattr(tfp.bijectors, name)) and issubclass(cls, hb.HessianBijector)
-  case = next(case for key, case in sorted(BIJECTORS.items()) if key.split("(")[0] == name)
+  case = next(case for key, case in sorted(BIJECTORS.items()) if key.split("(")[0] == name and case.analytic)
   flow, z = flow_and_points(case, np.float64)
   stock = flow.bijector
   ours = cls(**stock.parameters)

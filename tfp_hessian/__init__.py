@@ -7,6 +7,7 @@
 from tfp_hessian import bijectors, reference, registry
 from tfp_hessian.distribution import TransformedDistribution
 from tfp_hessian.pullback import Pullback
+from tfp_hessian.sampling import sample_and_log_prob_derivatives, sample_and_log_prob_hessian
 from tfp_hessian.sweep import LogProbDerivatives, log_prob_and_derivatives, log_prob_hessian
 
 __version__ = "0.1.0"
@@ -20,4 +21,6 @@ __all__ = [
     "log_prob_hessian",
     "reference",
     "registry",
+    "sample_and_log_prob_derivatives",
+    "sample_and_log_prob_hessian",
 ]

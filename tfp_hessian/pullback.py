@@ -29,6 +29,7 @@ __all__ = [
     "DensePullback",
     "InvertedPullback",
     "ComposedPullback",
+    "ConditionedAffinePullback",
 ]
 
 
@@ -41,6 +42,28 @@ def _add_to_diagonal(matrix, diagonal):
   shape = tf.broadcast_dynamic_shape(tf.shape(matrix), tf.shape(diagonal[..., tf.newaxis]))
   matrix = tf.broadcast_to(matrix, shape)
   return tf.linalg.set_diag(matrix, tf.linalg.diag_part(matrix) + diagonal)
+
+
+def _solve_adjoint(matrix, rhs):
+  """`A⁻ᵀ rhs`, broadcasting the batch dimensions of both (as `matmul` does and `solve` does not)."""
+  batch = tf.broadcast_dynamic_shape(tf.shape(matrix)[:-2], tf.shape(rhs)[:-2])
+  matrix = tf.broadcast_to(matrix, tf.concat([batch, tf.shape(matrix)[-2:]], 0))
+  rhs = tf.broadcast_to(rhs, tf.concat([batch, tf.shape(rhs)[-2:]], 0))
+  return tf.linalg.solve(matrix, rhs, adjoint=True)
+
+
+def _pull_forward(jacobian, grad, hess, curvature):
+  """The inverse of `(g, H) ↦ (Jᵀg + c₁, JᵀHJ + C(g))`: `g = J⁻ᵀ(g' - c₁)`, `H = J⁻ᵀ(H' - C(g))J⁻¹`.
+
+  Args:
+    jacobian: `J`, `[*batch, D, D]`.
+    grad: `g' - c₁`, `[*batch, D]`.
+    hess: `H'`, `[*batch, D, D]`.
+    curvature: `g -> C(g)`, the gradient-dependent and constant second-order terms.
+  """
+  grad = _solve_adjoint(jacobian, grad[..., tf.newaxis])[..., 0]
+  left = _solve_adjoint(jacobian, hess - curvature(grad))  # J⁻ᵀ R
+  return grad, tf.linalg.matrix_transpose(_solve_adjoint(jacobian, tf.linalg.matrix_transpose(left)))
 
 
 def _contract(vector, tensor):
@@ -266,14 +289,8 @@ class DensePullback(Pullback):
             + _contract(grad, self._hessian) + self._ildj_hessian)
 
   def invert(self, grad, hess):
-    j = self._jacobian
-    jt = tf.linalg.matrix_transpose(j)
-    grad = tf.linalg.solve(jt, (grad - self._ildj_gradient)[..., tf.newaxis])[..., 0]
-    rest = hess - _contract(grad, self._hessian) - self._ildj_hessian
-    # J⁻ᵀ R J⁻¹ = (J⁻ᵀ (J⁻ᵀ R)ᵀ)ᵀ, with R symmetric up to rounding.
-    left = tf.linalg.solve(jt, rest)
-    hess = tf.linalg.matrix_transpose(tf.linalg.solve(jt, tf.linalg.matrix_transpose(left)))
-    return grad, hess
+    return _pull_forward(self._jacobian, grad - self._ildj_gradient, hess,
+                         lambda g: _contract(g, self._hessian) + self._ildj_hessian)
 
   def jacobian(self):
     return self._jacobian
@@ -328,3 +345,67 @@ class ComposedPullback(Pullback):
     for layer in self.layers:
       grad, hess = layer.invert(grad, hess)
     return grad, hess
+
+
+class ConditionedAffinePullback(Pullback):
+  """`x = (y - m(y)) ⊙ exp(-s(y))` with a conditioner network `(m, s)`: RealNVP and MAF layers.
+
+  With `a = exp(-s)`, `M = ∂m/∂y`, `S = ∂s/∂y`, the Jacobian is `J = diag(a) - a ⊙ M - x ⊙ S` (rows scaled),
+  `ildj = -Σ s`, and for an incoming gradient `v`
+
+  .. math::
+
+      \\sum_i v_i ∇^2 x_i + ∇^2 ildj = -(J^T V S + S^T V J + S^T \\operatorname{diag}(v ⊙ x) S)
+          - \\sum_i \\big(v_i a_i ∇^2 m_i + (v_i x_i + 1) ∇^2 s_i\\big),
+
+  `V = diag(v)`. The last sum is one contraction of the conditioner's second derivatives (`conditioners.py`):
+  the network's `[2D, D, D]` Hessian is never formed. The autoregressive (MAF) or block (RealNVP) structure
+  is carried by the zeros of `M` and `S`; `J` is formed once per point, `[*batch, D, D]`.
+
+  Args:
+    x: `[*batch, D]`.
+    ildj: `[*batch]`.
+    conditioner: `ConditionerDerivatives` with `2D` outputs, `[m, s]`, as functions of the whole `y`.
+  """
+
+  def __init__(self, x, ildj, conditioner):
+    super().__init__(x, ildj)
+    d = x.shape[-1]
+    self._conditioner = conditioner
+    log_scale = conditioner.outputs[..., d:]
+    self._scale = tf.exp(-log_scale)
+    self._shift_jacobian = conditioner.jacobian[..., :d, :]
+    self._log_scale_jacobian = conditioner.jacobian[..., d:, :]
+    self._jacobian = (tf.linalg.diag(self._scale)
+                      - self._scale[..., tf.newaxis] * self._shift_jacobian
+                      - x[..., tf.newaxis] * self._log_scale_jacobian)
+
+  def _curvature(self, grad):
+    """`Σ_i v_i ∇²x_i + ∇² ildj` for `v = grad` (class docstring)."""
+    j, s = self._jacobian, self._log_scale_jacobian
+    jvs = tf.linalg.matmul(j, grad[..., tf.newaxis] * s, adjoint_a=True)
+    svs = tf.linalg.matmul(s, (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True)
+    network = self._conditioner.contract(tf.concat([grad * self._scale, grad * self.x + 1], axis=-1))
+    return -(jvs + tf.linalg.matrix_transpose(jvs) + svs + network)
+
+  def _ildj_gradient(self):
+    return -tf.reduce_sum(self._log_scale_jacobian, axis=-2)
+
+  def __call__(self, grad, hess):
+    j = self._jacobian
+    return (tf.linalg.matvec(j, grad, adjoint_a=True) + self._ildj_gradient(),
+            tf.linalg.matmul(j, tf.linalg.matmul(hess, j), adjoint_a=True) + self._curvature(grad))
+
+  def invert(self, grad, hess):
+    return _pull_forward(self._jacobian, grad - self._ildj_gradient(), hess, self._curvature)
+
+  def jacobian(self):
+    return self._jacobian
+
+  def hessian(self):
+    # One contraction per output coordinate: for inspection and tests only.
+    d = self.x.shape[-1]
+    zero = self._curvature(tf.zeros_like(self.x))
+    eye = tf.eye(d, dtype=self.x.dtype)
+    return tf.stack([self._curvature(tf.broadcast_to(eye[k], tf.shape(self.x))) - zero for k in range(d)],
+                    axis=-3)

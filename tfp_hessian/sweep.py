@@ -75,14 +75,24 @@ def _check_structure(distribution, size):
   _event_size(base)
 
 
-def _points(distribution, z):
-  """`z` as a tensor of the distribution's dtype and shape `[*batch, D]`, or a clear error."""
+def check_distribution(distribution):
+  """The event size D of a distribution the sweep supports, or a clear error before any computation."""
   size = _event_size(distribution)
   dtype = tf.as_dtype(distribution.dtype)
   if dtype not in (tf.float32, tf.float64):
     raise TypeError(f"tfp_hessian supports float32 and float64 distributions; {distribution.name!r} has dtype "
                     f"{dtype.name}.")
-  z = tf.convert_to_tensor(z, dtype_hint=dtype, name="z")
+  _check_structure(distribution, size)
+  return size
+
+
+def _points(distribution, z):
+  """`z` as a tensor of the distribution's dtype and shape `[*batch, D]`, or a clear error."""
+  size = check_distribution(distribution)
+  dtype = tf.as_dtype(distribution.dtype)
+  # Arrays and tensors keep their own dtype (a hint would silently cast float64, int and bool arrays); only
+  # Python numbers and lists, which state none, take the distribution's.
+  z = tf.convert_to_tensor(z, dtype_hint=None if hasattr(z, "dtype") else dtype, name="z")
   if not z.dtype.is_floating:
     raise TypeError(f"`z` must be a floating-point tensor of dtype {dtype.name}; got dtype {z.dtype.name}.")
   if z.dtype != dtype:
@@ -92,7 +102,6 @@ def _points(distribution, z):
   if z.shape[-1] is not None and z.shape[-1] != size:
     raise ValueError(f"`z` must have event size D = {size} (the distribution's event shape); got shape "
                      f"{z.shape}, event size {z.shape[-1]}.")
-  _check_structure(distribution, size)
   z = tf.ensure_shape(z, z.shape[:-1].concatenate([size]))
   return _broadcast_to_batch(distribution, z)
 
@@ -137,19 +146,29 @@ def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives"):
   """
   with tf.name_scope(name):
     z = _points(distribution, z)
-    bijectors, base = _unwrap(distribution)
     # A fresh tensor: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
-    y = tf.identity(z)
-    pullbacks = []
-    for bijector in bijectors:
-      pullbacks.append(registry.pullback(bijector, y))
-      y = pullbacks[-1].x
-    log_prob, grad, hess = bases.log_prob_derivatives(base, y)
-    for pullback in reversed(pullbacks):
-      grad, hess = pullback(grad, hess)
-      log_prob = log_prob + pullback.ildj
-    hess = 0.5 * (hess + tf.linalg.matrix_transpose(hess))
-    return LogProbDerivatives(log_prob, grad, hess)
+    return sweep(distribution, tf.identity(z))
+
+
+def sweep(distribution, z):
+  """The sweep itself, on validated points `z`.
+
+  TFP's bijector caches apply: where `z` came out of `distribution`'s own forward pass, every layer's inverse
+  is looked up, not recomputed (so an IAF's sequential inverse is never run). Values are then exact, but the
+  cached inverses are constants to autodiff: differentiate `log_prob_and_derivatives`, not this.
+  """
+  bijectors, base = _unwrap(distribution)
+  y = z
+  pullbacks = []
+  for bijector in bijectors:
+    pullbacks.append(registry.pullback(bijector, y))
+    y = pullbacks[-1].x
+  log_prob, grad, hess = bases.log_prob_derivatives(base, y)
+  for pullback in reversed(pullbacks):
+    grad, hess = pullback(grad, hess)
+    log_prob = log_prob + pullback.ildj
+  hess = 0.5 * (hess + tf.linalg.matrix_transpose(hess))
+  return LogProbDerivatives(log_prob, grad, hess)
 
 
 def log_prob_hessian(distribution, z, name="log_prob_hessian"):

@@ -9,7 +9,8 @@ registry, so the functions of the same names work on them directly.
 import tensorflow_probability as tfp
 
 # Importing the rule modules registers their rules.
-from tfp_hessian.bijectors import affine, autodiff, chain, elementwise, invert, permutation  # noqa: F401
+from tfp_hessian.bijectors import (  # noqa: F401
+    affine, autodiff, autoregressive, batch_norm, chain, elementwise, invert, permutation)
 from tfp_hessian.bijectors.hessian_bijector import (
     HessianBijector,
     hessian_pullback,
@@ -50,6 +51,7 @@ __all__ = [
     "Permute",
     "Invert",
     "Chain",
+    "BatchNormalization",
 ]
 
 
@@ -139,3 +141,7 @@ class Invert(HessianBijector, tfb.Invert):
 
 class Chain(HessianBijector, tfb.Chain):
   __doc__ = tfb.Chain.__doc__
+
+
+class BatchNormalization(HessianBijector, tfb.BatchNormalization):
+  __doc__ = tfb.BatchNormalization.__doc__

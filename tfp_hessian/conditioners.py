@@ -1,0 +1,218 @@
+"""Derivatives of conditioner networks: outputs, Jacobian, and vector–Hessian contraction.
+
+Coupling and autoregressive layers compute their elementwise parameters with a network `o = c(y)`. Their
+pullbacks need, at a batch of points, the outputs `o` (`[*batch, P]`), the Jacobian `∂o/∂y` (`[*batch, P, D]`)
+and, for one weight vector `w` per point, the contraction `Σ_p w_p ∇²o_p` (`[*batch, D, D]`); never the
+`[P, D, D]` tensor of second derivatives itself.
+
+For a dense network of smooth activations, `z_l = a_{l-1} W_l + b_l`, `a_l = σ(z_l)`, all of it comes from the
+kernels. Forward mode carries `Z_l = ∂z_l/∂y` (`[*batch, H_l, D]`), and one backward pass of adjoints
+`δ_l = ∂(w·o)/∂a_l` gives
+
+.. math::
+
+    \\sum_p w_p ∇^2 o_p = \\sum_l Z_l^T \\operatorname{diag}(δ_l ⊙ σ''(z_l)) Z_l,
+
+batched matrix products only (Pearlmutter-style; cf. BackPACK's Hessian backpropagation). Activations with
+`σ'' = 0` almost everywhere (ReLU) contribute nothing: the returned contraction is that of the piecewise-linear
+network away from its kinks, where the Hessian is not defined. Any other network is differentiated by nested
+tapes on that network alone.
+"""
+
+import abc
+
+import tensorflow as tf
+import tf_keras
+from tensorflow_probability.python.bijectors import masked_autoregressive as maf_lib
+
+__all__ = ["ConditionerDerivatives", "DenseNetworkDerivatives", "AutodiffDerivatives", "activation_derivatives"]
+
+
+def _tanh(z):
+  t = tf.tanh(z)
+  d1 = 1 - t * t
+  return t, d1, -2 * t * d1
+
+
+def _sigmoid(z):
+  s, s_bar = tf.sigmoid(z), tf.sigmoid(-z)
+  d1 = s * s_bar
+  return s, d1, d1 * (s_bar - s)
+
+
+def _softplus(z):
+  s, s_bar = tf.sigmoid(z), tf.sigmoid(-z)
+  return tf.nn.softplus(z), s, s * s_bar
+
+
+def _relu(z):
+  # σ'' = 0 wherever it exists; at z = 0 TF's own gradient of relu is 0, and so is ours.
+  return tf.nn.relu(z), tf.cast(z > 0, z.dtype), tf.zeros_like(z)
+
+
+def _elu(z):
+  e = tf.exp(tf.minimum(z, 0.))
+  positive = z > 0
+  return tf.nn.elu(z), tf.where(positive, tf.ones_like(z), e), tf.where(positive, tf.zeros_like(z), e)
+
+
+def _swish(z):
+  s, s_bar = tf.sigmoid(z), tf.sigmoid(-z)
+  ds = s * s_bar
+  return z * s, s + z * ds, 2 * ds + z * ds * (s_bar - s)
+
+
+def _linear(z):
+  return z, tf.ones_like(z), tf.zeros_like(z)
+
+
+_ACTIVATIONS = {
+    "tanh": _tanh, "sigmoid": _sigmoid, "softplus": _softplus, "relu": _relu, "elu": _elu,
+    "swish": _swish, "silu": _swish, "linear": _linear,
+}
+
+
+def activation_derivatives(activation):
+  """`z -> (σ(z), σ'(z), σ''(z))` for a Keras activation (name or function), or None if unknown."""
+  if activation is None:
+    return _linear
+  if isinstance(activation, str):
+    name = activation
+  else:
+    name = getattr(activation, "__name__", None)
+  return _ACTIVATIONS.get(name)
+
+
+class ConditionerDerivatives(abc.ABC):
+  """Outputs `[*batch, P]`, Jacobian `[*batch, P, D]` and contraction of a network at points `[*batch, D]`."""
+
+  outputs = None
+  jacobian = None
+
+  @abc.abstractmethod
+  def contract(self, weights):
+    """`Σ_p w_p ∇²o_p`, `[*batch, D, D]`, for weights `w` of shape `[*batch, P]`."""
+
+
+class DenseNetworkDerivatives(ConditionerDerivatives):
+  """A chain of dense layers, differentiated from its kernels.
+
+  Args:
+    layers: `[(kernel [in, out], bias [out] or None, activation)]`, the last one's activation applying to the
+      network's output; `activation` is `z -> (σ, σ', σ'')` or None for linear, and may compute in its own dtype.
+    y: `[*batch, D]` points.
+  """
+
+  def __init__(self, layers, y):
+    self._kernels = [kernel for kernel, _, _ in layers]
+    self._derivatives = []  # per layer: (σ'(z), σ''(z), Z = ∂z/∂y), or None where linear
+    a, da = y, None  # da: ∂a/∂y, [*batch, H, D]; None means the identity
+    for kernel, bias, activation in layers:
+      z = tf.tensordot(a, kernel, [[-1], [0]])
+      if bias is not None:
+        z = z + bias
+      # ∂z/∂y = Wᵀ ∂a/∂y; for the first layer the same matrix for every point.
+      dz = tf.transpose(kernel) if da is None else tf.linalg.matmul(kernel, da, transpose_a=True)
+      if activation is None:
+        a, da = z, dz
+        self._derivatives.append(None)
+        continue
+      value, d1, d2 = activation(z)
+      self._derivatives.append((d1, d2, dz))
+      a, da = value, d1[..., tf.newaxis] * dz
+    self.outputs, self.jacobian = a, da
+
+  def contract(self, weights):
+    adjoint = weights  # ∂(w·o)/∂a for the current layer's output
+    hess = None
+    for kernel, derivatives in zip(reversed(self._kernels), reversed(self._derivatives)):
+      if derivatives is not None:
+        d1, d2, dz = derivatives
+        term = tf.linalg.matmul(dz, (adjoint * d2)[..., tf.newaxis] * dz, transpose_a=True)
+        hess = term if hess is None else hess + term
+        adjoint = adjoint * d1
+      adjoint = tf.tensordot(adjoint, kernel, [[-1], [1]])
+    if hess is None:  # A purely linear network.
+      d = tf.shape(self.jacobian)[-1]
+      hess = tf.zeros(tf.concat([tf.shape(weights)[:-1], [d, d]], 0), weights.dtype)
+    return hess
+
+
+class AutodiffDerivatives(ConditionerDerivatives):
+  """Any differentiable network `fn: [*batch, D] -> [*batch, P]`, by tapes on that network alone.
+
+  Points are independent, so Jacobians and Hessians of sums over the batch are per-point ones.
+  """
+
+  def __init__(self, fn, y):
+    self._fn = fn
+    self._y = tf.identity(y)
+    self._batch_axes = list(range(y.shape.rank - 1))
+    with tf.GradientTape() as tape:
+      tape.watch(self._y)
+      self.outputs = fn(self._y)
+      summed = tf.reduce_sum(self.outputs, axis=self._batch_axes)
+    self.jacobian = self._per_point(tape.jacobian(summed, self._y, unconnected_gradients=_ZERO))
+
+  def _per_point(self, jacobian):
+    """`[P, *batch, D]` (a jacobian of sums over the batch) to `[*batch, P, D]`."""
+    rank = len(self._batch_axes)
+    return tf.transpose(jacobian, list(range(1, rank + 1)) + [0, rank + 1])
+
+  def contract(self, weights):
+    extra = weights.shape.rank - self.outputs.shape.rank
+    if extra > 0:  # Several weight vectors per point (inspection only): one contraction each.
+      return tf.stack([self.contract(w) for w in tf.unstack(weights)])
+    y = tf.identity(self._y)
+    with tf.GradientTape() as outer:
+      outer.watch(y)
+      with tf.GradientTape() as inner:
+        inner.watch(y)
+        outputs = self._fn(y)
+      grad = inner.gradient(outputs, y, output_gradients=weights, unconnected_gradients=_ZERO)
+      summed = tf.reduce_sum(grad, axis=self._batch_axes)
+    return self._per_point(outer.jacobian(summed, y, unconnected_gradients=_ZERO))
+
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def made_layers(network):
+  """The masked dense layers of a `tfb.AutoregressiveNetwork`, or None if it cannot be read from its kernels.
+
+  The kernels are used as the network uses them: Keras keeps them masked through a constraint, and a kernel set
+  by hand past its mask changes the network, and so `log_prob`, and so (exactly) its Hessian. Each activation
+  computes in the dtype of its Keras layer, as the network itself does (float32 unless
+  `tf_keras.backend.floatx()` is float64).
+  """
+  if not isinstance(network, maf_lib.AutoregressiveNetwork) or network._conditional:  # pylint: disable=protected-access
+    return None
+  if network._network is None:  # pylint: disable=protected-access
+    return None
+  keras_layers = network._network.layers  # pylint: disable=protected-access
+  dense = [layer for layer in keras_layers if isinstance(layer, tf_keras.layers.Dense)]
+  activations = [layer for layer in keras_layers if isinstance(layer, tf_keras.layers.Activation)]
+  if len(activations) != len(dense) - 1:
+    return None
+  layers = []
+  for k, layer in enumerate(dense):
+    kernel = tf.convert_to_tensor(layer.kernel)
+    activation = None
+    if k < len(activations):
+      derivatives = activation_derivatives(activations[k].activation)
+      if derivatives is None:
+        return None
+      activation = _in_dtype(derivatives, activations[k].compute_dtype)
+    layers.append((kernel, layer.bias if layer.use_bias else None, activation))
+  return layers
+
+
+def _in_dtype(derivatives, compute_dtype):
+  """Evaluates `derivatives` in `compute_dtype`, casting back to the input's dtype."""
+
+  def evaluate(z):
+    if z.dtype == compute_dtype:
+      return derivatives(z)
+    return tuple(tf.cast(t, z.dtype) for t in derivatives(tf.cast(z, compute_dtype)))
+
+  return evaluate
