@@ -13,6 +13,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from tfp_hessian.conditioners import DenseShiftAndLogScale
+
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
@@ -112,6 +114,16 @@ def _made(dtype, rng, activation="tanh", hidden_units=(7, 6)):
   return made
 
 
+def _real_nvp_dense(dtype, rng, activation="tanh"):
+  """RealNVP with the package's dense conditioner (derivatives from its kernels), random weights."""
+  conditioner = DenseShiftAndLogScale([8, 7], activation=activation, dtype=dtype)
+  conditioner(tf.zeros([1, 2], dtype), DIM - 2)
+  for weight in conditioner.trainable_weights:
+    scale = 1.5 / np.sqrt(weight.shape[0]) if weight.shape.rank == 2 else 0.3
+    weight.assign(rng.normal(size=weight.shape) * scale)
+  return tfb.RealNVP(num_masked=2, shift_and_log_scale_fn=conditioner)
+
+
 def _maf_callable(dtype, rng):
   """MAF with a plain callable conditioner: a dense tanh network made autoregressive by masking its output."""
   layers = _dense_tanh(rng, dtype, [DIM, 8, 2 * DIM])
@@ -162,9 +174,9 @@ def _spline_edges(bijector, dtype):
   low = bijector.range_min.numpy()
   knots = (low + tf.cumsum(bijector.bin_heights, axis=-1)).numpy()  # knots[c, -1] is the range's top.
   high = knots[:, -1]
-  values = [-4.5, 5.5, low - delta, low + delta, high[4] - delta, high[0] + delta]
-  for row, (knot, side) in enumerate([(0, -1), (1, 1), (2, -1), (3, 1), (1, 1), (2, -1)], start=len(values)):
-    values.append(knots[row % DIM, knot] + side * delta)
+  values = [-4.5, 5.5, low - delta, low + delta, high[4] - delta, high[0] + delta, high[1] - delta, high[2] + delta]
+  for side in (-1, 1):  # Rows 8..12, then 13..17: each coordinate's interior knot c % 4 from below, then above.
+    values += [knots[row % DIM, row % DIM % 4] + side * delta for row in range(len(values), len(values) + DIM)]
   return tuple(values)
 
 
@@ -257,7 +269,9 @@ BIJECTORS = {
     "RationalQuadraticSpline (fallback)": BijectorCase(_spline, edges=_spline_edges, analytic=False,
                                                        structure="elementwise"),
     "GumbelCDF (fallback)": BijectorCase(
-        lambda dtype, rng: tfb.GumbelCDF(loc=_vec(rng, dtype), scale=_vec(rng, dtype, 0.5, 2.)),
+        # Scale ≥ 1.5 keeps sampled points out of the doubly exponential left tail, where φ' of the inverted
+        # bijector underflows below 1e-16 and the pullback round trip cannot be undone; the edges probe it.
+        lambda dtype, rng: tfb.GumbelCDF(loc=_vec(rng, dtype), scale=_vec(rng, dtype, 1.5, 3.)),
         edges=(1e-6, 1 - 1e-5), analytic=False, structure="elementwise"),
     "KumaraswamyCDF (fallback)": BijectorCase(
         lambda dtype, rng: tfb.KumaraswamyCDF(concentration1=_vec(rng, dtype, 0.5, 3.),
@@ -279,6 +293,8 @@ BIJECTORS = {
     "IAF: Invert(MAF(MADE tanh))": BijectorCase(
         lambda dtype, rng: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng)))),
     "RealNVP": BijectorCase(_real_nvp, edges=(-6., 6.)),
+    "RealNVP(DenseShiftAndLogScale)": BijectorCase(_real_nvp_dense, edges=(-6., 6.)),
+    "RealNVP(DenseShiftAndLogScale swish)": BijectorCase(lambda dtype, rng: _real_nvp_dense(dtype, rng, "swish")),
     "RealNVP(reversed mask)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, num_masked=-2)),
     "RealNVP(fraction_masked)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, fraction_masked=0.6)),
     "Invert(RealNVP)": BijectorCase(lambda dtype, rng: tfb.Invert(_real_nvp(dtype, rng))),
@@ -334,7 +350,7 @@ def flow_and_points(case, dtype, seed=0, num_points=4, edges=True):
   if case.domain is not None:
     base = tfd.TransformedDistribution(base, case.domain(dtype, bijector))
   flow = tfd.TransformedDistribution(base, bijector)
-  z = flow.sample(num_points, seed=seed).numpy()
+  z = flow.sample(num_points, seed=(0, seed)).numpy()  # stateless: the same points whatever ran before
   edges = _edge_values(case, bijector, dtype) if edges else ()
   edge_points = np.repeat(z[:1], len(edges), axis=0)
   for row, value in enumerate(edges):

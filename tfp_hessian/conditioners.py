@@ -25,7 +25,13 @@ import tensorflow as tf
 import tf_keras
 from tensorflow_probability.python.bijectors import masked_autoregressive as maf_lib
 
-__all__ = ["ConditionerDerivatives", "DenseNetworkDerivatives", "AutodiffDerivatives", "activation_derivatives"]
+__all__ = [
+    "ConditionerDerivatives",
+    "DenseNetworkDerivatives",
+    "AutodiffDerivatives",
+    "DenseShiftAndLogScale",
+    "activation_derivatives",
+]
 
 
 def _tanh(z):
@@ -216,3 +222,45 @@ def _in_dtype(derivatives, compute_dtype):
     return tuple(tf.cast(t, z.dtype) for t in derivatives(tf.cast(z, compute_dtype)))
 
   return evaluate
+
+
+class DenseShiftAndLogScale(tf_keras.layers.Layer):
+  """A dense conditioner for `tfb.RealNVP` whose derivatives are read from its kernels.
+
+  Call it as RealNVP does, `(x0, output_units) -> (shift, log_scale)`; the output layer is built on first call
+  for `2 · output_units` units. Any callable works as a RealNVP conditioner (by tapes on that network); this one
+  makes the coupling layer's Hessian pullback a few batched matrix products, like an `AutoregressiveNetwork`'s.
+
+  >>> coupling = tfb.RealNVP(num_masked=8, shift_and_log_scale_fn=DenseShiftAndLogScale([64, 64]))
+
+  Args:
+    hidden_units: sizes of the hidden layers.
+    activation: a smooth Keras activation (`"tanh"`, `"softplus"`, `"sigmoid"`, `"elu"`, `"swish"`); `"relu"`
+      gives the Hessian of the piecewise-linear network away from its kinks.
+    **kwargs: passed to every `tf_keras.layers.Dense` (initializers, regularizers, ...) except `units`.
+  """
+
+  def __init__(self, hidden_units, activation="tanh", name="dense_shift_and_log_scale", dtype=None,
+               **kwargs):
+    super().__init__(name=name, dtype=dtype)
+    if activation_derivatives(activation) is None:
+      raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}; got {activation!r}.")
+    self._hidden = [tf_keras.layers.Dense(units, activation=activation, dtype=dtype, **kwargs)
+                    for units in hidden_units]
+    self._activation = activation
+    self._dense_kwargs = kwargs
+    self._output = None
+
+  def call(self, x, output_units):
+    if self._output is None:
+      self._output = tf_keras.layers.Dense(2 * output_units, dtype=self.dtype, **self._dense_kwargs)
+    h = x
+    for layer in self._hidden + [self._output]:
+      h = layer(h)
+    return h[..., :output_units], h[..., output_units:]
+
+  def dense_layers(self):
+    """`[(kernel, bias, activation)]` as `DenseNetworkDerivatives` takes them (after the first call)."""
+    derivatives = _in_dtype(activation_derivatives(self._activation), self.compute_dtype)
+    return ([(layer.kernel, layer.bias, derivatives) for layer in self._hidden]
+            + [(self._output.kernel, self._output.bias, None)])
