@@ -1,0 +1,74 @@
+"""The demo, in process and as `python -m tfp_hessian demo`: it runs, agrees with autodiff and exits 0."""
+
+import io
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfp_hessian import __main__ as cli
+from tfp_hessian import demo
+
+SMALL = ["--dim", "4", "--num-points", "3", "--seed", "1", "--repeats", "2"]
+AGREEMENT = re.compile(r"max relative disagreement (\S+) \(tolerance 1e-08\): (OK|FAILED)")
+
+
+def _agreement(output):
+  match = AGREEMENT.search(output)
+  assert match is not None, f"no agreement line in the demo's output:\n{output}"
+  return float(match.group(1)), match.group(2)
+
+
+def test_run_demo_agrees_with_references():
+  out = io.StringIO()
+  result = demo.run_demo(dim=4, num_points=3, seed=1, repeats=2, out=out)
+  assert result.ok
+  assert _agreement(out.getvalue())[1] == "OK"
+  assert len(result.disagreement) == 4
+  assert max(result.disagreement.values()) <= demo.TOLERANCE
+  assert result.eigenvalues.shape == (4,)
+  np.testing.assert_array_equal(np.abs(result.eigenvalues), np.sort(np.abs(result.eigenvalues))[::-1])
+  assert list(result.timings) == ["ours, tf.function", "ours, eager", "tf.hessians, tf.function",
+                                  "nested tapes, tf.function", "log_prob alone, tf.function"]
+  assert all(seconds > 0 for seconds in result.timings.values())
+
+
+def test_main_prints_report_and_returns_zero(capsys):
+  status = cli.main(["demo"] + SMALL)
+  output = capsys.readouterr().out
+  assert status == 0
+  disagreement, verdict = _agreement(output)
+  assert disagreement <= demo.TOLERANCE
+  assert verdict == "OK"
+  assert "stiff -> sloppy" in output
+  assert "median of 2 calls" in output
+
+
+def test_main_returns_one_when_agreement_fails(monkeypatch, capsys):
+  monkeypatch.setattr(demo, "TOLERANCE", -1.0)  # No disagreement passes.
+  assert cli.main(["demo"] + SMALL) == 1
+  assert "FAILED" in capsys.readouterr().out
+
+
+def test_main_requires_a_command():
+  with pytest.raises(SystemExit) as raised:
+    cli.main([])
+  assert raised.value.code == 2
+
+
+def test_demo_rejects_dim_below_two():
+  with pytest.raises(ValueError, match="`dim` must be at least 2; got 1"):
+    cli.main(["demo", "--dim", "1"])
+
+
+def test_module_command_line():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  completed = subprocess.run([sys.executable, "-m", "tfp_hessian", "demo"] + SMALL, capture_output=True,
+                             text=True, env=env, timeout=300, check=False)
+  assert completed.returncode == 0, completed.stdout + completed.stderr
+  disagreement, verdict = _agreement(completed.stdout)
+  assert disagreement <= 1e-8
+  assert verdict == "OK"
