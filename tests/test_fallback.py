@@ -1,0 +1,137 @@
+"""The autodiff fallback picks its structure: elementwise for coordinatewise bijectors, dense for the rest.
+
+Every fallback case of `cases.py` is also checked against both references in `test_bijectors.py`; here the claim is
+the choice itself, the exact diagonal structure of the elementwise result, and its agreement with the dense
+fallback run on the same bijector.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfp_hessian
+from tfp_hessian import bijectors as hb
+from tfp_hessian import reference, registry
+from tfp_hessian.bijectors import autodiff
+from tfp_hessian.pullback import DensePullback, ElementwisePullback
+
+from cases import BIJECTORS, DIM, RTOL, assert_close, flow_and_points
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+
+class _ExpByHand(tfb.Exp):
+  """A user's `Exp` that overrides the math: it loses the analytic rule and must fall back."""
+
+  def _inverse(self, y):
+    return tf.math.log(y)
+
+
+# Coordinatewise bijectors without an analytic rule, each with a map of R^D onto its forward domain where that is
+# not all of R^D.
+COORDINATEWISE = {
+    "RationalQuadraticSpline": (lambda: BIJECTORS["RationalQuadraticSpline (fallback)"].make(
+        np.float64, np.random.default_rng(0)), None),
+    "GumbelCDF": (lambda: tfb.GumbelCDF(tf.constant(0.3, tf.float64), tf.constant(1.7, tf.float64)), None),
+    "KumaraswamyCDF": (lambda: tfb.KumaraswamyCDF(tf.constant(2., tf.float64), tf.constant(0.7, tf.float64)),
+                       tfb.Sigmoid()),
+    "SoftClip": (lambda: tfb.SoftClip(low=tf.constant(-1., tf.float64), high=tf.constant(2., tf.float64)), None),
+    "WeibullCDF": (lambda: tfb.WeibullCDF(tf.constant(1.5, tf.float64), tf.constant(0.8, tf.float64)), tfb.Exp()),
+    "Reciprocal": (lambda: tfb.Reciprocal(), tfb.Exp()),
+    "Exp with its own _inverse": (lambda: _ExpByHand(), None),
+    "Invert(GumbelCDF)": (lambda: tfb.Invert(tfb.GumbelCDF(tf.constant(0.3, tf.float64))),
+                          tfb.GumbelCDF(tf.constant(0.3, tf.float64))),
+    "Invert(SoftClip)": (lambda: tfb.Invert(tfb.SoftClip(low=tf.constant(-1., tf.float64),
+                                                         high=tf.constant(2., tf.float64))),
+                         tfb.SoftClip(low=tf.constant(-1., tf.float64), high=tf.constant(2., tf.float64))),
+}
+
+# Bijectors of vector events without an analytic rule.
+DENSE = {
+    "Ascending": (lambda: tfb.Ascending(), None),
+    "Cumsum": (lambda: tfb.Cumsum(), None),
+    "Invert(Ascending)": (lambda: tfb.Invert(tfb.Ascending()), tfb.Ascending()),
+}
+
+
+def _flow(make, domain, seed=0):
+  """`(flow, z)`: the bijector over a correlated Gaussian (through `domain` first), and points of the flow."""
+  rng = np.random.default_rng(seed)
+  base = tfd.MultivariateNormalTriL(
+      tf.constant(rng.normal(size=DIM) * 0.5), tf.constant(np.tril(rng.normal(size=(DIM, DIM)) * 0.3)
+                                                           + np.diag(rng.uniform(0.7, 1.3, DIM))))
+  if domain is not None:
+    base = tfd.TransformedDistribution(base, domain)
+  flow = tfd.TransformedDistribution(base, make())
+  # A stateless seed: an integer one draws different points depending on what the process sampled before.
+  return flow, tf.identity(flow.sample(6, seed=(seed, 0)))
+
+
+@pytest.mark.parametrize("name", sorted(COORDINATEWISE))
+def test_coordinatewise_bijector_gets_the_elementwise_fallback(name):
+  flow, z = _flow(*COORDINATEWISE[name])
+  bijector = flow.bijector
+  assert not registry.has_analytic_rule(bijector)
+  assert autodiff.is_coordinatewise(bijector)
+  pullback = hb.hessian_pullback(bijector, z)
+  assert isinstance(pullback, ElementwisePullback)
+  hessian = pullback.hessian().numpy()
+  jacobian = pullback.jacobian().numpy()
+  d = np.arange(DIM)
+  only_kkk = np.zeros([DIM] * 3, bool)
+  only_kkk[d, d, d] = True
+  assert np.all(hessian[..., ~only_kkk] == 0)
+  assert np.all(jacobian[..., ~np.eye(DIM, dtype=bool)] == 0)
+  # The diagonal of `hessian()` is `φ''` itself, not a reconstruction of it.
+  np.testing.assert_array_equal(hessian[..., d, d, d], np.broadcast_to(pullback.d2, z.shape))
+  # The flow's Hessian through the elementwise fallback agrees with both references.
+  rtol = RTOL[np.float64]
+  assert_close(tfp_hessian.log_prob_hessian(flow, z), reference.tape_hessian(flow, z), rtol)
+  assert_close(tfp_hessian.log_prob_hessian(flow, z), reference.naive_hessian(flow, z), rtol)
+
+
+@pytest.mark.parametrize("name", sorted(COORDINATEWISE))
+def test_elementwise_fallback_matches_the_dense_fallback(name):
+  """Both fallbacks are exact: the O(D) one gives the O(D³) one's derivatives, on a batch of rank 2."""
+  flow, z = _flow(*COORDINATEWISE[name])
+  bijector = flow.bijector
+  y = tf.reshape(z, [2, 3, DIM])
+  elementwise = autodiff.elementwise_autodiff_rule(bijector, y)
+  dense = autodiff.dense_autodiff_rule(bijector, y)
+  rtol = RTOL[np.float64]
+  np.testing.assert_array_equal(elementwise.x, dense.x)
+  assert_close(elementwise.ildj[..., None], dense.ildj[..., None], rtol, 1, what="ildj")
+  assert_close(elementwise.jacobian(), dense.jacobian(), rtol, 2, what="jacobian")
+  assert_close(elementwise.hessian(), dense.hessian(), rtol, 3, what="inverse hessian")
+  for what, a, e, ndims in zip(["ildj gradient", "ildj hessian"], elementwise.ildj_derivatives(),
+                               dense.ildj_derivatives(), [1, 2]):
+    assert_close(a, e, rtol, ndims, what=what)
+
+
+@pytest.mark.parametrize("name", sorted(DENSE))
+def test_vector_event_bijector_gets_the_dense_fallback(name):
+  flow, z = _flow(*DENSE[name])
+  bijector = flow.bijector
+  assert not registry.has_analytic_rule(bijector)
+  assert not autodiff.is_coordinatewise(bijector)
+  assert isinstance(hb.hessian_pullback(bijector, z), DensePullback)
+
+
+@pytest.mark.parametrize("name", sorted(name for name, case in BIJECTORS.items() if not case.analytic))
+def test_fallback_cases_take_the_structure_they_declare(name):
+  """In the shared registry, a fallback case declared elementwise is served by the elementwise fallback."""
+  case = BIJECTORS[name]
+  flow, z = flow_and_points(case, np.float64)
+  pullback = hb.hessian_pullback(flow.bijector, z)
+  assert isinstance(pullback, ElementwisePullback) == autodiff.is_coordinatewise(flow.bijector)
+  if case.structure == "elementwise":
+    assert isinstance(pullback, ElementwisePullback)
+
+
+def test_analytic_rules_still_win_over_the_elementwise_fallback():
+  """A coordinatewise bijector with a rule keeps it: the fallback is only for those without one."""
+  bijector = tfb.Softplus()
+  assert autodiff.is_coordinatewise(bijector) and registry.has_analytic_rule(bijector)
+  assert registry.lookup(bijector) is not registry.fallback
