@@ -99,6 +99,14 @@ class ConditionerDerivatives(abc.ABC):
   def contract(self, weights):
     """`Σ_p w_p ∇²o_p`, `[*batch, D, D]`, for weights `w` of shape `[*batch, P]`."""
 
+  def factors(self, weights):
+    """`[(Z_l [*batch, R_l, D], c_l [*batch, R_l])]` with `Σ_p w_p ∇²o_p = Σ_l Z_lᵀ diag(c_l) Z_l`, or None.
+
+    Lets a pullback fold the contraction into its own products instead of forming it first.
+    """
+    del weights
+    return None
+
 
 class DenseNetworkDerivatives(ConditionerDerivatives):
   """A chain of dense layers, differentiated from its kernels.
@@ -128,19 +136,22 @@ class DenseNetworkDerivatives(ConditionerDerivatives):
       a, da = value, d1[..., tf.newaxis] * dz
     self.outputs, self.jacobian = a, da
 
-  def contract(self, weights):
+  def factors(self, weights):
     adjoint = weights  # ∂(w·o)/∂a for the current layer's output
-    hess = None
+    factors = []
     for kernel, derivatives in zip(reversed(self._kernels), reversed(self._derivatives)):
       if derivatives is not None:
         d1, d2, dz = derivatives
-        term = tf.linalg.matmul(dz, (adjoint * d2)[..., tf.newaxis] * dz, transpose_a=True)
-        hess = term if hess is None else hess + term
+        factors.append((dz, adjoint * d2))
         adjoint = adjoint * d1
       adjoint = tf.tensordot(adjoint, kernel, [[-1], [1]])
-    if hess is None:  # A purely linear network.
-      d = tf.shape(self.jacobian)[-1]
-      hess = tf.zeros(tf.concat([tf.shape(weights)[:-1], [d, d]], 0), weights.dtype)
+    return factors
+
+  def contract(self, weights):
+    d = tf.shape(self.jacobian)[-1]
+    hess = tf.zeros(tf.concat([tf.shape(weights)[:-1], [d, d]], 0), weights.dtype)
+    for z, c in self.factors(weights):
+      hess = hess + tf.linalg.matmul(z, c[..., tf.newaxis] * z, transpose_a=True)
     return hess
 
 

@@ -62,8 +62,6 @@ def _made_derivatives(network, y):
                    applies=lambda bijector: _shift_and_log_scale_fn(bijector) is not None)
 def masked_autoregressive_flow_rule(bijector, y):
   fn = _shift_and_log_scale_fn(bijector)
-  x = bijector.inverse(y)
-  ildj = bijector.inverse_log_det_jacobian(y, event_ndims=1)
   derivatives = _made_derivatives(fn, y)
   if derivatives is None:
 
@@ -73,7 +71,7 @@ def masked_autoregressive_flow_rule(bijector, y):
       return tf.concat(pair, axis=-1)
 
     derivatives = conditioners.AutodiffDerivatives(shift_and_log_scale, y)
-  return ConditionedAffinePullback(x, ildj, derivatives)
+  return ConditionedAffinePullback(y, derivatives)
 
 
 def _coupling_split(bijector, d):
@@ -110,8 +108,7 @@ def _dense_coupling_derivatives(network, y, conditioning, transformed):
 @registry.register(tfb.RealNVP, applies=lambda bijector: _shift_and_log_scale_fn(bijector) is not None)
 def real_nvp_rule(bijector, y):
   fn = _shift_and_log_scale_fn(bijector)
-  x = bijector.inverse(y)  # Also fixes the layer's input depth, which `_masked_size` needs, and builds `fn`.
-  ildj = bijector.inverse_log_det_jacobian(y, event_ndims=1)
+  bijector._cache_input_depth(y)  # pylint: disable=protected-access  # `_masked_size` needs it
   d = y.shape[-1]
   conditioning, transformed = _coupling_split(bijector, d)
   derivatives = _dense_coupling_derivatives(fn, y, conditioning, transformed)
@@ -126,4 +123,4 @@ def real_nvp_rule(bijector, y):
       return tf.concat([tf.pad(value, pad) for value in pair], axis=-1)
 
     derivatives = conditioners.AutodiffDerivatives(shift_and_log_scale, y)
-  return ConditionedAffinePullback(x, ildj, derivatives)
+  return ConditionedAffinePullback(y, derivatives)
