@@ -50,6 +50,26 @@ def test_training_mode_raises_before_touching_the_layer(name):
     np.testing.assert_array_equal(variable.numpy(), old, err_msg=f"{variable.name} changed")
 
 
+class _CountingShift(tfb.Shift):
+  """A `Shift` that counts its inverse calls (overriding `_inverse` sends it to the fallback, harmlessly)."""
+
+  calls = 0
+
+  def _inverse(self, y):
+    type(self).calls += 1
+    return super()._inverse(y)
+
+
+def test_training_mode_is_refused_before_any_layer_runs():
+  """The check is static, in the sweep's structure pass: layers on the `z` side are not inverted first."""
+  layer, _ = _training_flows()
+  flow = tfd.TransformedDistribution(random_base(np.float64, np.random.default_rng(0)), tfb.Chain(
+      [_CountingShift(tf.ones(DIM, tf.float64)), tfb.Invert(tfb.BatchNormalization(layer, training=True))]))
+  with pytest.raises(ValueError, match=r"inference mode only"):
+    tfp_hessian.log_prob_hessian(flow, tf.zeros([3, DIM], tf.float64))
+  assert _CountingShift.calls == 0
+
+
 def test_training_mode_is_truly_batch_dependent():
   """Why it is refused: TFP's own log density of a training-mode flow at a point depends on the other points."""
   _, flows = _training_flows()

@@ -2,17 +2,19 @@
 
 Commands:
   demo   Hessians of a random flow, checked against autodiff, with its spectrum and timings (`demo.py`).
+  bench  `log_prob_hessian` timed against tf.hessians, nested tapes, forward-over-reverse and JAX (`bench.py`).
 """
 
 import argparse
 import sys
 
-from tfp_hessian import demo
+from tfp_hessian import bench, demo
 
 # Every subcommand is a module with `HELP` (one line), `add_arguments(parser)` and `run(args) -> exit status`.
 # A new command (`bench`) is one more entry here.
 COMMANDS = {
     "demo": demo,
+    "bench": bench,
 }
 
 

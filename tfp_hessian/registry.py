@@ -25,23 +25,27 @@ __all__ = [
     "fallback",
     "has_analytic_rule",
     "analytic_bijectors",
+    "validate",
 ]
 
 _RULES = {}
 _FORWARD_RULES = {}
 _APPLIES = {}
+_VALIDATORS = {}
 _FALLBACK = []
 
 # The methods whose override changes a bijector's math (and so voids an inherited rule).
 _MATH_METHODS = ("_forward", "_inverse", "_forward_log_det_jacobian", "_inverse_log_det_jacobian")
 
 
-def register(*bijector_classes, applies=None):
+def register(*bijector_classes, applies=None, validate=None):
   """Decorator: registers `rule(bijector, y) -> Pullback` for the given TFP bijector classes.
 
   Args:
     *bijector_classes: the TFP classes the rule serves (and their subclasses that keep their math).
     applies: optional `bijector -> bool`; where it is False the bijector gets the fallback instead.
+    validate: optional `bijector -> None` that raises, from static information only, if the rule cannot
+      serve this bijector; the sweep calls it for every layer before any computation starts.
   """
 
   def decorate(rule):
@@ -49,6 +53,8 @@ def register(*bijector_classes, applies=None):
       _RULES[cls] = rule
       if applies is not None:
         _APPLIES[cls] = applies
+      if validate is not None:
+        _VALIDATORS[cls] = validate
     return rule
 
   return decorate
@@ -89,6 +95,13 @@ def _analytic_rule(bijector):
   if ancestor is None or not _APPLIES.get(ancestor, lambda _: True)(bijector):
     return None
   return _RULES[ancestor]
+
+
+def validate(bijector):
+  """Raises if `bijector`'s rule cannot serve it (e.g. a batch-dependent layer); static checks only."""
+  ancestor = _find(_VALIDATORS, bijector)
+  if ancestor is not None:
+    _VALIDATORS[ancestor](bijector)
 
 
 def has_analytic_rule(bijector):

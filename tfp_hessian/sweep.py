@@ -62,6 +62,7 @@ def _check_structure(distribution, size):
   bijectors, base = _unwrap(distribution)
   event = tf.TensorShape([size])
   for bijector in bijectors:
+    registry.validate(bijector)
     min_ndims = bijector.forward_min_event_ndims
     if not isinstance(min_ndims, (int, np.integer)) or min_ndims > 1:
       raise NotImplementedError(

@@ -70,7 +70,7 @@ def _scale(bijector, dtype):
   return scale
 
 
-@registry.register(tfb.BatchNormalization)
+@registry.register(tfb.BatchNormalization, validate=_check_inference_mode)
 def batch_normalization_rule(bijector, y):
   """`x = γ (y - μ)/√(σ² + ε) + β` per coordinate; refuses training mode (module docstring)."""
   _check_inference_mode(bijector)

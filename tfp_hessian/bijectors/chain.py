@@ -8,7 +8,12 @@ from tfp_hessian.pullback import ComposedPullback, ElementwisePullback
 
 
 # `_Chain` is the base of `tfb.Chain` that TFP builds when a member is not a CompositeTensor.
-@registry.register(chain_lib._Chain)  # pylint: disable=protected-access
+def _validate_members(bijector):
+  for member in bijector.bijectors:
+    registry.validate(member)
+
+
+@registry.register(chain_lib._Chain, validate=_validate_members)  # pylint: disable=protected-access
 def chain_rule(bijector, y):
   # `Chain([b1, b2]).inverse(y) = b2.inverse(b1.inverse(y))`: the first bijector sits on the `y` side.
   layers = []

@@ -52,6 +52,7 @@ def inverted_pullback(bijector, y):
   return registry.fallback(tfb.Invert(bijector), y)
 
 
-@registry.register(_INVERT, applies=lambda bijector: _invertible_analytically(bijector.bijector))
+@registry.register(_INVERT, applies=lambda bijector: _invertible_analytically(bijector.bijector),
+                   validate=lambda bijector: registry.validate(bijector.bijector))
 def invert_rule(bijector, y):
   return inverted_pullback(bijector.bijector, y)
