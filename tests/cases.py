@@ -92,7 +92,7 @@ def _real_nvp(dtype, rng, num_masked=2, **kwargs):
   return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=shift_and_log_scale, **kwargs)
 
 
-def _made(dtype, rng, activation="tanh", hidden_units=(7, 6)):
+def _made(dtype, rng, activation="tanh", hidden_units=(7, 6), dim=DIM):
   """A built `tfb.AutoregressiveNetwork` with random masked weights, computing in `dtype` throughout.
 
   Its activation layers take Keras' floatx when they are created, so floatx is set to `dtype` while the network
@@ -101,9 +101,9 @@ def _made(dtype, rng, activation="tanh", hidden_units=(7, 6)):
   floatx = tf_keras.backend.floatx()
   tf_keras.backend.set_floatx(np.dtype(dtype).name)
   try:
-    made = tfb.AutoregressiveNetwork(params=2, event_shape=[DIM], hidden_units=list(hidden_units),
+    made = tfb.AutoregressiveNetwork(params=2, event_shape=[dim], hidden_units=list(hidden_units),
                                      activation=activation, dtype=dtype)
-    made(tf.zeros([1, DIM], dtype))
+    made(tf.zeros([1, dim], dtype))
   finally:
     tf_keras.backend.set_floatx(floatx)
   dense = [layer for layer in made._network.layers if isinstance(layer, tf_keras.layers.Dense)]
@@ -114,14 +114,15 @@ def _made(dtype, rng, activation="tanh", hidden_units=(7, 6)):
   return made
 
 
-def _real_nvp_dense(dtype, rng, activation="tanh"):
+def _real_nvp_dense(dtype, rng, activation="tanh", dim=DIM, hidden_units=(8, 7)):
   """RealNVP with the package's dense conditioner (derivatives from its kernels), random weights."""
-  conditioner = DenseShiftAndLogScale([8, 7], activation=activation, dtype=dtype)
-  conditioner(tf.zeros([1, 2], dtype), DIM - 2)
+  num_masked = dim // 2
+  conditioner = DenseShiftAndLogScale(list(hidden_units), activation=activation, dtype=dtype)
+  conditioner(tf.zeros([1, num_masked], dtype), dim - num_masked)
   for weight in conditioner.trainable_weights:
     scale = 1.5 / np.sqrt(weight.shape[0]) if weight.shape.rank == 2 else 0.3
     weight.assign(rng.normal(size=weight.shape) * scale)
-  return tfb.RealNVP(num_masked=2, shift_and_log_scale_fn=conditioner)
+  return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=conditioner)
 
 
 def _maf_callable(dtype, rng):

@@ -24,6 +24,10 @@ def _shift_and_log_scale_fn(bijector):
   return bijector.parameters.get("shift_and_log_scale_fn")
 
 
+def _has_shift_and_log_scale_fn(bijector):
+  return _shift_and_log_scale_fn(bijector) is not None
+
+
 def _as_pair(params, like):
   """TFP's conditioner output (a `[..., D, 2]` tensor, or a `(shift, log_scale)` pair with None for absent)."""
   if tf.is_tensor(params):
@@ -58,8 +62,7 @@ def _made_derivatives(network, y):
   return conditioners.DenseNetworkDerivatives(layers, y)
 
 
-@registry.register(tfb.MaskedAutoregressiveFlow,
-                   applies=lambda bijector: _shift_and_log_scale_fn(bijector) is not None)
+@registry.register(tfb.MaskedAutoregressiveFlow, applies=_has_shift_and_log_scale_fn)
 def masked_autoregressive_flow_rule(bijector, y):
   fn = _shift_and_log_scale_fn(bijector)
   derivatives = _made_derivatives(fn, y)
@@ -105,7 +108,7 @@ def _dense_coupling_derivatives(network, y, conditioning, transformed):
   return conditioners.DenseNetworkDerivatives(layers, y)
 
 
-@registry.register(tfb.RealNVP, applies=lambda bijector: _shift_and_log_scale_fn(bijector) is not None)
+@registry.register(tfb.RealNVP, applies=_has_shift_and_log_scale_fn)
 def real_nvp_rule(bijector, y):
   fn = _shift_and_log_scale_fn(bijector)
   bijector._cache_input_depth(y)  # pylint: disable=protected-access  # `_masked_size` needs it

@@ -52,7 +52,14 @@ def inverted_pullback(bijector, y):
   return registry.fallback(tfb.Invert(bijector), y)
 
 
-@registry.register(_INVERT, applies=lambda bijector: _invertible_analytically(bijector.bijector),
-                   validate=lambda bijector: registry.validate(bijector.bijector))
+def _inner_invertible_analytically(bijector):
+  return _invertible_analytically(bijector.bijector)
+
+
+def _validate_inner(bijector):
+  registry.validate(bijector.bijector)
+
+
+@registry.register(_INVERT, applies=_inner_invertible_analytically, validate=_validate_inner)
 def invert_rule(bijector, y):
   return inverted_pullback(bijector.bijector, y)
