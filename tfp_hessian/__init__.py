@@ -4,9 +4,11 @@
 >>> hessian = tfp_hessian.log_prob_hessian(flow, z)   # [*batch, D, D]
 """
 
-from tfp_hessian import bijectors, reference, registry
+from tfp_hessian import bijectors, plots, reference, registry
 from tfp_hessian.distribution import TransformedDistribution
 from tfp_hessian.pullback import Pullback
+from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
+                                  stiff_sloppy_split)
 from tfp_hessian.sampling import sample_and_log_prob_derivatives, sample_and_log_prob_hessian
 from tfp_hessian.sweep import LogProbDerivatives, log_prob_and_derivatives, log_prob_hessian
 
@@ -15,12 +17,19 @@ __version__ = "0.1.0"
 __all__ = [
     "LogProbDerivatives",
     "Pullback",
+    "Spectrum",
     "TransformedDistribution",
     "bijectors",
+    "condition_number",
+    "coordinate_contributions",
+    "decades",
     "log_prob_and_derivatives",
     "log_prob_hessian",
+    "plots",
     "reference",
     "registry",
     "sample_and_log_prob_derivatives",
     "sample_and_log_prob_hessian",
+    "spectrum",
+    "stiff_sloppy_split",
 ]

@@ -7,13 +7,19 @@ points, and computes `∇²_z log q(z)` at them with `tfp_hessian.log_prob_hessi
 1. compares the Hessians with the two autodiff references of `tfp_hessian.reference` (`tf.hessians` and nested
    `GradientTape`s), as the worst normwise relative disagreement over points,
    `max_n max_ij |H_n - R_n|_ij / max_ij |R_n|_ij`;
-2. prints the eigenvalues of the Hessian at the first point, stiff to sloppy (largest `|λ|` first);
-3. times every method, each after a warm-up call, and reports medians.
+2. prints the eigenvalues of the Hessian at the first point, stiff to sloppy (largest `|λ|` first), and a
+   stiff/sloppy summary of every point (`tfp_hessian.spectrum`): the span of `|λ|` in decades, how many
+   eigenvalues are positive, and which coordinate the stiffest and the sloppiest direction lie along;
+3. times every method, each after a warm-up call, and reports medians;
+4. with `--figure PATH`, writes the eigenvalue ladder of all points (`tfp_hessian.plots.eigenvalue_ladder`;
+   needs matplotlib).
 
-It fails (exit status 1) if the disagreement exceeds `TOLERANCE`.
+It fails (exit status 1) if the disagreement exceeds `TOLERANCE`; asked for a figure without matplotlib
+installed, it exits with status 2 before running.
 """
 
 import collections
+import importlib.util
 import sys
 import textwrap
 import time
@@ -35,7 +41,7 @@ HELP = "Hessians of a random float64 flow: agreement with autodiff, spectrum, ti
 # Worst normwise relative disagreement with either reference that still passes, in float64.
 TOLERANCE = 1e-8
 
-DemoResult = collections.namedtuple("DemoResult", ["disagreement", "eigenvalues", "timings", "ok"])
+DemoResult = collections.namedtuple("DemoResult", ["disagreement", "eigenvalues", "timings", "ok", "spectrum"])
 DemoResult.__doc__ = """What `run_demo` measured.
 
 Attributes:
@@ -44,6 +50,7 @@ Attributes:
   timings: dict `method -> median seconds per call`, in the order they were timed; the last entry is
     `log_prob` alone, for scale.
   ok: True if every disagreement is at most `TOLERANCE` (and none is NaN).
+  spectrum: `tfp_hessian.Spectrum` of the Hessians at all points (numpy arrays), stiffest first.
 """
 
 
@@ -144,7 +151,7 @@ def _describe(flow):
   return " <- ".join(names), analytic, len(members)
 
 
-def run_demo(dim=16, num_points=8, seed=0, repeats=20, out=None):
+def run_demo(dim=16, num_points=8, seed=0, repeats=20, out=None, figure=None):
   """Runs the demo and prints its report.
 
   Args:
@@ -153,12 +160,15 @@ def run_demo(dim=16, num_points=8, seed=0, repeats=20, out=None):
     seed: seed of the flow's weights and of the samples.
     repeats: timed calls per method (after one warm-up call).
     out: text stream for the report; `sys.stdout` if None.
+    figure: path to write the eigenvalue ladder of all points to (any format matplotlib infers from the
+      suffix, e.g. `.png`, `.svg`); none if None.
 
   Returns:
     A `DemoResult`.
 
   Raises:
     ValueError: if `dim < 2`, `num_points < 1` or `repeats < 1`.
+    ImportError: if `figure` is given and matplotlib is not installed.
   """
   if num_points < 1:
     raise ValueError(f"`num_points` must be at least 1; got {num_points}.")
@@ -209,18 +219,19 @@ def run_demo(dim=16, num_points=8, seed=0, repeats=20, out=None):
   say(f"  max relative disagreement {worst:.1e} (tolerance {TOLERANCE:.0e}): {'OK' if ok else 'FAILED'}")
   say()
 
-  first = hessians["ours, tf.function"][0]
+  spectrum = tfp_hessian.Spectrum(*(np.asarray(part) for part in
+                                    tfp_hessian.spectrum(hessians["ours, tf.function"])))
+  eigenvalues = spectrum.eigenvalues[0]
   say("eigenvalues of the log-density Hessian at z[0] (all negative near a mode of q),")
   say("stiff -> sloppy, largest |lambda| first:")
-  if np.all(np.isfinite(first)):
-    eigenvalues = np.linalg.eigvalsh(first)
-    eigenvalues = eigenvalues[np.argsort(-np.abs(eigenvalues), kind="stable")]
+  if spectrum.finite[0]:
     for start in range(0, dim, 8):
       say("  " + " ".join(f"{v:10.3e}" for v in eigenvalues[start:start + 8]))
     say(f"  |lambda| spans {np.abs(eigenvalues[0]) / np.abs(eigenvalues[-1]):.1e} (stiffest / sloppiest)")
   else:
-    eigenvalues = np.full([dim], np.nan)
     say("  none: the Hessian at z[0] is not finite")
+  say()
+  _say_stiff_sloppy(spectrum, say)
   say()
 
   timings = {name: _median_seconds(method, z, repeats) for name, method in methods.items()}
@@ -231,7 +242,44 @@ def run_demo(dim=16, num_points=8, seed=0, repeats=20, out=None):
   say(f"  {'method':28s}{'median':>10s}{'/ ours':>10s}   (ratio to ours, tf.function)")
   for name, seconds in timings.items():
     say(f"  {name:28s}{_format_seconds(seconds):>10s}{seconds / fastest:9.1f}x")
-  return DemoResult(disagreement, eigenvalues, timings, ok)
+  if figure is not None:
+    _write_ladder(spectrum, figure, f"Hessian eigenvalues of the demo flow, D={dim}, seed {seed}")
+    say()
+    say(f"eigenvalue ladder of all {num_points} points written to {figure}")
+  return DemoResult(disagreement, eigenvalues, timings, ok, spectrum)
+
+
+def _say_stiff_sloppy(spectrum, say):
+  """One line per point: span of |λ|, positive eigenvalues, and the coordinates of the extreme directions."""
+  contributions = np.asarray(tfp_hessian.coordinate_contributions(spectrum))
+  decades = np.asarray(tfp_hessian.decades(spectrum))
+  say("stiff and sloppy directions per point (tfp_hessian.spectrum); 'along z_i (s)': the coordinate with the")
+  say("largest share s = v_i^2 of that unit eigenvector")
+  say(f"  {'point':7s}{'max|lambda|':>12s}{'min|lambda|':>12s}{'decades':>9s}{'lambda>0':>10s}"
+      f"   {'stiffest along':17s}sloppiest along")
+  for n, finite in enumerate(spectrum.finite):
+    if not finite:
+      say(f"  z[{n}]".ljust(9) + "   not finite")
+      continue
+    magnitude = np.abs(spectrum.eigenvalues[n])
+    along = []
+    for k in (0, -1):
+      i = int(np.argmax(contributions[n, :, k]))
+      along.append(f"z_{i} ({contributions[n, i, k]:.2f})")
+    say(f"  {f'z[{n}]':7s}{magnitude[0]:12.3e}{magnitude[-1]:12.3e}{decades[n]:9.2f}"
+        f"{int(np.sum(spectrum.eigenvalues[n] > 0)):10d}   {along[0]:17s}{along[1]}")
+
+
+def _write_ladder(spectrum, path, title):
+  """Writes `tfp_hessian.plots.eigenvalue_ladder` of `spectrum` to `path`, without pyplot's global state."""
+  from matplotlib import figure as figure_lib  # pylint: disable=import-outside-toplevel
+
+  columns = spectrum.eigenvalues.shape[0]
+  fig = figure_lib.Figure(figsize=(max(4., 0.6 * columns + 2.), 4.), layout="constrained")
+  ax = fig.add_subplot()
+  tfp_hessian.plots.eigenvalue_ladder(spectrum, ax=ax)
+  ax.set_title(title, fontsize="medium")
+  fig.savefig(path, dpi=120)
 
 
 def add_arguments(parser):
@@ -241,9 +289,20 @@ def add_arguments(parser):
   parser.add_argument("--seed", type=int, default=0, help="seed of the weights and samples (default: 0)")
   parser.add_argument("--repeats", type=int, default=20,
                       help="timed calls per method, after a warm-up call (default: 20)")
+  parser.add_argument("--figure", metavar="PATH", default=None,
+                      help="write the eigenvalue ladder of all points to PATH (.png, .svg, .pdf; needs "
+                           "matplotlib: pip install tfp_hessian[plot]) (default: none)")
 
 
 def run(args):
-  """Runs the demo from parsed arguments; returns the exit status (0 if the Hessians agree)."""
-  result = run_demo(dim=args.dim, num_points=args.num_points, seed=args.seed, repeats=args.repeats)
+  """Runs the demo from parsed arguments; returns the exit status (0 if the Hessians agree).
+
+  Asked for a figure without matplotlib, it says so and returns 2 before running anything.
+  """
+  figure = getattr(args, "figure", None)
+  if figure is not None and importlib.util.find_spec("matplotlib") is None:
+    print("tfp_hessian demo: --figure needs matplotlib: pip install tfp_hessian[plot]", file=sys.stderr)
+    return 2
+  result = run_demo(dim=args.dim, num_points=args.num_points, seed=args.seed, repeats=args.repeats,
+                    figure=figure)
   return 0 if result.ok else 1
