@@ -12,7 +12,7 @@ import pytest
 from tfp_hessian import __main__ as cli
 from tfp_hessian import demo
 
-SMALL = ["--dim", "4", "--num-points", "3", "--seed", "1", "--repeats", "2"]
+SMALL = ["--dim", "4", "--num-points", "3", "--seed", "1", "--repeats", "2", "--no-figure"]
 AGREEMENT = re.compile(r"max relative disagreement (\S+) \(tolerance 1e-08\): (OK|FAILED)")
 
 
@@ -72,3 +72,10 @@ def test_module_command_line():
   disagreement, verdict = _agreement(completed.stdout)
   assert disagreement <= 1e-8
   assert verdict == "OK"
+
+
+def test_demo_writes_the_ladder_figure_by_default(tmp_path, monkeypatch):
+  """With matplotlib installed (the test extra has it), the demo writes its figure without being asked."""
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["demo"] + [arg for arg in SMALL if arg != "--no-figure"]) == 0
+  assert (tmp_path / demo.DEFAULT_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ points, and computes `∇²_z log q(z)` at them with `tfp_hessian.log_prob_hessi
    stiff/sloppy summary of every point (`tfp_hessian.spectrum`): the span of `|λ|` in decades, how many
    eigenvalues are positive, and which coordinate the stiffest and the sloppiest direction lie along;
 3. times every method, each after a warm-up call, and reports medians;
-4. with `--figure PATH`, writes the eigenvalue ladder of all points (`tfp_hessian.plots.eigenvalue_ladder`;
-   needs matplotlib).
+4. writes the eigenvalue ladder of all points (`tfp_hessian.plots.eigenvalue_ladder`) to `--figure PATH`, by
+   default to `DEFAULT_FIGURE` when matplotlib is installed (`--no-figure` writes none).
 
 It fails (exit status 1) if the disagreement exceeds `TOLERANCE`; asked for a figure without matplotlib
 installed, it exits with status 2 before running.
@@ -149,6 +149,9 @@ def _describe(flow):
   analytic = sum(registry.has_analytic_rule(b) for b in members)
   names = [type(b).__name__ for b in members] + [type(flow.distribution).__name__]
   return " <- ".join(names), analytic, len(members)
+
+
+DEFAULT_FIGURE = "tfp_hessian_demo_ladder.png"
 
 
 def run_demo(dim=16, num_points=8, seed=0, repeats=20, out=None, figure=None):
@@ -291,7 +294,9 @@ def add_arguments(parser):
                       help="timed calls per method, after a warm-up call (default: 20)")
   parser.add_argument("--figure", metavar="PATH", default=None,
                       help="write the eigenvalue ladder of all points to PATH (.png, .svg, .pdf; needs "
-                           "matplotlib: pip install tfp_hessian[plot]) (default: none)")
+                           f"matplotlib: pip install tfp_hessian[plot]) (default: {DEFAULT_FIGURE} when "
+                           "matplotlib is installed)")
+  parser.add_argument("--no-figure", action="store_true", help="write no figure")
 
 
 def run(args):
@@ -300,9 +305,14 @@ def run(args):
   Asked for a figure without matplotlib, it says so and returns 2 before running anything.
   """
   figure = getattr(args, "figure", None)
-  if figure is not None and importlib.util.find_spec("matplotlib") is None:
+  has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+  if figure is not None and not has_matplotlib:
     print("tfp_hessian demo: --figure needs matplotlib: pip install tfp_hessian[plot]", file=sys.stderr)
     return 2
+  if getattr(args, "no_figure", False):
+    figure = None
+  elif figure is None and has_matplotlib:
+    figure = DEFAULT_FIGURE
   result = run_demo(dim=args.dim, num_points=args.num_points, seed=args.seed, repeats=args.repeats,
                     figure=figure)
   return 0 if result.ok else 1
