@@ -11,16 +11,18 @@ For each cell (flow, D, dtype) every method of `METHODS` (and each peer of `PEER
 
 1. a first call, timed: tracing and compiling included (`first_call_s`);
 2. agreement with ours, `max_n max_ij |H_n - H_ours,n|_ij / max_ij |H_ours,n|_ij` (`max_rel_error`);
-3. one untimed warm-up call, then timed calls interleaved round-robin (in a fresh random order each round), so
-   that the load of a shared machine falls on every method alike; the median and the interquartile range
-   are reported. A method slower than the time budget gets fewer calls (at least one);
-4. one more call under a sampler of the process's resident set size (`/proc/self/statm`, every 0.5 ms):
-   `peak_rss_delta_mib` is the peak above the RSS just before the call. It is what that call added to the
-   process, a lower bound of its working memory (memory that an earlier call freed may be reused).
+3. an untimed warm-up call under a sampler of the process's resident set size (`/proc/self/statm`, every
+   0.5 ms): `peak_rss_delta_mib` is the peak above the RSS just before the call. It is what that call added
+   to the process, a lower bound of its working memory (memory that an earlier call freed may be reused);
+4. timed calls interleaved round-robin (in a fresh random order each round), so that the load of a shared
+   machine falls on every method alike; the median and the interquartile range are reported. A method slower
+   than the time budget allows gets fewer calls (at least one).
 
 A method that raises is reported as `failed: <reason>` in its cell and the run goes on. A method predicted to
-exceed the per-call budget (its time at the next smaller D, scaled as `D³`) is `skipped: > budget`. The
-log–log slope of time against D per method (`exponents`) and the issue's targets (`targets`) close the report.
+exceed the per-call budget (extrapolated from the smaller D, at least as `D³`), or whose warm-up call did, or
+whose first call took three times the budget, is `skipped: > budget` (`log_prob` and ours always run); a
+method that can afford one call only is timed by its warm-up call. The log–log slope of time against D per method
+(`exponents`) and the issue's targets (`targets`) close the report.
 
 The JAX peer (`--peers jax`) runs `jax.jit(jax.vmap(jax.hessian(log_prob)))` on the identical flow, built from
 the same weights with TFP's JAX substrate, in a worker process of its own virtual environment
@@ -33,6 +35,7 @@ import json
 import os
 import pathlib
 import platform
+import select
 import subprocess
 import sys
 import tempfile
@@ -67,7 +70,7 @@ HIDDEN_UNITS = (64, 64)
 TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
 
 DEFAULTS = dict(flows=("elementwise_affine", "realnvp", "maf"), dims=(16, 64, 128), dtypes=("float32", "float64"),
-                num_points=16, repeats=15, budget=20., time_budget=8.)
+                num_points=16, repeats=15, budget=20., time_budget=5.)
 # What `--quick` changes: tiny flows, few calls (what tests/test_bench.py runs).
 QUICK = dict(dims=(3, 5), dtypes=("float64",), num_points=4, repeats=3, budget=20., time_budget=0.5)
 
@@ -157,9 +160,10 @@ def _made(dim, dtype, rng):
     made(tf.zeros([1, dim], dtype))
   finally:
     tf_keras.backend.set_floatx(floatx)
-  dense = [layer for layer in made._network.layers if isinstance(layer, tf_keras.layers.Dense)]  # pylint: disable=protected-access
+  network, masks = made._network, made._masks  # pylint: disable=protected-access
+  dense = [layer for layer in network.layers if isinstance(layer, tf_keras.layers.Dense)]
   kernels, biases = [], []
-  for layer, mask, gain in zip(dense, made._masks, _conditioner_gains(len(dense))):  # pylint: disable=protected-access
+  for layer, mask, gain in zip(dense, masks, _conditioner_gains(len(dense))):
     # The kernel constraint masks only optimizer updates: a kernel assigned by hand must be masked by hand.
     layer.kernel.assign(_dense_weights(rng, layer.kernel.shape, gain) * mask)
     layer.bias.assign(0.3 * rng.standard_normal(layer.bias.shape))
@@ -340,14 +344,15 @@ class _TfRunner:
     self._fn(self._z)
     return time.perf_counter() - start
 
-  def memory(self):
+  def warm_up(self):
+    """`(seconds of one call, peak RSS delta in MiB)`: untimed calls, under the RSS sampler."""
     with _PeakRss() as peak:
       start = time.perf_counter()
-      while True:  # Short calls: a few of them, so the sampler sees at least one.
+      self._fn(self._z)
+      seconds = time.perf_counter() - start
+      while time.perf_counter() - start < 0.02:  # Short calls: a few more, so the sampler sees one.
         self._fn(self._z)
-        if time.perf_counter() - start > 0.02:
-          break
-    return peak.delta_mib
+    return seconds, peak.delta_mib
 
   def close(self):
     pass
@@ -358,55 +363,79 @@ class PeerError(RuntimeError):
 
 
 class _JaxPeer:
-  """A worker process of the JAX venv, driven by one JSON line per request (`benchmarks/jax_peer/worker.py`)."""
+  """A worker process of the JAX venv, driven by one JSON line per request (`benchmarks/jax_peer/worker.py`).
 
-  def __init__(self, python=None):
+  A request that outlives its timeout kills the worker (a hopeless size must not hold up the run); the next
+  cell starts a new one.
+  """
+
+  def __init__(self, python=None, budget=DEFAULTS["budget"]):
     root = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "jax_peer"
-    python = pathlib.Path(python) if python else root / ".venv" / "bin" / "python"
-    worker = root / "worker.py"
-    if not worker.exists():
-      raise PeerError(f"the JAX worker {worker} is not there (run the benchmark from a source checkout)")
-    if not python.exists():
-      raise PeerError(f"no JAX environment at {python}: run benchmarks/jax_peer/setup.sh first")
+    self._python = pathlib.Path(python) if python else root / ".venv" / "bin" / "python"
+    self._worker = root / "worker.py"
+    self.budget = budget
+    if not self._worker.exists():
+      raise PeerError(f"the JAX worker {self._worker} is not there (run the benchmark from a source checkout)")
+    if not self._python.exists():
+      raise PeerError(f"no JAX environment at {self._python}: run benchmarks/jax_peer/setup.sh first")
+    self._process = None
+    self._start()
+    self.versions = self.request(op="versions", timeout=120)["versions"]
+
+  def _start(self):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    self._process = subprocess.Popen([str(python), str(worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # Why: see worker.py.
+    self._process = subprocess.Popen([str(self._python), str(self._worker)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     self._stderr = []
-    threading.Thread(target=self._drain, daemon=True).start()
-    self.versions = self.request(op="versions")["versions"]
+    threading.Thread(target=self._drain, args=(self._process, self._stderr), daemon=True).start()
 
-  def _drain(self):
-    for line in self._process.stderr:
-      self._stderr.append(line)
-      del self._stderr[:-20]
+  @staticmethod
+  def _drain(process, lines):
+    for line in process.stderr:
+      lines.append(line)
+      del lines[:-20]
 
-  def request(self, **message):
+  def _last_words(self):
+    return " ".join("".join(self._stderr[-3:]).split())[-300:]
+
+  def request(self, timeout=None, **message):
+    """The worker's reply to `message`, or `PeerError`; `timeout` in seconds (default: twice the budget)."""
+    timeout = 2 * self.budget if timeout is None else timeout
     try:
       self._process.stdin.write(json.dumps(message) + "\n")
       self._process.stdin.flush()
-      line = self._process.stdout.readline()
+      ready, _, _ = select.select([self._process.stdout], [], [], timeout)
+      line = self._process.stdout.readline() if ready else None
     except (BrokenPipeError, OSError) as error:
-      raise PeerError(f"the JAX worker died: {error}; {''.join(self._stderr[-3:]).strip()}") from None
+      raise PeerError(f"the JAX worker died: {error}; {self._last_words()}") from None
+    if line is None:
+      self._process.kill()
+      self._process.wait()
+      raise PeerError(f"no answer to {message['op']!r} within {timeout:.0f} s (worker stopped)")
     if not line:
-      raise PeerError(f"the JAX worker exited ({self._process.poll()}): {''.join(self._stderr[-3:]).strip()}")
+      raise PeerError(f"the JAX worker exited ({self._process.poll()}): {self._last_words()}")
     reply = json.loads(line)
     if not reply.get("ok"):
       raise PeerError(reply.get("error", "unknown error"))
     return reply
 
   def runner(self, bench_flow, z, workdir):
+    if self._process.poll() is not None:
+      self._start()
     return _JaxRunner(self, bench_flow, z, workdir)
 
   def close(self):
     if self._process.poll() is None:
       try:
-        self.request(op="quit")
+        self.request(op="quit", timeout=10)
       except PeerError:
         pass
       try:
         self._process.wait(timeout=10)
       except subprocess.TimeoutExpired:
         self._process.kill()
+        self._process.wait()
 
 
 class _JaxRunner:
@@ -419,17 +448,21 @@ class _JaxRunner:
     _save_peer_inputs(self._inputs, bench_flow, z)
 
   def first_call(self):
-    reply = self._peer.request(op="load", inputs=self._inputs, output=self._outputs)
+    # Compiling comes on top of the call: a minute more than the budget.
+    reply = self._peer.request(op="load", inputs=self._inputs, output=self._outputs,
+                               timeout=self._peer.budget + 60)
     return np.load(self._outputs), reply["first_call_s"]
 
   def timed_call(self):
     return self._peer.request(op="time")["seconds"]
 
-  def memory(self):
-    return self._peer.request(op="memory")["peak_rss_delta_mib"]
+  def warm_up(self):
+    reply = self._peer.request(op="warm_up")
+    return reply["seconds"], reply["peak_rss_delta_mib"]
 
   def close(self):
-    self._peer.request(op="unload")
+    if self._peer._process.poll() is None:  # pylint: disable=protected-access
+      self._peer.request(op="unload")
 
 
 def _save_peer_inputs(path, bench_flow, z):
@@ -481,12 +514,22 @@ def _statistics(seconds):
 
 
 def _predicted_seconds(previous, dim):
-  """Seconds per call at `dim` from the largest smaller D measured, scaled as D³ (pessimistic), or None."""
-  smaller = [(d, r) for d, r in previous.items() if d < dim and r.get("median_ms") is not None]
+  """Seconds per call at `dim`, extrapolated from the smaller D measured, or None.
+
+  From the largest smaller D, the time grows as `D^p` with `p` the slope between the two largest smaller D
+  measured, or 3 if that is less (or there is only one): pessimistic for every method here except XLA's
+  batched triangular solves on CPU, whose time grows faster still (and which that slope then catches).
+  """
+  smaller = sorted((d, r["median_ms"] / 1e3) for d, r in previous.items()
+                   if d < dim and r.get("median_ms") is not None)
   if not smaller:
     return None
-  d, result = max(smaller, key=lambda item: item[0])
-  return result["median_ms"] / 1e3 * (dim / d) ** 3
+  power = 3.
+  if len(smaller) >= 2:
+    (d0, t0), (d1, t1) = smaller[-2:]
+    power = max(power, np.log(t1 / t0) / np.log(d1 / d0))
+  d, seconds = smaller[-1]
+  return seconds * (dim / d) ** power
 
 
 def _run_cell(z, dtype, runners, settings, history, rng):
@@ -497,8 +540,12 @@ def _run_cell(z, dtype, runners, settings, history, rng):
     if name not in _ALWAYS_RUN:
       earlier = [r for d, r in previous.items() if d < z.shape[-1] and r["status"].startswith("skipped")]
       predicted = _predicted_seconds(previous, z.shape[-1])
+      timed_out = [r for d, r in previous.items() if d < z.shape[-1] and "(worker stopped)" in r["status"]]
       if earlier:
         results[name] = dict(status="skipped: > budget at a smaller D")
+        continue
+      if timed_out:
+        results[name] = dict(status="skipped: timed out at a smaller D")
         continue
       if predicted is not None and predicted > settings["budget"]:
         results[name] = dict(status=f"skipped: > budget (~{predicted:.0f} s/call predicted > {settings['budget']:g} s)")
@@ -511,9 +558,15 @@ def _run_cell(z, dtype, runners, settings, history, rng):
       continue
     results[name] = dict(status="ok", first_call_s=first)
     outputs[name] = output
+    if name not in _ALWAYS_RUN and first > 3 * settings["budget"]:
+      # Tracing and compiling can take far longer than a call (XLA: 15 s and more), so only a first call far
+      # over the budget stops a method; it is checked for agreement, not timed.
+      results[name]["status"] = f"skipped: > budget (first call {first:.0f} s > 3 x {settings['budget']:g} s)"
+      runner.close()
+      continue
     active[name] = runner
 
-  hessians = {name: out for name, out in outputs.items() if name in active and out.ndim == 3}
+  hessians = {name: out for name, out in outputs.items() if out.ndim == 3}
   if "ours" in hessians:
     for name, hessian in hessians.items():
       try:
@@ -524,27 +577,30 @@ def _run_cell(z, dtype, runners, settings, history, rng):
       results[name]["max_rel_error"] = error
       results[name]["agrees"] = bool(error <= TOLERANCE[dtype])
 
-  # Warm-up, and how many timed calls each method can afford within the time budget.
-  planned = {}
+  # Warm-up (under the RSS sampler), and how many timed calls each method can afford within the time budget.
+  planned, estimates = {}, {}
   for name, runner in list(active.items()):
     try:
-      estimate = runner.timed_call()
+      estimates[name], results[name]["peak_rss_delta_mib"] = runner.warm_up()
+      estimate = estimates[name]
     except Exception as error:  # pylint: disable=broad-except
       results[name]["status"] = f"failed: {_reason(error)}"
-      del active[name]
       continue
-    if name not in _ALWAYS_RUN and estimate > settings["budget"]:
-      planned[name] = 0
-      results[name]["status"] = f"skipped: > budget ({estimate:.0f} s/call > {settings['budget']:g} s)"
-      results[name]["estimate_s"] = estimate
-      continue
-    planned[name] = int(np.clip(settings["time_budget"] // max(estimate, 1e-9), 1, settings["repeats"]))
     if name in _ALWAYS_RUN:
       planned[name] = settings["repeats"]
+    elif estimate > settings["budget"]:
+      results[name]["status"] = f"skipped: > budget (a call took {estimate:.0f} s > {settings['budget']:g} s)"
+      results[name]["single_call_s"] = estimate
+    else:
+      planned[name] = int(np.clip(settings["time_budget"] // max(estimate, 1e-9), 1, settings["repeats"]))
 
-  samples = {name: [] for name in active}
+  # A method that can afford one call only has just made it: that call is its measurement.
+  samples = {name: [] for name in planned}
+  for name, calls in planned.items():
+    if calls == 1 and name not in _ALWAYS_RUN:
+      samples[name].append(estimates[name])
   for _ in range(settings["repeats"]):
-    for name in rng.permutation(list(active)):
+    for name in rng.permutation(list(planned)):
       if len(samples[name]) >= planned[name]:
         continue
       try:
@@ -553,13 +609,8 @@ def _run_cell(z, dtype, runners, settings, history, rng):
         results[name]["status"] = f"failed: {_reason(error)}"
         planned[name] = 0
   for name, runner in active.items():
-    if samples[name] and results[name]["status"] == "ok":
+    if samples.get(name) and results[name]["status"] == "ok":
       results[name].update(_statistics(samples[name]))
-      try:
-        results[name]["peak_rss_delta_mib"] = runner.memory()
-      except Exception as error:  # pylint: disable=broad-except
-        results[name]["peak_rss_delta_mib"] = None
-        results[name]["memory_error"] = _reason(error)
     try:
       runner.close()
     except Exception:  # pylint: disable=broad-except
@@ -767,7 +818,7 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
   peer_objects, peer_errors = {}, {}
   for name in peers:
     try:
-      peer_objects[name] = _JaxPeer(jax_python)
+      peer_objects[name] = _JaxPeer(jax_python, budget)
       report["versions"].update({f"jax_peer_{k}": v for k, v in peer_objects[name].versions.items()})
     except PeerError as error:
       peer_errors[name] = str(error)
@@ -849,7 +900,7 @@ def add_arguments(parser):
   parser.add_argument("--budget", type=float, default=None,
                       help="skip a method slower than this many seconds per call (default: 20)")
   parser.add_argument("--time-budget", type=float, default=None,
-                      help="seconds of timed calls per method and cell; slower methods get fewer calls (default: 8)")
+                      help="seconds of timed calls per method and cell; slower methods get fewer calls (default: 5)")
   parser.add_argument("--seed", type=int, default=0, help="seed of weights and points (default: 0)")
   parser.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON to PATH")
   parser.add_argument("--jax-python", default=None, metavar="PATH",
