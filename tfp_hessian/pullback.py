@@ -410,9 +410,10 @@ class ConditionedAffinePullback(Pullback):
     # the blocks into it.
     hess = (tf.linalg.matmul(j, tf.linalg.matmul(hess, j) - v * s, adjoint_a=True)
             - tf.linalg.matmul(s, v * j + (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True))
-    factors = self._conditioner.factors(self._network_weights(grad))
+    weights = self._network_weights(grad)
+    factors = self._conditioner.factors(weights)
     if factors is None:
-      hess = hess - self._conditioner.contract(self._network_weights(grad))
+      hess = hess - self._conditioner.contract(weights)
     else:
       for z, c in factors:
         hess = hess - tf.linalg.matmul(z, c[..., tf.newaxis] * z, adjoint_a=True)
