@@ -298,6 +298,14 @@ BIJECTORS = {
     "RealNVP(DenseShiftAndLogScale swish)": BijectorCase(lambda dtype, rng: _real_nvp_dense(dtype, rng, "swish")),
     "RealNVP(reversed mask)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, num_masked=-2)),
     "RealNVP(fraction_masked)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, fraction_masked=0.6)),
+    # A permutation after a coupling or autoregressive layer is folded into it (pullback.py); two in a row
+    # compose, and one on the z side of the chain has no layer to fold into.
+    "Chain(MAF, Permute, RealNVP)": BijectorCase(lambda dtype, rng: tfb.Chain([
+        tfb.MaskedAutoregressiveFlow(_made(dtype, rng)), tfb.Permute(rng.permutation(DIM)),
+        _real_nvp_dense(dtype, rng)]), edges=(-6., 6.)),
+    "Chain(Permute, MAF, Permute, Permute, MAF(callable))": BijectorCase(lambda dtype, rng: tfb.Chain([
+        tfb.Permute(rng.permutation(DIM)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng)),
+        tfb.Permute(rng.permutation(DIM)), tfb.Permute(rng.permutation(DIM)), _maf_callable(dtype, rng)])),
     "Invert(RealNVP)": BijectorCase(lambda dtype, rng: tfb.Invert(_real_nvp(dtype, rng))),
     "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False),
 }

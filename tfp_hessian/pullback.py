@@ -18,6 +18,7 @@ the same for every point (an affine layer's matrix) keep a smaller batch shape a
 """
 
 import abc
+import copy
 
 import tensorflow as tf
 
@@ -329,6 +330,23 @@ class InvertedPullback(Pullback):
     return self.inner(grad, hess)
 
 
+def _fuse_permutations(layers):
+  """`layers` with each permutation folded into the layer on its `y` side, where that layer can take it.
+
+  A permutation after a layer with a dense Jacobian (`permute_output`) costs that layer a gather of its
+  Jacobian's rows instead of gathering both axes of every incoming Hessian: TF's gathers across the last axis
+  are slow. Layers are ordered from the `y` side, so the permutation acts on its predecessor's `x`.
+  """
+  fused = []
+  for layer in layers:
+    if (isinstance(layer, PermutationPullback) and fused
+        and getattr(fused[-1], "permute_output", None) is not None):
+      fused[-1] = fused[-1].permute_output(layer.source)
+    else:
+      fused.append(layer)
+  return fused
+
+
 class ComposedPullback(Pullback):
   """The pullback of a composition `h = h_K ∘ … ∘ h_1` (a `Chain`): its layers' pullbacks, base side first.
 
@@ -337,6 +355,7 @@ class ComposedPullback(Pullback):
   """
 
   def __init__(self, layers):
+    layers = _fuse_permutations(layers)
     ildj = layers[0].ildj
     for layer in layers[1:]:
       ildj = ildj + layer.ildj  # Shapes differ: constant-Jacobian layers give a scalar.
@@ -384,13 +403,36 @@ class ConditionedAffinePullback(Pullback):
     x = (y - shift) * self._scale
     super().__init__(x, -tf.reduce_sum(log_scale, axis=-1))
     self._conditioner = conditioner
-    self._shift_jacobian = conditioner.jacobian[..., :d, :]
+    self._weights_order = None  # the network's output order, where a permutation was folded in
+    shift_jacobian = conditioner.jacobian[..., :d, :]
     self._log_scale_jacobian = conditioner.jacobian[..., d:, :]
-    self._jacobian = _add_to_diagonal(-(self._scale[..., tf.newaxis] * self._shift_jacobian
+    self._jacobian = _add_to_diagonal(-(self._scale[..., tf.newaxis] * shift_jacobian
                                         + x[..., tf.newaxis] * self._log_scale_jacobian), self._scale)
 
+  def permute_output(self, source):
+    """The pullback of this layer followed by `x ↦ gather(x, source)`, a permutation of its output.
+
+    The rows of every `∂/∂y` matrix are gathered once; the network's weights are gathered back to its own
+    output order (`Σ_i v_i ∇²x_{σ(i)} = Σ_j (v∘σ⁻¹)_j ∇²x_j`).
+    """
+    fused = copy.copy(self)
+    fused.x = tf.gather(self.x, source, axis=-1)
+    fused._scale = tf.gather(self._scale, source, axis=-1)
+    fused._jacobian = tf.gather(self._jacobian, source, axis=-2)
+    fused._log_scale_jacobian = tf.gather(self._log_scale_jacobian, source, axis=-2)
+    # Network output j is fused output σ⁻¹(j); after an earlier fusion, σ⁻¹ of the output it became.
+    order = tf.math.invert_permutation(source)
+    if self._weights_order is not None:
+      order = tf.gather(order, self._weights_order)
+    fused._weights_order = order
+    return fused
+
   def _network_weights(self, grad):
-    return tf.concat([grad * self._scale, grad * self.x + 1], axis=-1)
+    weights = tf.concat([grad * self._scale, grad * self.x + 1], axis=-1)
+    if self._weights_order is None:
+      return weights
+    order = self._weights_order
+    return tf.gather(weights, tf.concat([order, order + tf.size(order, out_type=order.dtype)], 0), axis=-1)
 
   def _curvature(self, grad):
     """`Σ_i v_i ∇²x_i + ∇² ildj` for `v = grad` (class docstring)."""
