@@ -29,6 +29,7 @@ __all__ = [
     "ConditionerDerivatives",
     "DenseNetworkDerivatives",
     "AutodiffDerivatives",
+    "EmbeddedConditioner",
     "DenseShiftAndLogScale",
     "activation_derivatives",
 ]
@@ -192,6 +193,53 @@ class AutodiffDerivatives(ConditionerDerivatives):
 
 
 _ZERO = tf.UnconnectedGradients.ZERO
+
+
+class EmbeddedConditioner(ConditionerDerivatives):
+  """A coupling conditioner of `y_C` with outputs `[m, s]` for `y_T`, seen as one of all of `y` with `2D` outputs.
+
+  Outputs outside `T` are zero (the conditioning block passes through unchanged) and nothing depends on
+  coordinates outside `C`: the embedding pads, it never differentiates again.
+
+  Args:
+    inner: `ConditionerDerivatives` of the network at `y_C`, outputs `[*batch, 2|T|]`.
+    size: D.
+    conditioning: the slice `C`.
+    transformed: the slice `T`.
+  """
+
+  def __init__(self, inner, size, conditioning, transformed):
+    self._inner = inner
+    self._size = size
+    self._conditioning, self._transformed = conditioning, transformed
+    units = transformed.stop - transformed.start
+    rank = inner.outputs.shape.rank
+    self.outputs = tf.concat([self._pad(inner.outputs[..., :units], transformed, rank - 1),
+                              self._pad(inner.outputs[..., units:], transformed, rank - 1)], axis=-1)
+    jacobian = self._pad(inner.jacobian, conditioning, rank)
+    self.jacobian = tf.concat([self._pad(jacobian[..., :units, :], transformed, rank - 1),
+                               self._pad(jacobian[..., units:, :], transformed, rank - 1)], axis=-2)
+
+  def _pad(self, value, block, axis):
+    """`value` zero-padded along `axis` from the block's length to D."""
+    paddings = [[0, 0]] * value.shape.rank
+    paddings[axis] = [block.start, self._size - block.stop]
+    return tf.pad(value, paddings)
+
+  def _inner_weights(self, weights):
+    t = self._transformed
+    return tf.concat([weights[..., t], weights[..., self._size:][..., t]], axis=-1)
+
+  def contract(self, weights):
+    rank = weights.shape.rank
+    hess = self._inner.contract(self._inner_weights(weights))
+    return self._pad(self._pad(hess, self._conditioning, rank - 1), self._conditioning, rank)
+
+  def factors(self, weights):
+    factors = self._inner.factors(self._inner_weights(weights))
+    if factors is None:
+      return None
+    return [(self._pad(z, self._conditioning, z.shape.rank - 1), c) for z, c in factors]
 
 
 def made_layers(network):

@@ -22,6 +22,8 @@ import copy
 
 import tensorflow as tf
 
+from tfp_hessian import conditioners
+
 __all__ = [
     "Pullback",
     "ElementwisePullback",
@@ -31,6 +33,7 @@ __all__ = [
     "InvertedPullback",
     "ComposedPullback",
     "ConditionedAffinePullback",
+    "CouplingPullback",
 ]
 
 
@@ -75,6 +78,16 @@ def _transpose_times(matrix, vector):
 def _contract(vector, tensor):
   """`Σ_k v_k T[k]` for `T` of shape `[*batch, D, D, D]`."""
   return tf.einsum("...k,...kij->...ij", vector, tensor)
+
+
+def _subtract_contraction(hess, conditioner, weights):
+  """`hess - Σ_p w_p ∇²o_p` of a conditioner, through its factors where it has them."""
+  factors = conditioner.factors(weights)
+  if factors is None:
+    return hess - conditioner.contract(weights)
+  for z, c in factors:
+    hess = hess - tf.linalg.matmul(z, c[..., tf.newaxis] * z, adjoint_a=True)
+  return hess
 
 
 class Pullback(abc.ABC):
@@ -248,12 +261,10 @@ class PermutationPullback(Pullback):
 
   @staticmethod
   def _permute(grad, hess, index):
-    # One gather of the flattened matrix instead of one per axis.
-    d = tf.shape(index, out_type=index.dtype)[0]
-    flat_index = tf.reshape(index[:, tf.newaxis] * d + index[tf.newaxis, :], [-1])
-    flat = tf.reshape(hess, tf.concat([tf.shape(hess)[:-2], [-1]], 0))
-    return (tf.gather(grad, index, axis=-1),
-            tf.reshape(tf.gather(flat, flat_index, axis=-1), tf.shape(hess)))
+    # Rows, then rows of the transpose: TF gathers whole rows fast, single elements of the last axis slowly
+    # (at D = 128 a flattened gather takes 3x as long, a gather along the last axis 2.5x).
+    hess = tf.linalg.matrix_transpose(tf.gather(hess, index, axis=-2))
+    return tf.gather(grad, index, axis=-1), tf.linalg.matrix_transpose(tf.gather(hess, index, axis=-2))
 
   def __call__(self, grad, hess):
     return self._permute(grad, hess, self._inverse_source)
@@ -404,10 +415,22 @@ class ConditionedAffinePullback(Pullback):
     super().__init__(x, -tf.reduce_sum(log_scale, axis=-1))
     self._conditioner = conditioner
     self._weights_order = None  # the network's output order, where a permutation was folded in
-    shift_jacobian = conditioner.jacobian[..., :d, :]
-    self._log_scale_jacobian = conditioner.jacobian[..., d:, :]
-    self._jacobian = _add_to_diagonal(-(self._scale[..., tf.newaxis] * shift_jacobian
-                                        + x[..., tf.newaxis] * self._log_scale_jacobian), self._scale)
+    self._dense = None  # (J, S), formed on first use
+
+  @property
+  def conditioner(self):
+    """The `ConditionerDerivatives` of the layer's network, as its rule built them."""
+    return self._conditioner
+
+  def _jacobians(self):
+    """`(J, S)`, each `[*batch, D, D]`."""
+    if self._dense is None:
+      d = self.x.shape[-1]
+      log_scale_jacobian = self._conditioner.jacobian[..., d:, :]
+      jacobian = _add_to_diagonal(-(self._scale[..., tf.newaxis] * self._conditioner.jacobian[..., :d, :]
+                                    + self.x[..., tf.newaxis] * log_scale_jacobian), self._scale)
+      self._dense = jacobian, log_scale_jacobian
+    return self._dense
 
   def permute_output(self, source):
     """The pullback of this layer followed by `x ↦ gather(x, source)`, a permutation of its output.
@@ -418,8 +441,7 @@ class ConditionedAffinePullback(Pullback):
     fused = copy.copy(self)
     fused.x = tf.gather(self.x, source, axis=-1)
     fused._scale = tf.gather(self._scale, source, axis=-1)
-    fused._jacobian = tf.gather(self._jacobian, source, axis=-2)
-    fused._log_scale_jacobian = tf.gather(self._log_scale_jacobian, source, axis=-2)
+    fused._dense = tuple(tf.gather(m, source, axis=-2) for m in self._jacobians())
     # Network output j is fused output σ⁻¹(j); after an earlier fusion, σ⁻¹ of the output it became.
     order = tf.math.invert_permutation(source)
     if self._weights_order is not None:
@@ -436,36 +458,30 @@ class ConditionedAffinePullback(Pullback):
 
   def _curvature(self, grad):
     """`Σ_i v_i ∇²x_i + ∇² ildj` for `v = grad` (class docstring)."""
-    j, s = self._jacobian, self._log_scale_jacobian
+    j, s = self._jacobians()
     jvs = tf.linalg.matmul(j, grad[..., tf.newaxis] * s, adjoint_a=True)
     svs = tf.linalg.matmul(s, (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True)
     network = self._conditioner.contract(self._network_weights(grad))
     return -(jvs + tf.linalg.matrix_transpose(jvs) + svs + network)
 
   def _ildj_gradient(self):
-    return -tf.reduce_sum(self._log_scale_jacobian, axis=-2)
+    return -tf.reduce_sum(self._jacobians()[1], axis=-2)
 
   def __call__(self, grad, hess):
-    j, s = self._jacobian, self._log_scale_jacobian
+    j, s = self._jacobians()
     v = grad[..., tf.newaxis]
     # Kᵀ (Q K) block by block: separate products cost the same flops as one stacked product, without copying
     # the blocks into it.
     hess = (tf.linalg.matmul(j, tf.linalg.matmul(hess, j) - v * s, adjoint_a=True)
             - tf.linalg.matmul(s, v * j + (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True))
-    weights = self._network_weights(grad)
-    factors = self._conditioner.factors(weights)
-    if factors is None:
-      hess = hess - self._conditioner.contract(weights)
-    else:
-      for z, c in factors:
-        hess = hess - tf.linalg.matmul(z, c[..., tf.newaxis] * z, adjoint_a=True)
+    hess = _subtract_contraction(hess, self._conditioner, self._network_weights(grad))
     return _transpose_times(j, grad) + self._ildj_gradient(), hess
 
   def invert(self, grad, hess):
-    return _pull_forward(self._jacobian, grad - self._ildj_gradient(), hess, self._curvature)
+    return _pull_forward(self._jacobians()[0], grad - self._ildj_gradient(), hess, self._curvature)
 
   def jacobian(self):
-    return self._jacobian
+    return self._jacobians()[0]
 
   def hessian(self):
     # One contraction per output coordinate: for inspection and tests only.
@@ -474,3 +490,70 @@ class ConditionedAffinePullback(Pullback):
     eye = tf.eye(d, dtype=self.x.dtype)
     return tf.stack([self._curvature(tf.broadcast_to(eye[k], tf.shape(self.x))) - zero for k in range(d)],
                     axis=-3)
+
+
+class CouplingPullback(ConditionedAffinePullback):
+  """An affine coupling layer (RealNVP): `x_C = y_C`, `x_T = (y_T - m(y_C)) ⊙ exp(-s(y_C))`.
+
+  The coordinates split into a conditioning block `C` and a transformed block `T`, and the Jacobian is block
+  triangular, `J = [[I, 0], [B, diag(a)]]` with `a = exp(-s)` and `B = ∂x_T/∂y_C = -(a ⊙ M + x_T ⊙ S)`
+  (`M`, `S` the conditioner's Jacobians, `[|T|, |C|]`). Then, with `v = (∇F)_T` and `q = H_TC + H_TT B - V S`,
+
+  .. math::
+
+      ∇^2G_{CC} &= H_{CC} + H_{CT} B + B^T q - S^T (V B + V X S) - \sum_l Z_l^T \operatorname{diag}(c_l) Z_l, \\
+      ∇^2G_{CT} &= (H_{CT} + B^T H_{TT} - (V S)^T) \operatorname{diag}(a), \quad
+      ∇^2G_{TC} = \operatorname{diag}(a)\, q, \quad
+      ∇^2G_{TT} = \operatorname{diag}(a) H_{TT} \operatorname{diag}(a),
+
+  the conditioner's factors `Z_l` taken on `y_C` only. With `|C| = |T| = D/2` these products cost about a
+  quarter of the dense layer's. Everything else (``invert``, inspection, ``_curvature``) is the dense
+  `ConditionedAffinePullback` of the same layer, its conditioner embedded in all of `y`.
+
+  Args:
+    y: `[*batch, D]`.
+    conditioning: the slice `C` of coordinates the conditioner reads.
+    transformed: the slice `T` of coordinates it transforms; `C` and `T` partition `range(D)`.
+    conditioner: `ConditionerDerivatives` of the network on `y_C`, with outputs `[m, s]` (`2|T|`).
+  """
+
+  permute_output = None  # Folding a permutation in would break the blocks.
+
+  def __init__(self, y, conditioning, transformed, conditioner):
+    super().__init__(y, conditioners.EmbeddedConditioner(conditioner, y.shape[-1], conditioning, transformed))
+    self._blocks = conditioning, transformed
+    self._coupling = conditioner
+
+  @property
+  def conditioner(self):
+    return self._coupling
+
+  def __call__(self, grad, hess):
+    c, t = self._blocks
+    size = t.stop - t.start
+    a, x_t = self._scale[..., t], self.x[..., t]
+    m_jac, s_jac = self._coupling.jacobian[..., :size, :], self._coupling.jacobian[..., size:, :]
+    b = -(a[..., tf.newaxis] * m_jac + x_t[..., tf.newaxis] * s_jac)
+    v = grad[..., t]
+    vs = v[..., tf.newaxis] * s_jac
+    rows_c, rows_t = hess[..., c, :], hess[..., t, :]
+    h_cc, h_ct, h_tc, h_tt = rows_c[..., c], rows_c[..., t], rows_t[..., c], rows_t[..., t]
+    q = h_tc + tf.linalg.matmul(h_tt, b) - vs
+    cc = (h_cc + tf.linalg.matmul(h_ct, b) + tf.linalg.matmul(b, q, adjoint_a=True)
+          - tf.linalg.matmul(s_jac, v[..., tf.newaxis] * (b + x_t[..., tf.newaxis] * s_jac), adjoint_a=True))
+    cc = _subtract_contraction(cc, self._coupling, tf.concat([v * a, v * x_t + 1], axis=-1))
+    ct = (h_ct + tf.linalg.matmul(b, h_tt, adjoint_a=True) - tf.linalg.matrix_transpose(vs)) * a[..., tf.newaxis, :]
+    tc = a[..., tf.newaxis] * q
+    tt = h_tt * _outer(a, a)
+    grad_c = grad[..., c] + _transpose_times(b, v) - tf.reduce_sum(s_jac, axis=-2)
+    # The blocks' batch shapes may differ (`jacobian()` pulls back a stack of basis vectors with one Hessian).
+    blocks = cc, ct, tc, tt
+    if not (cc.shape[:-2].is_fully_defined() and all(b.shape[:-2] == cc.shape[:-2] for b in blocks)):
+      batch = tf.shape(cc)[:-2]
+      for block in blocks[1:]:
+        batch = tf.broadcast_dynamic_shape(batch, tf.shape(block)[:-2])
+      cc, ct, tc, tt = (tf.broadcast_to(b, tf.concat([batch, tf.shape(b)[-2:]], 0)) for b in blocks)
+    grad_t = v * a
+    if c.start == 0:
+      return tf.concat([grad_c, grad_t], -1), tf.concat([tf.concat([cc, ct], -1), tf.concat([tc, tt], -1)], -2)
+    return tf.concat([grad_t, grad_c], -1), tf.concat([tf.concat([tt, tc], -1), tf.concat([ct, cc], -1)], -2)

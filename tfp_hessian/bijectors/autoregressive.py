@@ -2,8 +2,9 @@
 
 Both invert as `x = (y - m(y)) ⊙ exp(-s(y))` with a conditioner `(m, s)`: for MAF the network of all of `y`
 (autoregressive, so `∂m/∂y` and `∂s/∂y` are strictly triangular in the network's input order), for RealNVP a
-network of the masked block only. One pullback serves both (`ConditionedAffinePullback`); the conditioner's
-derivatives come from its kernels for a `tfb.AutoregressiveNetwork` (MAF) or a
+network of the conditioning block only. MAF takes the dense `ConditionedAffinePullback`; RealNVP its block
+form `CouplingPullback`, whose conditioner is differentiated with respect to the conditioning block alone. The
+conditioner's derivatives come from its kernels for a `tfb.AutoregressiveNetwork` (MAF) or a
 `conditioners.DenseShiftAndLogScale` (RealNVP), from nested tapes on the network alone for any other callable.
 `Invert` of either (IAF) runs that pullback backwards.
 
@@ -15,7 +16,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_hessian import conditioners, registry
-from tfp_hessian.pullback import ConditionedAffinePullback
+from tfp_hessian.pullback import ConditionedAffinePullback, CouplingPullback
 
 tfb = tfp.bijectors
 
@@ -85,45 +86,22 @@ def _coupling_split(bijector, d):
   return slice(0, masked), slice(masked, d)
 
 
-def _dense_coupling_derivatives(network, y, conditioning, transformed):
-  """Analytic derivatives of a `DenseShiftAndLogScale` conditioner, embedded in the full `[m, s]` layout.
-
-  The first kernel's rows are placed at the conditioning coordinates (zero rows elsewhere) and the last
-  kernel's columns at the transformed coordinates of `m` and of `s`, so the network reads the whole `y` and
-  writes all `2D` outputs: padding once per call instead of every derivative afterwards.
-  """
-  if not isinstance(network, conditioners.DenseShiftAndLogScale) or network._output is None:  # pylint: disable=protected-access
-    return None
-  layers = network.dense_layers()
-  d = y.shape[-1]
-  kernel, bias, activation = layers[0]
-  layers[0] = (tf.pad(kernel, [[conditioning.start, d - conditioning.stop], [0, 0]]), bias, activation)
-  kernel, bias, activation = layers[-1]
-  units = transformed.stop - transformed.start
-  pad = [[transformed.start, d - transformed.stop]]
-  layers[-1] = (
-      tf.concat([tf.pad(kernel[:, :units], [[0, 0]] + pad), tf.pad(kernel[:, units:], [[0, 0]] + pad)], -1),
-      tf.concat([tf.pad(bias[:units], pad), tf.pad(bias[units:], pad)], -1),
-      activation)
-  return conditioners.DenseNetworkDerivatives(layers, y)
-
-
 @registry.register(tfb.RealNVP, applies=_has_shift_and_log_scale_fn)
 def real_nvp_rule(bijector, y):
   fn = _shift_and_log_scale_fn(bijector)
   bijector._cache_input_depth(y)  # pylint: disable=protected-access  # `_masked_size` needs it
-  d = y.shape[-1]
-  conditioning, transformed = _coupling_split(bijector, d)
-  derivatives = _dense_coupling_derivatives(fn, y, conditioning, transformed)
-  if derivatives is None:
+  conditioning, transformed = _coupling_split(bijector, y.shape[-1])
+  y_c = y[..., conditioning]
+  if isinstance(fn, conditioners.DenseShiftAndLogScale) and fn._output is not None:  # pylint: disable=protected-access
+    derivatives = conditioners.DenseNetworkDerivatives(fn.dense_layers(), y_c)
+  else:
     units = transformed.stop - transformed.start
+    like = y[..., transformed]
 
     def shift_and_log_scale(points):
-      pair = _as_pair(fn(points[..., conditioning], units), points[..., transformed])
-      _check_output_shape(bijector, pair, points[..., transformed])
-      # Zero shift and log-scale on the conditioning block, which passes through unchanged.
-      pad = [[0, 0]] * (points.shape.rank - 1) + [[transformed.start, d - transformed.stop]]
-      return tf.concat([tf.pad(value, pad) for value in pair], axis=-1)
+      pair = _as_pair(fn(points, units), like)
+      _check_output_shape(bijector, pair, like)
+      return tf.concat(pair, axis=-1)
 
-    derivatives = conditioners.AutodiffDerivatives(shift_and_log_scale, y)
-  return ConditionedAffinePullback(y, derivatives)
+    derivatives = conditioners.AutodiffDerivatives(shift_and_log_scale, y_c)
+  return CouplingPullback(y, conditioning, transformed, derivatives)
