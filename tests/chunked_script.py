@@ -1,0 +1,121 @@
+"""Runs `hessians_in_chunks` in a fresh process, for the tests that need one (`test_batched`, `test_distribute`).
+
+    python tests/chunked_script.py killable OUT STOP    # blocks for good after STOP points, to be killed
+    python tests/chunked_script.py mirrored             # two logical CPUs: MirroredStrategy vs one device
+    python tests/chunked_script.py multiworker OUT      # one worker of a MultiWorkerMirroredStrategy (TF_CONFIG)
+
+The last two print one JSON line with what they compared; every comparison is asserted here as well.
+TensorFlow fixes its devices and cluster when first used, which is why these run in their own process.
+"""
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
+
+NUM_POINTS = 11
+CHUNK = 4  # per replica
+WHATS = ("hessian", "derivatives", "spectrum")
+RTOL = 1e-12
+
+
+def flow_and_points(num_points=NUM_POINTS):
+  """The flow and points every test of chunking uses (the test module builds the same ones)."""
+  import cases  # pylint: disable=import-outside-toplevel
+  return cases.flow_and_points(cases.BIJECTORS["Chain"], np.float64, seed=3, num_points=num_points, edges=False)
+
+
+def killable(out, stop):
+  """Computes the Hessians of `flow_and_points()` into `out` from a dataset that never yields past `stop`."""
+  import tfp_hessian  # pylint: disable=import-outside-toplevel
+  flow, z = flow_and_points()
+  z = z.numpy()
+
+  def rows():
+    yield from z[:stop]
+    while True:  # a reader that hangs: the run can only end by being killed
+      time.sleep(1)
+
+  dataset = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec([z.shape[1]], tf.float64))
+  dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(z)))
+  tfp_hessian.hessians_in_chunks(flow, dataset, chunk_size=CHUNK, out=out, progress=False)
+
+
+def _worst(actual, expected):
+  """The largest difference relative to the largest entry of each point's quantity (as `cases.assert_close`)."""
+  import cases  # pylint: disable=import-outside-toplevel
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  if actual.dtype == bool:
+    assert np.array_equal(actual, expected)
+    return 0.
+  event_ndims = actual.ndim - 1
+  cases.assert_close(actual, expected, RTOL, event_ndims=event_ndims)
+  axes = tuple(range(1, actual.ndim))
+  scale = np.max(np.abs(expected), axis=axes, keepdims=True) if axes else np.abs(expected)
+  return float(np.max(np.abs(actual - expected) / scale))
+
+
+def _fields(result):
+  return [result] if isinstance(result, np.ndarray) else list(result)
+
+
+def _compare(strategy, replicas, out=None):
+  """Every `what`, from an array and from a dataset, under `strategy` against one device (no strategy).
+
+  The array's results are kept in memory; the dataset's go to files under `out` if it is given.
+  """
+  import tfp_hessian  # pylint: disable=import-outside-toplevel
+  flow, z = flow_and_points()
+  report = {}
+  for what in WHATS:
+    single = tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, progress=False)
+    inputs = {"array": z, "dataset": tf.data.Dataset.from_tensor_slices(z).batch(3)}
+    for kind, points in inputs.items():
+      target = None if out is None or kind == "array" else os.path.join(out, what)
+      spread = tfp_hessian.hessians_in_chunks(flow, points, what=what, chunk_size=CHUNK * replicas, out=target,
+                                              progress=False, strategy=strategy)
+      if spread is None:  # a worker other than the chief, with `out`: it writes nothing
+        report[f"{what}/{kind}"] = None
+        continue
+      fields = _fields(spread)
+      worst = [_worst(a, b) for a, b in zip(fields, _fields(single))]
+      bitwise = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(fields, _fields(single)))
+      report[f"{what}/{kind}"] = {"worst": max(worst), "bitwise": bitwise,
+                                  "memmap": all(isinstance(a, np.memmap) for a in fields)}
+  return report
+
+
+def mirrored():
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  report = _compare(strategy, 2)
+  print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                    "devices": list(strategy.extended.worker_devices), "results": report}))
+
+
+def multiworker(out):
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  report = _compare(strategy, strategy.num_replicas_in_sync, out=out)
+  resolver = strategy.cluster_resolver
+  print(json.dumps({"replicas": strategy.num_replicas_in_sync, "task": [resolver.task_type, resolver.task_id],
+                    "chief": bool(strategy.extended.should_checkpoint), "results": report}))
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+  mode = sys.argv[1]
+  if mode == "killable":
+    killable(sys.argv[2], int(sys.argv[3]))
+  elif mode == "mirrored":
+    mirrored()
+  elif mode == "multiworker":
+    multiworker(sys.argv[2])
+  else:
+    raise SystemExit(f"unknown mode {mode!r}")
