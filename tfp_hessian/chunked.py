@@ -186,6 +186,8 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
         output.write(done, results, points_digest.hexdigest())
       done += len(chunk)
       bar.update(len(chunk))
+  if done == 0:
+    raise ValueError("`points` holds no points.")
   if source.num_points is not None and done != source.num_points:
     raise ValueError(f"`points` ended after {done} points but announced {source.num_points}.")
   if output is None:
@@ -288,10 +290,11 @@ def _source(distribution, points, size, dtype, count):
     points = points.numpy()
   elif not hasattr(points, "dtype"):
     points = np.asarray(points, dtype.as_numpy_dtype)
-  if getattr(points, "ndim", None) != 2:
-    raise ValueError(f"`points` must have shape [N, D] with D = {size}; got shape "
-                     f"{getattr(points, 'shape', None)}.")
-  # The sweep's own checks of dtype and event size, on no points at all.
+  shape = tuple(getattr(points, "shape", ()))
+  if len(shape) != 2 or shape[1] != size:
+    raise ValueError(f"`points` must have shape [N, D] with D = {size} (the distribution's event size); got shape "
+                     f"{shape}.")
+  # The sweep's own checks of the dtype, on no points at all.
   sweep._points(distribution, points[:0])  # pylint: disable=protected-access
   return _ArraySource(points)
 
