@@ -3,6 +3,7 @@
     python tests/chunked_script.py killable OUT STOP    # blocks for good after STOP points, to be killed
     python tests/chunked_script.py mirrored             # two logical CPUs: MirroredStrategy vs one device
     python tests/chunked_script.py multiworker OUT      # one worker of a MultiWorkerMirroredStrategy (TF_CONFIG)
+    python tests/chunked_script.py memory OUT           # peak memory of a default-size chunk of a 4-layer MAF
 
 The last two print one JSON line with what they compared; every comparison is asserted here as well.
 TensorFlow fixes its devices and cluster when first used, which is why these run in their own process.
@@ -108,6 +109,29 @@ def multiworker(out):
                     "chief": bool(strategy.extended.should_checkpoint), "results": report}))
 
 
+def memory(out):
+  """Growth of the peak resident memory from an 8-point run to two default-size chunks (D = 128 MAF, float32)."""
+  import resource  # pylint: disable=import-outside-toplevel
+  import tensorflow_probability as tfp  # pylint: disable=import-outside-toplevel
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  import tfp_hessian  # pylint: disable=import-outside-toplevel
+  tfb, tfd = tfp.bijectors, tfp.distributions
+  size, dtype, rng = 128, tf.float32, np.random.default_rng(0)
+  tf_keras.backend.set_floatx(dtype.name)
+  layers = []
+  for _ in range(4):
+    made = tfb.AutoregressiveNetwork(params=2, event_shape=[size], hidden_units=[64, 64], dtype=dtype)
+    layers += [tfb.MaskedAutoregressiveFlow(made), tfb.Permute(rng.permutation(size))]
+  flow = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(size, dtype)), tfb.Chain(layers))
+  tfp_hessian.hessians_in_chunks(flow, flow.sample(8, seed=(1, 2)), chunk_size=8, progress=False)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+  chunk = tfp_hessian.default_chunk_size(size, dtype)
+  result = tfp_hessian.hessians_in_chunks(flow, flow.sample(2 * chunk, seed=(1, 3)), out=out, progress=False)
+  after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  assert np.all(np.isfinite(result))
+  print(json.dumps({"chunk": chunk, "points": len(result), "growth": after - before}))
+
+
 if __name__ == "__main__":
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
   mode = sys.argv[1]
@@ -117,5 +141,7 @@ if __name__ == "__main__":
     mirrored()
   elif mode == "multiworker":
     multiworker(sys.argv[2])
+  elif mode == "memory":
+    memory(sys.argv[2])
   else:
     raise SystemExit(f"unknown mode {mode!r}")
