@@ -99,8 +99,20 @@ def mirrored():
   tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   report = _compare(strategy, 2, dataset_whats=("spectrum",))
-  print(json.dumps({"replicas": strategy.num_replicas_in_sync,
-                    "devices": list(strategy.extended.worker_devices), "results": report}))
+  import tfp_hessian  # pylint: disable=import-outside-toplevel
+  flow, z = flow_and_points()
+  single = tfp_hessian.hessians_in_chunks(flow, z, chunk_size=CHUNK, progress=False)
+  with strategy.scope():  # no `strategy=`: the one in scope
+    in_scope = tfp_hessian.hessians_in_chunks(flow, z, chunk_size=2 * CHUNK, progress=False)
+  report["hessian/scope"] = {"worst": _worst(in_scope, single), "bitwise": bool(np.array_equal(in_scope, single)),
+                             "memmap": False}
+  try:
+    tfp_hessian.hessians_in_chunks(flow, z, chunk_size=5, progress=False, strategy=strategy)
+    odd_chunk = None
+  except ValueError as error:
+    odd_chunk = str(error)
+  print(json.dumps({"replicas": strategy.num_replicas_in_sync, "devices": list(strategy.extended.worker_devices),
+                    "results": report, "odd_chunk_error": odd_chunk}))
 
 
 def multiworker(out):

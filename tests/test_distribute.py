@@ -54,7 +54,10 @@ def test_mirrored_strategy_on_two_logical_cpus_equals_one_device():
   report = _report(completed.stdout, completed.stderr)
   assert report["replicas"] == 2
   assert [device.rsplit("/", 1)[-1] for device in report["devices"]] == ["device:CPU:0", "device:CPU:1"]
-  _assert_equal_to_single_device(report["results"], [key for key in KEYS if "array" in key] + ["spectrum/dataset"])
+  # "hessian/scope": inside `strategy.scope()` without `strategy=`.
+  _assert_equal_to_single_device(report["results"],
+                                 [key for key in KEYS if "array" in key] + ["spectrum/dataset", "hessian/scope"])
+  assert report["odd_chunk_error"] == "`chunk_size` must be a multiple of the strategy's 2 replicas; got 5."
 
 
 def _free_ports(count):
