@@ -337,6 +337,31 @@ def test_resume_with_another_flow_is_refused(tmp_path):
   cases.assert_close(result, tfp_hessian.log_prob_hessian(*chunked_script.flow_and_points()), 1e-12)
 
 
+def _nudge_conditioner(flow):
+  """Moves one weight of the flow's conditioner by 1e-9: a Keras layer's variable, or a tensor a function holds."""
+  conditioner = flow.bijector.parameters["shift_and_log_scale_fn"]
+  if isinstance(conditioner, tf.Module):
+    weight = conditioner.trainable_weights[0]
+    weight.assign_add(tf.fill(weight.shape, tf.constant(1e-9, weight.dtype)))
+    return
+  layers = next(cell.cell_contents for cell in conditioner.__closure__ if isinstance(cell.cell_contents, dict))
+  key = next(iter(layers))
+  (kernel, bias), *rest = layers[key]
+  layers[key] = [(kernel + 1e-9, bias), *rest]
+
+
+@pytest.mark.parametrize("name", ["RealNVP(DenseShiftAndLogScale)", "MAF(MADE tanh)", "RealNVP"])
+def test_flow_fingerprint_sees_layers_and_closures(name):
+  """The same flow built twice has one fingerprint; one conditioner weight moved by 1e-9 changes it."""
+  digests = []
+  for nudge in (False, False, True):
+    flow, z = cases.flow_and_points(cases.BIJECTORS[name], np.float64, seed=1, num_points=2, edges=False)
+    if nudge:
+      _nudge_conditioner(flow)
+    digests.append(chunked._flow_digest(flow))  # pylint: disable=protected-access
+  assert digests[0] == digests[1] != digests[2]
+
+
 def test_resume_refuses_a_damaged_directory(tmp_path):
   _interrupted_run(tmp_path)
   np.save(tmp_path / "hessian.npy", np.zeros([11, 5, 4]))

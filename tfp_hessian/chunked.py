@@ -114,7 +114,8 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
     out: None to return the results in memory, or a directory (created if missing) where each field is written
       to `<field>.npy` (e.g. `hessian.npy`; `eigenvalues.npy`, `eigenvectors.npy`, `finite.npy`) as chunks
       finish, with `progress.json` recording the points done. If the directory holds an unfinished run of the
-      same request, it resumes after that run's last finished chunk; a finished one is returned as it is.
+      same request, it resumes after that run's last finished chunk (the chunk size may differ); a finished one
+      is returned as it is.
     progress: whether to show a tqdm progress bar (points done, points/s) on stderr.
     strategy: a `tf.distribute.Strategy` splitting each chunk across its replicas; default: the current one
       (`tf.distribute.get_strategy()`, the default strategy outside any `strategy.scope()`).
@@ -500,27 +501,29 @@ def _flow_digest(distribution):
   Called after the flow has run once, so that lazily built layers and conditioners have their weights.
   """
   digest = hashlib.sha256()
-  seen = set()
+  seen = {}  # id -> object: holding the object keeps its id from being reused during the walk
 
   def visit(value):
     if id(value) in seen:
       return
     if isinstance(value, (list, tuple, dict)):
-      seen.add(id(value))
+      seen[id(value)] = value
     if isinstance(value, (distribution_lib.Distribution, bijector_lib.Bijector, tf.linalg.LinearOperator)):
-      seen.add(id(value))
+      seen[id(value)] = value
       digest.update(type(value).__qualname__.encode())
       for key in sorted(value.parameters):
         digest.update(key.encode())
         visit(value.parameters[key])
-    elif isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, int, float, complex)):
+    elif isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, int, float, complex)) or (
+        hasattr(value, "__array__") and hasattr(value, "shape")):
       array = np.asarray(value)
       digest.update(f"{array.dtype}{array.shape}".encode())
       digest.update(np.ascontiguousarray(array).tobytes())
-    elif isinstance(value, tf.Module):  # Keras layers and models: their variables, in a fixed order
-      seen.add(id(value))
+    elif isinstance(value, tf.Module) or (callable(value) and isinstance(getattr(value, "weights", None), list)):
+      # tf-keras layers and models (tf.Modules), Keras 3 layers: their variables, in a fixed order.
+      seen[id(value)] = value
       digest.update(type(value).__qualname__.encode())
-      for variable in value.variables:
+      for variable in value.variables if isinstance(value, tf.Module) else value.weights:
         visit(variable)
     elif isinstance(value, (list, tuple)):
       for item in value:
@@ -532,7 +535,7 @@ def _flow_digest(distribution):
     elif isinstance(value, (str, bool, type(None))):
       digest.update(repr(value).encode())
     elif callable(value):
-      seen.add(id(value))
+      seen[id(value)] = value
       digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
       for cell in getattr(value, "__closure__", None) or ():
         try:
