@@ -5,6 +5,7 @@
 """
 
 from tfp_hessian import bijectors, plots, reference, registry
+from tfp_hessian.chunked import default_chunk_size, hessians_in_chunks
 from tfp_hessian.distribution import TransformedDistribution
 from tfp_hessian.pullback import Pullback
 from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
@@ -23,6 +24,8 @@ __all__ = [
     "condition_number",
     "coordinate_contributions",
     "decades",
+    "default_chunk_size",
+    "hessians_in_chunks",
     "log_prob_and_derivatives",
     "log_prob_hessian",
     "plots",

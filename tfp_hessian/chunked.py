@@ -1,0 +1,549 @@
+"""Hessians (or spectra) of many points: bounded-memory chunks, resumable files, `tf.distribute`.
+
+`hessians_in_chunks` runs the sweep of `log_prob_and_derivatives` over `N` points, `chunk_size` at a time, so
+that device memory holds one chunk's working set however large `N` is:
+
+- the points are a `[N, D]` array or tensor, or a `tf.data.Dataset` of `[D]` or `[b, D]` elements;
+- each chunk is one call of one `tf.function`, traced once: every chunk has the same shape, the last one padded
+  with copies of its own last point (a point in the flow's support, so padding never raises under
+  `validate_args=True`), and the padding's results dropped;
+- with `out`, results go chunk by chunk into memory-mapped `.npy` files, flushed, and a small `progress.json`
+  records how many points are done. An interrupted run keeps what it finished; the same call again resumes
+  after the last finished chunk, and a call that asks for something else is refused;
+- with `strategy` (a `tf.distribute.Strategy`), each chunk is split across the replicas in order
+  (`experimental_distribute_values_from_function`), computed by `strategy.run` and gathered back in point order
+  (`strategy.gather`). Under `MultiWorkerMirroredStrategy` every worker reads the same points, computes its
+  replicas' share of each chunk and receives the whole chunk; only the chief writes `out`.
+
+Default chunk size. Per replica, the number of points whose working set fits `MEMORY_BUDGET` (256 MiB):
+
+.. math::
+
+    \\text{chunk} = \\min\\Bigl(4096,\\ \\max\\Bigl(1,\\ \\Bigl\\lfloor \\frac{256\\,\\text{MiB}}
+        {c_{\\text{what}} \\cdot D^2 \\cdot \\text{itemsize}} \\Bigr\\rfloor\\Bigr)\\Bigr),
+    \\qquad c_{\\text{hessian}} = c_{\\text{derivatives}} = 48,\\ c_{\\text{spectrum}} = 56,
+
+times `strategy.num_replicas_in_sync`. `c` counts the `[D, D]`-sized tensors per point alive at once: the Hessian
+being swept and its products with a layer's Jacobian, the Jacobians and hidden-layer derivatives that coupling
+and autoregressive layers keep from the inverse pass to the backward one, the result and its host copy; a
+spectrum adds the eigenvectors and `eigh`'s workspace. It is calibrated on 4-layer flows (each layer followed by
+a `Permute`), measuring the growth of the process's peak resident memory over an 8-point run: RealNVP with a
+`[64, 64]` `DenseShiftAndLogScale`, D = 64, float64: 164 MB; MAF with a `[64, 64]` MADE, D = 128, float32:
+251 MB; RealNVP, D = 128, spectrum, float64: 117 MB; Softplus + ScaleMatvecTriL, D = 256, float32: 62 MB. Deeper
+coupling or autoregressive flows keep more per point: pass a smaller `chunk_size` for those, and for
+autodiff-fallback layers that are not coordinatewise, which form a `[D, D, D]` tensor per point. The 4096 cap
+keeps the progress bar and the resume points frequent when `D` is small.
+
+>>> hessian = tfp_hessian.hessians_in_chunks(flow, z)                     # [N, D, D] numpy array
+>>> result = tfp_hessian.hessians_in_chunks(flow, dataset, what="spectrum", out="run/spectra")
+>>> result.eigenvalues                                                    # [N, D], memory-mapped
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+from tensorflow_probability.python.bijectors import bijector as bijector_lib
+from tensorflow_probability.python.distributions import distribution as distribution_lib
+
+from tfp_hessian import sweep
+from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
+from tfp_hessian.sweep import LogProbDerivatives
+
+__all__ = ["MEMORY_BUDGET", "default_chunk_size", "hessians_in_chunks"]
+
+MEMORY_BUDGET = 256 * 2**20
+_MAX_CHUNK = 4096
+# `[D, D]` matrices per point alive at once (see the module docstring).
+_MATRICES_PER_POINT = {"hessian": 48, "derivatives": 48, "spectrum": 56}
+# The files of each `what`, in the order of the result's fields.
+_FIELDS = {
+    "hessian": ("hessian",),
+    "derivatives": LogProbDerivatives._fields,
+    "spectrum": Spectrum._fields,
+}
+PROGRESS_FILE = "progress.json"
+_FORMAT = "tfp_hessian.hessians_in_chunks/1"
+
+
+def default_chunk_size(event_size, dtype, what="hessian"):
+  """Points per replica per chunk whose working set fits `MEMORY_BUDGET` (formula: module docstring).
+
+  Args:
+    event_size: D.
+    dtype: float32 or float64 (anything `tf.as_dtype` accepts).
+    what: "hessian", "derivatives" or "spectrum".
+
+  Returns:
+    An int in `[1, 4096]`.
+
+  >>> default_chunk_size(100, tf.float64)        # 256 MiB / (48 · 100² · 8 B)
+  69
+  """
+  _check_what(what)
+  itemsize = tf.as_dtype(dtype).size
+  per_point = _MATRICES_PER_POINT[what] * event_size**2 * itemsize
+  return int(min(_MAX_CHUNK, max(1, MEMORY_BUDGET // per_point)))
+
+
+def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None, out=None, progress=True,
+                       strategy=None):
+  """Hessians (or value, gradient and Hessian, or spectra) of `log q` at many points, a chunk at a time.
+
+  The results equal `log_prob_hessian(distribution, points)`, `log_prob_and_derivatives(...)` or
+  `spectrum(log_prob_hessian(...))` on all the points at once, computed `chunk_size` points at a time by one
+  `tf.function` traced once (the last chunk padded to the same shape).
+
+  Args:
+    distribution: a flow as in `tfp_hessian.log_prob_hessian`, over vectors (event shape `[D]`), batch shape
+      `[]`. Under a `strategy`, build it inside `strategy.scope()` so its variables are mirrored.
+    points: `[N, D]` points of the distribution's dtype (a numpy array, memory-mapped or not, or a tensor), or
+      a `tf.data.Dataset` whose elements are `[D]` or `[b, D]` tensors of that dtype, read in order. With `out`
+      and a dataset of unknown cardinality the rows are counted first (one pass over the dataset without any
+      Hessian); a dataset must yield the same points, in the same order, every time it is iterated.
+    what: "hessian" (`[N, D, D]`), "derivatives" (`LogProbDerivatives`: log_prob `[N]`, gradient `[N, D]`,
+      hessian `[N, D, D]`) or "spectrum" (`Spectrum`: eigenvalues `[N, D]`, eigenvectors `[N, D, D]`,
+      finite `[N]`, stiffest first as in `tfp_hessian.spectrum`).
+    chunk_size: points per chunk, over all replicas; a multiple of `strategy.num_replicas_in_sync`. Default:
+      `default_chunk_size(D, dtype, what)` per replica (about 256 MiB of working set each). Where the number
+      of points is known and smaller, one chunk of just those (rounded up to a multiple of the replicas).
+    out: None to return the results in memory, or a directory (created if missing) where each field is written
+      to `<field>.npy` (e.g. `hessian.npy`; `eigenvalues.npy`, `eigenvectors.npy`, `finite.npy`) as chunks
+      finish, with `progress.json` recording the points done. If the directory holds an unfinished run of the
+      same request, it resumes after that run's last finished chunk (the chunk size may differ); a finished one
+      is returned as it is.
+    progress: whether to show a tqdm progress bar (points done, points/s) on stderr.
+    strategy: a `tf.distribute.Strategy` splitting each chunk across its replicas; default: the current one
+      (`tf.distribute.get_strategy()`, the default strategy outside any `strategy.scope()`).
+
+  Returns:
+    For "hessian" a `[N, D, D]` numpy array, else a `LogProbDerivatives` or `Spectrum` of numpy arrays; with
+    `out`, read-only memory maps of the files. Under `MultiWorkerMirroredStrategy` with `out`, workers other
+    than the chief write nothing and return None.
+
+  Raises:
+    ValueError: if `what`, `chunk_size`, `out` or the points' shape is not as described (naming the argument),
+      if there are no points, or if `out` holds a run of another request (naming the file and what differs).
+    TypeError: if the distribution or the points are of an unsupported type or dtype.
+    RuntimeError: if called inside `tf.function` (this is a Python loop over chunks).
+  """
+  if not tf.executing_eagerly():
+    raise RuntimeError("hessians_in_chunks is a Python loop over chunks: call it eagerly, not inside tf.function.")
+  _check_what(what)
+  size = sweep.check_distribution(distribution)
+  dtype = tf.as_dtype(distribution.dtype)
+  if distribution.batch_shape.rank != 0:
+    raise ValueError(f"hessians_in_chunks needs a distribution of batch shape []; {distribution.name!r} has batch "
+                     f"shape {distribution.batch_shape}. Use `tfp_hessian.log_prob_hessian` for batched flows.")
+  strategy = tf.distribute.get_strategy() if strategy is None else strategy
+  if not isinstance(strategy, tf.distribute.Strategy):
+    raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; got {type(strategy).__name__}.")
+  replicas = strategy.num_replicas_in_sync
+  if chunk_size is None:
+    chunk_size = default_chunk_size(size, dtype, what) * replicas
+  elif not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+    raise ValueError(f"`chunk_size` must be a positive integer; got {chunk_size!r}.")
+  elif chunk_size % replicas:
+    raise ValueError(f"`chunk_size` must be a multiple of the strategy's {replicas} replicas; got {chunk_size}.")
+  if out is not None and not isinstance(out, (str, os.PathLike)):
+    raise ValueError(f"`out` must be a directory path or None; got {type(out).__name__}.")
+  source = _source(distribution, points, size, dtype, count=out is not None)
+  if source.num_points == 0:
+    raise ValueError("`points` holds no points.")
+  if source.num_points is not None and chunk_size > source.num_points:
+    # Fewer points than one chunk: one chunk of just those (rounded up to the replicas), not mostly padding.
+    chunk_size = -(-source.num_points // replicas) * replicas
+
+  fields = _FIELDS[what]
+  request = {"what": what, "event_size": size, "dtype": dtype.name, "num_points": source.num_points}
+  if out is None:
+    output = _MemoryOutput(fields)
+  elif strategy.extended.should_checkpoint:
+    output = _FileOutput(pathlib.Path(out), fields, request, _shapes(what, size, source.num_points),
+                         _dtypes(what, dtype))
+  else:
+    output = None
+  # Every worker must start at the same point: the chief's, which is the one that read `out`.
+  start = _agree_on_start(strategy, output.start if output is not None else 0)
+
+  step = _step(distribution, what, strategy)
+  per_replica = chunk_size // replicas
+  points_digest = hashlib.sha256()
+  reader = _Rechunker(source.blocks(chunk_size))
+  reader.skip(start, points_digest)
+  if output is not None:
+    output.check_points(points_digest.hexdigest())
+  done = start
+  with tqdm.tqdm(total=source.num_points, initial=start, unit=" points", desc=what,
+                 disable=not progress or not strategy.extended.should_checkpoint) as bar:
+    for chunk in reader.chunks(chunk_size):
+      if source.num_points is not None and done + len(chunk) > source.num_points:
+        raise ValueError(f"`points` yielded more than the {source.num_points} points it announced.")
+      padded = np.concatenate([chunk, np.repeat(chunk[-1:], chunk_size - len(chunk), axis=0)])
+      values = strategy.experimental_distribute_values_from_function(
+          lambda context, padded=padded: padded[context.replica_id_in_sync_group * per_replica:
+                                                (context.replica_id_in_sync_group + 1) * per_replica])
+      results = [result.numpy()[:len(chunk)] for result in step(values)]
+      points_digest.update(np.ascontiguousarray(chunk).tobytes())
+      if output is not None:
+        if done == start:
+          output.check_flow(_flow_digest(distribution))
+        output.write(done, results, points_digest.hexdigest())
+      done += len(chunk)
+      bar.update(len(chunk))
+  if done == 0:
+    raise ValueError("`points` holds no points.")
+  if source.num_points is not None and done != source.num_points:
+    raise ValueError(f"`points` ended after {done} points but announced {source.num_points}.")
+  if output is None:
+    return None
+  return _assemble(what, output.result())
+
+
+def _check_what(what):
+  if what not in _FIELDS:
+    raise ValueError(f"`what` must be one of {sorted(_FIELDS)}; got {what!r}.")
+
+
+def _shapes(what, size, num_points):
+  matrix, vector, scalar = (num_points, size, size), (num_points, size), (num_points,)
+  return {"hessian": [matrix], "derivatives": [scalar, vector, matrix],
+          "spectrum": [vector, matrix, scalar]}[what]
+
+
+def _dtypes(what, dtype):
+  dtype = dtype.as_numpy_dtype
+  return {"hessian": [dtype], "derivatives": [dtype] * 3, "spectrum": [dtype, dtype, np.bool_]}[what]
+
+
+def _assemble(what, arrays):
+  if what == "hessian":
+    return arrays[0]
+  return LogProbDerivatives(*arrays) if what == "derivatives" else Spectrum(*arrays)
+
+
+def _step(distribution, what, strategy):
+  """The per-chunk `tf.function`: each replica's share computed by `strategy.run`, gathered in point order."""
+
+  def compute(z):
+    derivatives = sweep.log_prob_and_derivatives(distribution, z)
+    if what == "hessian":
+      return (derivatives.hessian,)
+    if what == "derivatives":
+      return tuple(derivatives)
+    eigenvalues, eigenvectors, finite = eigendecomposition(derivatives.hessian)
+    # Collectives take no bool: `finite` travels as int32.
+    return eigenvalues, eigenvectors, tf.cast(finite, tf.int32)
+
+  @tf.function(autograph=False)
+  def step(values):
+    results = strategy.run(compute, args=(values,))
+    # One gather per tensor: `strategy.gather` of a nested structure returns the first replica's values only
+    # (TF 2.21, MirroredStrategy), silently.
+    results = [strategy.gather(result, axis=0) for result in results]
+    if what == "spectrum":
+      results[2] = tf.cast(results[2], tf.bool)
+    return tuple(results)
+
+  return step
+
+
+def _agree_on_start(strategy, start):
+  """The chief's `start` on every worker: the chief is the only one that reads `out`.
+
+  Each replica of the chief contributes `(start, 1)`, every other one `(0, 0)`: the sum over all replicas (across
+  workers too) divided by its count is the chief's `start`.
+  """
+  chief = strategy.extended.should_checkpoint
+  mine = tf.constant([start, 1] if chief else [0, 0], tf.int64)
+  values = strategy.experimental_distribute_values_from_function(lambda _: mine)
+  total, chiefs = strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy()
+  return int(total // chiefs)
+
+
+# Points.
+
+class _ArraySource:
+  """`[N, D]` points in host memory (or memory-mapped), read in slices."""
+
+  def __init__(self, array):
+    self.array = array
+    self.num_points = len(array)
+
+  def blocks(self, size):
+    for begin in range(0, self.num_points, size):
+      yield np.asarray(self.array[begin:begin + size])
+
+
+class _DatasetSource:
+  """A `tf.data.Dataset` of `[D]` or `[b, D]` points, read in order."""
+
+  def __init__(self, dataset, rank, num_points):
+    self.dataset, self.rank, self.num_points = dataset, rank, num_points
+
+  def blocks(self, size):
+    dataset = self.dataset.batch(size) if self.rank == 1 else self.dataset
+    for block in dataset.prefetch(1):
+      yield block.numpy()
+
+
+def _source(distribution, points, size, dtype, count):
+  """The points as an `_ArraySource` or `_DatasetSource`, validated before any Hessian is computed."""
+  if isinstance(points, tf.data.Dataset):
+    return _dataset_source(points, size, dtype, count)
+  if isinstance(points, tf.Tensor):
+    points = points.numpy()
+  elif not hasattr(points, "dtype"):
+    points = np.asarray(points, dtype.as_numpy_dtype)
+  shape = tuple(getattr(points, "shape", ()))
+  if len(shape) != 2 or shape[1] != size:
+    raise ValueError(f"`points` must have shape [N, D] with D = {size} (the distribution's event size); got shape "
+                     f"{shape}.")
+  # The sweep's own checks of the dtype, on no points at all.
+  sweep._points(distribution, points[:0])  # pylint: disable=protected-access
+  return _ArraySource(points)
+
+
+def _dataset_source(dataset, size, dtype, count):
+  spec = dataset.element_spec
+  if not isinstance(spec, tf.TensorSpec):
+    raise TypeError(f"A `points` dataset must yield single tensors of shape [D] or [b, D]; its elements are {spec}.")
+  if spec.dtype != dtype:
+    raise TypeError(f"The `points` dataset yields dtype {spec.dtype.name} but the distribution has dtype "
+                    f"{dtype.name}.")
+  if spec.shape.rank not in (1, 2) or spec.shape[-1] != size:
+    raise ValueError(f"A `points` dataset must yield elements of shape [D] or [b, D] with D = {size}; its elements "
+                     f"have shape {spec.shape}.")
+  cardinality = int(dataset.cardinality())
+  if cardinality == tf.data.INFINITE_CARDINALITY:
+    raise ValueError("The `points` dataset is infinite; take a finite number of points (`dataset.take(N)`).")
+  if spec.shape.rank == 1 and cardinality != tf.data.UNKNOWN_CARDINALITY:
+    num_points = cardinality
+  elif spec.shape.rank == 2 and cardinality != tf.data.UNKNOWN_CARDINALITY and spec.shape[0] is not None:
+    num_points = cardinality * spec.shape[0]
+  elif count:
+    rows = (lambda x: tf.constant(1, tf.int64)) if spec.shape.rank == 1 else (
+        lambda x: tf.shape(x, out_type=tf.int64)[0])
+    num_points = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, x: n + rows(x)))
+  else:
+    num_points = None
+  return _DatasetSource(dataset, spec.shape.rank, num_points)
+
+
+class _Rechunker:
+  """Blocks of any number of rows, re-cut into chunks of a fixed number of rows (the last one may be short)."""
+
+  def __init__(self, blocks):
+    self._blocks = iter(blocks)
+    self._pending = []  # blocks read but not yet handed out, in order
+    self._rows = 0
+
+  def _read(self):
+    block = next(self._blocks, None)
+    if block is None:
+      return False
+    self._pending.append(block)
+    self._rows += len(block)
+    return True
+
+  def _take(self, count):
+    while self._rows < count and self._read():
+      pass
+    if not self._pending:
+      return []
+    rows = np.concatenate(self._pending) if len(self._pending) != 1 else self._pending[0]
+    taken, rest = rows[:count], rows[count:]
+    self._pending, self._rows = ([rest] if len(rest) else []), len(rest)
+    return taken
+
+  def skip(self, count, digest):
+    """Reads the first `count` rows into `digest` (sha256) without handing them out."""
+    while count:
+      rows = self._take(min(count, _MAX_CHUNK))
+      if not len(rows):
+        raise ValueError(f"`points` ended before the {count} points already done.")
+      digest.update(np.ascontiguousarray(rows).tobytes())
+      count -= len(rows)
+
+  def chunks(self, size):
+    while True:
+      chunk = self._take(size)
+      if not len(chunk):
+        return
+      yield chunk
+
+
+# Results.
+
+class _MemoryOutput:
+  """Results kept in memory, chunk by chunk."""
+
+  start = 0
+
+  def __init__(self, fields):
+    self._chunks = [[] for _ in fields]
+
+  def check_points(self, digest):
+    pass
+
+  def check_flow(self, digest):
+    pass
+
+  def write(self, begin, results, points_digest):
+    del begin, points_digest
+    for chunks, result in zip(self._chunks, results):
+      chunks.append(result)
+
+  def result(self):
+    return [np.concatenate(chunks) for chunks in self._chunks]
+
+
+class _FileOutput:
+  """Results in memory-mapped `<field>.npy` files under `directory`, progress in `progress.json`.
+
+  A chunk's rows are flushed to the files before `progress.json` is replaced (atomically) by one counting them,
+  so after a crash the file never claims rows that are not on disk.
+  """
+
+  def __init__(self, directory, fields, request, shapes, dtypes):
+    if directory.exists() and not directory.is_dir():
+      raise ValueError(f"`out` must be a directory; {str(directory)!r} is a file.")
+    directory.mkdir(parents=True, exist_ok=True)
+    self._progress_path = directory / PROGRESS_FILE
+    self._paths = [directory / f"{field}.npy" for field in fields]
+    self._request = request
+    self._progress = self._read_progress()
+    if self._progress is None:
+      existing = [path for path in self._paths if path.exists()]
+      if existing:
+        raise ValueError(f"{str(existing[0])!r} exists but {str(self._progress_path)!r} does not: it is not a run of "
+                         "hessians_in_chunks to resume. Use another `out` directory or remove the file.")
+      self._progress = dict(format=_FORMAT, **request, points_done=0, points_sha256=None, flow_sha256=None)
+      self._write_progress()
+    self.start = self._progress["points_done"]
+    self._arrays = [self._open(path, shape, dtype) for path, shape, dtype in zip(self._paths, shapes, dtypes)]
+
+  def _read_progress(self):
+    if not self._progress_path.exists():
+      return None
+    try:
+      progress = json.loads(self._progress_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+      raise ValueError(f"{str(self._progress_path)!r} is not valid JSON ({error}); remove it to start over.") from None
+    if not isinstance(progress, dict) or progress.get("format") != _FORMAT:
+      raise ValueError(f"{str(self._progress_path)!r} is not a progress file of hessians_in_chunks "
+                       f"(format {_FORMAT!r}); use another `out` directory.")
+    differences = [f"{key}={progress.get(key)!r} there but {value!r} here" for key, value in self._request.items()
+                   if progress.get(key) != value]
+    if differences:
+      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: {str(self._progress_path)!r} records "
+                       f"another request ({'; '.join(differences)}). Use another `out` directory, or remove this "
+                       "one to start over.")
+    return progress
+
+  def _write_progress(self):
+    temporary = self._progress_path.with_name(self._progress_path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+      json.dump(self._progress, file, indent=1)
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(temporary, self._progress_path)
+
+  def _open(self, path, shape, dtype):
+    shape = tuple(shape)
+    if self.start == 0:
+      return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+      array = np.lib.format.open_memmap(path, mode="r+")
+    except (OSError, ValueError) as error:
+      raise ValueError(f"Cannot resume: {str(path)!r} ({error}) should hold {self.start} finished points "
+                       f"recorded in {str(self._progress_path)!r}.") from None
+    if array.shape != shape or array.dtype != dtype:
+      raise ValueError(f"Cannot resume: {str(path)!r} has shape {array.shape} and dtype {array.dtype}, but this call "
+                       f"writes shape {shape} and dtype {np.dtype(dtype)}.")
+    return array
+
+  def check_points(self, digest):
+    """Refuses to resume if the points already done are not the ones given now."""
+    if self.start and digest != self._progress["points_sha256"]:
+      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: the first {self.start} points differ "
+                       f"from those {str(self._progress_path)!r} was computed from. Use another `out` directory, or "
+                       "remove this one to start over.")
+
+  def check_flow(self, digest):
+    """Refuses to resume with another flow (other parameters or structure); records the flow otherwise."""
+    if self.start and digest != self._progress["flow_sha256"]:
+      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: {str(self._progress_path)!r} was "
+                       "computed with another flow (its structure or parameters differ). Use another `out` "
+                       "directory, or remove this one to start over.")
+    self._progress["flow_sha256"] = digest
+
+  def write(self, begin, results, points_digest):
+    for array, result in zip(self._arrays, results):
+      array[begin:begin + len(result)] = result
+      array.flush()
+    self._progress.update(points_done=begin + len(results[0]), points_sha256=points_digest)
+    self._write_progress()
+
+  def result(self):
+    del self._arrays  # closes the writable maps
+    return [np.load(path, mmap_mode="r") for path in self._paths]
+
+
+def _flow_digest(distribution):
+  """sha256 of a flow's structure and parameters: its distributions', bijectors' and linear operators' classes and
+  `parameters`, with the values of tensors, variables (Keras layers' included) and of what callables close over.
+
+  Called after the flow has run once, so that lazily built layers and conditioners have their weights.
+  """
+  digest = hashlib.sha256()
+  seen = {}  # id -> object: holding the object keeps its id from being reused during the walk
+
+  def visit(value):
+    if id(value) in seen:
+      return
+    if isinstance(value, (list, tuple, dict)):
+      seen[id(value)] = value
+    if isinstance(value, (distribution_lib.Distribution, bijector_lib.Bijector, tf.linalg.LinearOperator)):
+      seen[id(value)] = value
+      digest.update(type(value).__qualname__.encode())
+      for key in sorted(value.parameters):
+        digest.update(key.encode())
+        visit(value.parameters[key])
+    elif isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, int, float, complex)) or (
+        hasattr(value, "__array__") and hasattr(value, "shape")):
+      array = np.asarray(value)
+      digest.update(f"{array.dtype}{array.shape}".encode())
+      digest.update(np.ascontiguousarray(array).tobytes())
+    elif isinstance(value, tf.Module) or (callable(value) and isinstance(getattr(value, "weights", None), list)):
+      # tf-keras layers and models (tf.Modules), Keras 3 layers: their variables, in a fixed order.
+      seen[id(value)] = value
+      digest.update(type(value).__qualname__.encode())
+      for variable in value.variables if isinstance(value, tf.Module) else value.weights:
+        visit(variable)
+    elif isinstance(value, (list, tuple)):
+      for item in value:
+        visit(item)
+    elif isinstance(value, dict):
+      for key in sorted(value, key=repr):
+        digest.update(repr(key).encode())
+        visit(value[key])
+    elif isinstance(value, (str, bool, type(None))):
+      digest.update(repr(value).encode())
+    elif callable(value):
+      seen[id(value)] = value
+      digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
+      for cell in getattr(value, "__closure__", None) or ():
+        try:
+          visit(cell.cell_contents)
+        except ValueError:  # an empty cell
+          pass
+    else:
+      digest.update(type(value).__qualname__.encode())
+
+  visit(distribution)
+  return digest.hexdigest()
