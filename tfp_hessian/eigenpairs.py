@@ -50,6 +50,8 @@ WHICH = ("stiff", "sloppy")
 TOLERANCE = {tf.float64: 1e-10, tf.float32: 1e-5}
 # Default Krylov dimension cap (at most D): enough for the k wanted pairs and a margin that keeps restarts unneeded.
 MIN_ITERATIONS = 100
+# A new Lanczos vector smaller than this many ulps of ‖T‖ is rounding, not a direction: the Krylov space is invariant.
+BREAKDOWN = 64
 ITERATIONS_PER_PAIR = 20
 
 Eigenpairs = collections.namedtuple("Eigenpairs",
@@ -120,13 +122,13 @@ def top_eigenpairs(distribution, z, k, which="stiff", tolerance=None, max_iterat
       raise ValueError(f"`max_iterations` must be an integer >= k = {k}; got {max_iterations!r}.")
     krylov = min(int(max_iterations), size)
 
-    # A fresh tensor: TFP caches the inverse of tensors it sampled, which would cut `z` off the tape.
-    z = tf.identity(z)
+    # The gradient is recorded once; each iteration is then one backward pass through it.
+    z, hessian_times = hvp.hessian_operator(distribution, z)
     shape = tf.shape(z)
     num_points = tf.reduce_prod(shape[:-1])
 
     def matvec(q):  # [N, D] -> [N, D]
-      return tf.reshape(hvp.reverse_over_reverse(distribution, z, tf.reshape(q, shape)), [num_points, size])
+      return tf.reshape(hessian_times(tf.reshape(q, shape)), [num_points, size])
 
     pairs = _lanczos(matvec, num_points, size, dtype, k, which, float(tolerance), krylov, seed)
     batch = shape[:-1]
@@ -163,12 +165,16 @@ def _lanczos(matvec, num_points, size, dtype, k, which, tolerance, krylov, seed)
   alphas = tf.zeros([krylov, num_points], dtype)
   betas = tf.zeros([krylov, num_points], dtype)
   done = tf.zeros([num_points], tf.bool)
+  # Where the current Lanczos sequence started (after the last breakdown), and whether the sequence completed by
+  # that breakdown held a wanted eigenvalue (then eigenvalues of multiplicity > 1 may have copies still unseen).
+  block_start = tf.zeros([num_points], tf.int32)
+  pending = tf.zeros([num_points], tf.bool)
 
-  def condition(j, basis, alphas, betas, done):
-    del basis, alphas, betas
+  def condition(j, basis, alphas, betas, done, block_start, pending):
+    del basis, alphas, betas, block_start, pending
     return tf.logical_and(j < krylov, tf.logical_or(j < k, tf.logical_not(tf.reduce_all(done))))
 
-  def step(j, basis, alphas, betas, done):
+  def step(j, basis, alphas, betas, done, block_start, pending):
     q = basis[j]
     w = matvec(q)
     alpha = tf.reduce_sum(q * w, axis=-1)
@@ -179,7 +185,7 @@ def _lanczos(matvec, num_points, size, dtype, k, which, tolerance, krylov, seed)
     scale = tf.maximum(tf.reduce_max(tf.abs(alphas) + betas, axis=0), tf.abs(alpha) + previous_beta)
     # Breakdown: the Krylov space is invariant (H has fewer distinct eigenvalues along q_1 than iterations). Its
     # Ritz pairs are then exact; the iteration goes on from a fresh random direction, with β = 0 in T.
-    breakdown = beta <= eps * scale
+    breakdown = beta <= BREAKDOWN * eps * scale
     fresh = tf.random.stateless_normal([num_points, size], seed + tf.stack([0, j + 1]), dtype=dtype)
     w = tf.where(breakdown[:, tf.newaxis], fresh, w)
     beta = tf.where(breakdown, tf.zeros_like(beta), beta)
@@ -189,16 +195,24 @@ def _lanczos(matvec, num_points, size, dtype, k, which, tolerance, krylov, seed)
     alphas = tf.tensor_scatter_nd_update(alphas, [[j]], alpha[tf.newaxis])
     betas = tf.tensor_scatter_nd_update(betas, [[j]], beta[tf.newaxis])
     dimension = j + 1
+    pending = tf.cond(
+        tf.reduce_any(breakdown),
+        lambda: tf.where(breakdown, _completed_sequence_is_wanted(
+            alphas[:dimension], betas[:dimension], block_start, k, which), pending),
+        lambda: pending)
+    block_start = tf.where(breakdown, dimension, block_start)
     # The small eigenproblems cost O(j³) per point: checked every step at first, then every ~j/8 steps.
     check = tf.logical_and(dimension >= k, tf.equal(dimension % tf.maximum(1, dimension // 8), 0))
     done = tf.cond(
         check,
         lambda: _settled(_ritz(alphas[:dimension], betas[:dimension], k, which, tolerance)),
         lambda: done)
-    return dimension, basis, alphas, betas, done
+    done = tf.logical_and(done, tf.logical_not(pending))
+    return dimension, basis, alphas, betas, done, block_start, pending
 
-  dimension, basis, alphas, betas, _ = tf.while_loop(
-      condition, step, (tf.constant(0), basis, alphas, betas, done), maximum_iterations=krylov)
+  dimension, basis, alphas, betas, _, _, _ = tf.while_loop(
+      condition, step, (tf.constant(0), basis, alphas, betas, done, block_start, pending),
+      maximum_iterations=krylov)
   ritz = _ritz(alphas[:dimension], betas[:dimension], k, which, tolerance)
   vectors = tf.einsum("mnd,nmk->ndk", basis[:dimension], ritz.coefficients)
   vectors = _largest_component_positive(vectors)
@@ -218,6 +232,53 @@ def _settled(ritz):
   return tf.logical_or(tf.reduce_all(ritz.converged, axis=-1), tf.logical_not(ritz.finite))
 
 
+def _tridiagonal(alphas, betas):
+  """`T_m [N, m, m]` from `alphas`, `betas` `[N, m]` (the last β, below `T_m`, unused), non-finite points zeroed."""
+  finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(alphas), -1), tf.reduce_all(tf.math.is_finite(betas), -1))
+  # Non-finite points are decomposed as zeros (eigh of NaN is undefined) and reported as such by the caller.
+  alphas = tf.where(finite[:, tf.newaxis], alphas, tf.zeros_like(alphas))
+  betas = tf.where(finite[:, tf.newaxis], betas, tf.zeros_like(betas))
+  tridiagonal = tf.linalg.diag(alphas) + tf.linalg.diag(betas[:, :-1], k=-1) + tf.linalg.diag(betas[:, :-1], k=1)
+  return tridiagonal, betas, finite
+
+
+def _completed_sequence_is_wanted(alphas, betas, block_start, k, which):
+  """`[N]` bool: whether the Lanczos sequence just ended by a breakdown holds an eigenvalue wanted over the others.
+
+  A breakdown means the sequence from `block_start` spans an invariant subspace, so `T_m` is block diagonal and that
+  block's eigenvalues are exact: one per distinct eigenvalue of `H` that the sequence's start vector touched. A
+  start vector orthogonal to the earlier sequences touches every eigenspace not exhausted by them, so once a
+  completed sequence holds no eigenvalue better (larger `|λ|` for "stiff", smaller for "sloppy") than the `k`-th
+  best of the others, no copy of a multiple eigenvalue is missing from the wanted set. Until then it may be: Lanczos
+  from one start vector sees one eigenvector per distinct eigenvalue.
+
+  Args:
+    alphas, betas: `[m, N]`, as in `_ritz`.
+    block_start: `[N]` int32, where the completed sequence starts.
+    k, which: as in `top_eigenpairs`.
+  """
+  tridiagonal, betas, _ = _tridiagonal(tf.transpose(alphas), tf.transpose(betas))
+  size = tf.shape(tridiagonal)[-1]
+  inside = tf.range(size)[tf.newaxis, :] >= block_start[:, tf.newaxis]  # [N, m]
+  # The other block's rows and columns are replaced by a sentinel eigenvalue that is never wanted.
+  if which == "stiff":
+    sentinel = tf.zeros_like(tridiagonal[:, 0, :1])
+  else:
+    sentinel = 1 + 2 * tf.reduce_max(tf.abs(tridiagonal), axis=[-2, -1])[:, tf.newaxis]
+
+  def magnitudes(keep):
+    mask = tf.cast(keep, tridiagonal.dtype)
+    masked = tridiagonal * mask[:, :, tf.newaxis] * mask[:, tf.newaxis, :]
+    masked += tf.linalg.diag(tf.where(keep, tf.zeros_like(masked[:, 0]), sentinel))
+    return tf.abs(tf.linalg.eigvalsh(masked))
+
+  block, others = magnitudes(inside), magnitudes(tf.logical_not(inside))
+  others = tf.concat([others, tf.repeat(sentinel, k, axis=-1)], axis=-1)  # k of the others, however few there are
+  if which == "stiff":
+    return tf.reduce_max(block, axis=-1) > tf.math.top_k(others, k).values[:, -1]
+  return tf.reduce_min(block, axis=-1) < -tf.math.top_k(-others, k).values[:, -1]
+
+
 def _ritz(alphas, betas, k, which, tolerance):
   """The `k` wanted pairs of the `m`-step Lanczos relation `H Q_m = Q_{m+1} T̲_m`.
 
@@ -230,12 +291,8 @@ def _ritz(alphas, betas, k, which, tolerance):
     `_Ritz(values [N, k], coefficients [N, m, k] (of the eigenvectors in the basis Q_m), residuals [N, k],
     converged [N, k], finite [N])`, ordered by decreasing `|θ|`.
   """
-  alphas, betas = tf.transpose(alphas), tf.transpose(betas)  # [N, m]
-  finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(alphas), -1), tf.reduce_all(tf.math.is_finite(betas), -1))
-  # Non-finite points are decomposed as zeros (eigh of NaN is undefined) and reported as such by the caller.
-  alphas = tf.where(finite[:, tf.newaxis], alphas, tf.zeros_like(alphas))
-  betas = tf.where(finite[:, tf.newaxis], betas, tf.zeros_like(betas))
-  tridiagonal = (tf.linalg.diag(alphas) + tf.linalg.diag(betas[:, :-1], k=-1) + tf.linalg.diag(betas[:, :-1], k=1))
+  tridiagonal, betas, finite = _tridiagonal(tf.transpose(alphas), tf.transpose(betas))  # [N, m, m], [N, m]
+  alphas = tf.linalg.diag_part(tridiagonal)
   theta, vectors = tf.linalg.eigh(tridiagonal)  # ascending
   largest = tf.reduce_max(tf.abs(theta), axis=-1)
   if which == "stiff":

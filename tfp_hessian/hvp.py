@@ -1,17 +1,26 @@
 """Hessian–vector products of a flow's log density, matrix-free: `∇²_z log q(z) · v` without the `D × D` Hessian.
 
-Per point, forward-mode differentiation of the reverse-mode gradient (forward-over-reverse):
+Per point, reverse-mode differentiation of the directional derivative of the reverse-mode gradient
+(reverse-over-reverse):
 
 .. math::
 
-    H v = \\frac{d}{dt} ∇_z \\log q(z + t v) \\Big|_{t=0},
+    H v = ∇_z \\big( ∇_z \\log q(z) \\cdot v \\big),
 
-a `tf.autodiff.ForwardAccumulator` (tangent `v`) around a `tf.GradientTape` gradient of `distribution.log_prob`.
-It costs a small constant times one `log_prob` per product, whatever the bijectors (neural conditioners included),
-and stores only what the gradient does: `O(D)` per point beyond the flow's own activations. The dense sweep
-(`log_prob_hessian(...) @ v`) forms the `[*batch, D, D]` Hessian first; see BENCHMARKS.md, "Large D (matrix-free)",
-for the measured comparison of forward-over-reverse with reverse-over-reverse and the dense sweep, which is how
-this route was chosen.
+two nested `tf.GradientTape`s around `distribution.log_prob`. It costs a small constant times one `log_prob` per
+product, whatever the bijectors (neural conditioners included), and stores only what a gradient of the gradient
+does: the flow's activations and `O(D)` per point, never `[*batch, D, D]`.
+
+Why not forward-over-reverse (a `tf.autodiff.ForwardAccumulator` over the tape gradient), the textbook choice?
+Measured on the benchmark flows (BENCHMARKS.md, "Large D (matrix-free)"; `benchmarks/large_d.py`), it is no
+faster in TensorFlow: most ops have no forward-mode rule there, so the accumulator runs their backward function
+twice, and reverse-over-reverse took 0.6–1.0× its time. It also fails inside `tf.function` on flows whose
+`log_prob` runs a `tf.while_loop` (an IAF's sequential forward pass): TensorFlow 2.21 raises a `SystemError` while
+building the tape gradient under the accumulator. `forward_over_reverse` stays here for the benchmark.
+
+Many products at the same points (Lanczos, CG) share one linearization: `hessian_operator` records the gradient
+once, on a persistent tape, and each product is then one backward pass of the gradient (1.2–1.6× faster per
+product than `log_prob_hvp` in the benchmark's measurements).
 
 >>> hv = tfp_hessian.log_prob_hvp(flow, z, v)   # z, v: [*batch, D] -> [*batch, D]
 """
@@ -20,7 +29,7 @@ import tensorflow as tf
 
 from tfp_hessian import sweep
 
-__all__ = ["log_prob_hvp"]
+__all__ = ["hessian_operator", "log_prob_hvp"]
 
 
 def log_prob_hvp(distribution, z, v, name="log_prob_hvp"):
@@ -50,7 +59,7 @@ def log_prob_hvp(distribution, z, v, name="log_prob_hvp"):
     z = sweep._points(distribution, z)  # pylint: disable=protected-access
     v = tangents(z, v)
     # A fresh tensor: TFP caches the inverse of tensors it sampled, which would cut `z` off the tape.
-    return forward_over_reverse(distribution, tf.identity(z), v)
+    return reverse_over_reverse(distribution, tf.identity(z), v)
 
 
 def tangents(z, v):
@@ -80,10 +89,11 @@ def tangents(z, v):
 
 
 def forward_over_reverse(distribution, z, v):
-  """`H v` on validated points `z` and tangents `v` of the same shape, `[*batch, D]`.
+  """`H v` as `reverse_over_reverse`, by a `ForwardAccumulator` over the tape gradient (for the benchmark).
 
   Every point must be its own (broadcast to the distribution's batch shape, as `sweep._points` does): the tape
-  differentiates the summed log density, which is per point only then.
+  differentiates the summed log density, which is per point only then. Fails inside `tf.function` on flows with a
+  `tf.while_loop` in `log_prob` (see the module docstring).
   """
   with tf.autodiff.ForwardAccumulator(primals=z, tangents=v) as accumulator:
     with tf.GradientTape() as tape:
@@ -93,8 +103,41 @@ def forward_over_reverse(distribution, z, v):
   return accumulator.jvp(gradient, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+def hessian_operator(distribution, z, name="hessian_operator"):
+  """The map `v ↦ ∇²_z log q(z) · v` at fixed points, linearized once for many products.
+
+  `distribution.log_prob` and its gradient run once, here, on a persistent tape; each call of the returned
+  function is then one backward pass through the recorded gradient. Works eagerly and inside `tf.function`
+  (including inside a `tf.while_loop` body there).
+
+  Args:
+    distribution: as in `log_prob_hvp`.
+    z: `[*batch, D]` points, of the distribution's dtype.
+    name: name scope of the ops.
+
+  Returns:
+    `(points, matvec)`: the validated points `[*batch, D]` (broadcast against the distribution's batch shape),
+    and a function taking `v` of the points' shape and dtype to `H v`, `[*batch, D]`.
+  """
+  with tf.name_scope(name):
+    z = sweep._points(distribution, z)  # pylint: disable=protected-access
+    z = tf.identity(z)  # TFP's cache of sampled tensors would cut `z` off the tape.
+    with tf.GradientTape(persistent=True) as outer:
+      outer.watch(z)
+      with tf.GradientTape() as inner:
+        inner.watch(z)
+        log_prob = distribution.log_prob(z)
+      gradient = inner.gradient(log_prob, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+  def matvec(v):
+    v = tangents(z, v)
+    return outer.gradient(gradient, z, output_gradients=v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+  return z, matvec
+
+
 def reverse_over_reverse(distribution, z, v):
-  """`H v` as `forward_over_reverse`, by differentiating `∇ log q · v` with a second tape (for comparison)."""
+  """`H v` on validated points `z` and tangents `v`, `[*batch, D]`, by differentiating `∇ log q · v` again."""
   with tf.GradientTape() as outer:
     outer.watch(z)
     with tf.GradientTape() as inner:
