@@ -191,6 +191,7 @@ def main(argv=None):
   parser.add_argument("--dims", nargs="+", type=int, default=list(DIMS))
   parser.add_argument("--dense-dims", nargs="+", type=int, default=list(DENSE_DIMS))
   parser.add_argument("--timeout", type=float, default=300., help="seconds per worker")
+  parser.add_argument("--report", metavar="JSON", help="only print the tables of an earlier run's JSON")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--task", help=argparse.SUPPRESS)
   parser.add_argument("--flow", help=argparse.SUPPRESS)
@@ -200,6 +201,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.worker:
     return _worker(args)
+  if args.report:
+    with open(args.report) as results:
+      print(format_markdown(json.load(results)))
+    return 0
 
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   started = time.time()
@@ -275,9 +280,9 @@ def format_markdown(report):
     dense = f"{ms['dense_sweep']:.1f} ms" if "dense_sweep" in ms else "—"
     lines.append(f"| {flow} | {dim} | {ms['log_prob']:.2f} ms | {ms['forward_over_reverse']:.2f} ms | "
                  f"{ms['reverse_over_reverse']:.2f} ms | {ms['linearized_product']:.2f} ms | {dense} |")
-  lines += ["", "| flow | D | `top_eigenpairs` (k=10) | iterations | peak RSS (above start) | dense: sweep + eigh | "
-            "dense peak RSS (above start) | dense / Lanczos time | max eigenvalue difference |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  lines += ["", "| flow | D | `top_eigenpairs` (k=10) | first call | iterations | peak RSS (above start) | "
+            "dense: sweep + eigh | dense peak RSS (above start) | dense / Lanczos time | max eigenvalue difference |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for cell, methods in report["eigenpairs"].items():
     flow, dim = cell.split("/")
     if "lanczos" not in methods:
@@ -287,17 +292,28 @@ def format_markdown(report):
     if dense is None:
       dense_time = dense_memory = ratio = "—"
     elif dense.get("estimated"):
-      low = dense.get("median_s_at_measured_exponent", dense["median_s"])
-      dense_time = f"≈ {low:.0f}–{dense['median_s']:.0f} s (estimated)"
+      low, high = sorted([dense.get("median_s_at_measured_exponent", dense["median_s"]), dense["median_s"]])
+      dense_time = f"≈ {low:.0f}–{high:.0f} s (estimated)"
       dense_memory = f"≈ +{dense['memory_above_baseline_mib']:.0f} MiB (estimated)"
-      ratio = f"≈ {low / lanczos['median_s']:.0f}–{dense['median_s'] / lanczos['median_s']:.0f}×"
+      ratio = f"≈ {low / lanczos['median_s']:.0f}–{high / lanczos['median_s']:.0f}×"
     else:
       dense_time, dense_memory = f"{dense['median_s']:.2f} s", memory(dense)
       ratio = f"{dense['median_s'] / lanczos['median_s']:.1f}×"
     difference = lanczos.get("max_eigenvalue_difference_vs_dense")
-    lines.append(f"| {flow} | {dim} | {lanczos['median_s']:.2f} s | {lanczos['num_iterations']} | {memory(lanczos)} | "
+    lines.append(f"| {flow} | {dim} | {lanczos['median_s']:.2f} s | {lanczos['first_call_s']:.1f} s | "
+                 f"{lanczos['num_iterations']} | {memory(lanczos)} | "
                  f"{dense_time} | {dense_memory} | {ratio} | "
                  f"{'—' if difference is None else f'{difference:.1e}'} |")
+  if report.get("sloppy"):
+    lines += ["", "| flow | D | `which=\"sloppy\"` iterations | converged pairs | relative residuals | "
+              "sloppiest \\|λ\\| found / max \\|λ\\| | first call |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for cell, result in report["sloppy"].items():
+      flow, dim = cell.split("/")
+      residuals = np.asarray(result["relative_residuals"])
+      smallest = np.min(np.abs(result["eigenvalues"]), axis=-1) / np.asarray(result["largest_magnitude"])
+      lines.append(f"| {flow} | {dim} | {result['num_iterations']} | {100 * result['converged_fraction']:.0f} % | "
+                   f"{residuals.min():.1e}–{residuals.max():.1e} | {smallest.min():.1e}–{smallest.max():.1e} | "
+                   f"{result['first_call_s']:.1f} s |")
   return "\n".join(lines)
 
 

@@ -26,6 +26,12 @@ Lanczos with full reorthogonalization builds an orthonormal basis `Q_m = [q_1 �
   that squaring `H` would lose). A Rayleigh–Ritz step of `T_m` within their span then gives the signed
   eigenvalues `θ ≈ λ` (it also separates a pair `±λ` that `H²` cannot tell apart) and the vectors.
 
+Breakdowns and repeated eigenvalues: when the Krylov space becomes invariant (`β ≈ 0`), its Ritz pairs are exact
+and Lanczos goes on from a fresh random vector orthogonal to the basis. From one start vector Lanczos sees one
+eigenvector per *distinct* eigenvalue, so an exactly repeated eigenvalue (a Gaussian with repeated scales, say)
+would be found too few times; after a breakdown the iteration therefore goes on until a completed sequence adds
+nothing to the wanted set. Nearly (not exactly) repeated eigenvalues are found in turn, as in any Lanczos code.
+
 Convergence: a pair is converged when its residual `‖H u − θ u‖ ≤ tolerance · max|θ|`, `max|θ|` the largest
 `|Ritz value|` of `T_m` (an estimate of `‖H‖₂` from below). Iteration stops when every pair of every point is
 converged, or after `max_iterations` products; the residuals and a `converged` mask are returned, so an
@@ -45,10 +51,12 @@ from tfp_hessian.spectrum import _largest_component_positive
 __all__ = ["Eigenpairs", "top_eigenpairs"]
 
 WHICH = ("stiff", "sloppy")
-# Default relative residual tolerances: a few hundred ulps of float64; float32's Hessian–vector products through
-# deep flows carry relative errors of ~1e-6 themselves, so residuals much below that are out of reach.
+# Default relative residual tolerances: in float64 well above the products' rounding (~1e-14 of ‖H‖ for the tested
+# flows) and below what eigenvalues are tested to (1e-8); float32's products through deep flows carry relative
+# errors of ~1e-6 themselves, so residuals much below that are out of reach.
 TOLERANCE = {tf.float64: 1e-10, tf.float32: 1e-5}
-# Default Krylov dimension cap (at most D): enough for the k wanted pairs and a margin that keeps restarts unneeded.
+# Default Krylov dimension cap, max(MIN_ITERATIONS, ITERATIONS_PER_PAIR · k), at most D. There is no restart: the
+# cap bounds the memory, O(D · cap) per point.
 MIN_ITERATIONS = 100
 # A new Lanczos vector smaller than this many ulps of ‖T‖ is rounding, not a direction: the Krylov space is invariant.
 BREAKDOWN = 64
