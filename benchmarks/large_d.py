@@ -103,7 +103,8 @@ def _products(tf, distribution, z, dense):
   errors = {name: float(np.max(np.abs(out - expected) / scale)) for name, out in outputs.items()
             if name not in ("log_prob", f"linearized_{LINEARIZED}")}
   median_ms = {n: 1e3 * statistics.median(t) for n, t in times.items()}
-  median_ms["linearized_product"] = (median_ms[f"linearized_{LINEARIZED}"] - median_ms["linearized_1"]) / (LINEARIZED - 1)
+  median_ms["linearized_product"] = (
+      (median_ms[f"linearized_{LINEARIZED}"] - median_ms["linearized_1"]) / (LINEARIZED - 1))
   return dict(first_call_s=first, median_ms=median_ms,
               calls={n: len(t) for n, t in times.items()}, max_relative_difference=errors)
 
@@ -208,7 +209,8 @@ def main(argv=None):
 
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   started = time.time()
-  report = dict(schema="tfp_hessian.large_d/1", command="python benchmarks/large_d.py " + " ".join(argv or sys.argv[1:]),
+  command = "python benchmarks/large_d.py " + " ".join(argv or sys.argv[1:])
+  report = dict(schema="tfp_hessian.large_d/1", command=command,
                 started_utc=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
                 load_average_at_start=list(os.getloadavg()), cpu_count=os.cpu_count(), platform=platform.platform(),
                 versions=dict(python=platform.python_version(), tensorflow=tf.__version__, numpy=np.__version__),
@@ -272,7 +274,8 @@ def _extrapolate(report, flow, dims, dense_dims):
 
 def format_markdown(report):
   """The tables of BENCHMARKS.md's "Large D (matrix-free)" section."""
-  lines = ["| flow | D | log_prob | fwd-over-rev | rev-over-rev (`log_prob_hvp`) | linearized product | dense sweep @ v |",
+  lines = ["| flow | D | log_prob | fwd-over-rev | rev-over-rev (`log_prob_hvp`) | linearized product | "
+           "dense sweep @ v |",
            "|---|---:|---:|---:|---:|---:|---:|"]
   for cell, result in report["products"].items():
     flow, dim = cell.split("/")

@@ -138,7 +138,8 @@ def test_invariant_krylov_space_restarts():
 def test_distribution_batch_shape_and_point_batch(which):
   """Points `[A, 1, D]` against a distribution of batch shape `[2]`: `[A, 2]` points, each its own."""
   rng = np.random.default_rng(6)
-  base = tfd.MultivariateNormalTriL(tf.constant(rng.normal(size=(2, D))), random_base(np.float64, rng, D).scale.to_dense())
+  scale_tril = random_base(np.float64, rng, D).scale.to_dense()
+  base = tfd.MultivariateNormalTriL(tf.constant(rng.normal(size=(2, D))), scale_tril)
   flow = tfd.TransformedDistribution(base, _elementwise_affine(np.float64, rng))
   z = tf.constant(flow.sample(3, seed=(0, 6)).numpy()[:, :1])  # [3, 1, D]
   pairs = tfp_hessian.top_eigenpairs(flow, z, K, which=which)

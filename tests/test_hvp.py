@@ -150,7 +150,8 @@ def _flow(monkeypatch):
 @pytest.mark.parametrize("v, error, match", [
     (np.ones((3, DIM), np.float32), TypeError, "`v` must have the points' dtype float64.*got dtype float32"),
     (np.ones((3, DIM), np.int64), TypeError, "`v` must have the points' dtype float64.*got dtype int64"),
-    (np.ones((3, DIM + 1)), ValueError, r"`v` must have the points' shape \[\*batch, D\] = \(3, 5\).*got shape \(3, 6\)"),
+    (np.ones((3, DIM + 1)), ValueError,
+     r"`v` must have the points' shape \[\*batch, D\] = \(3, 5\).*got shape \(3, 6\)"),
     (np.ones((2, DIM)), ValueError, r"= \(3, 5\).*got shape \(2, 5\)"),
     (np.ones((4, 3, DIM)), ValueError, r"= \(3, 5\).*got shape \(4, 3, 5\)"),
     (np.float64(1.), ValueError, r"= \(3, 5\).*got shape \(\)"),

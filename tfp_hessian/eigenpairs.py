@@ -1,4 +1,4 @@
-"""The stiffest or sloppiest eigenpairs of a flow's log-density Hessian, matrix-free (Lanczos on Hessian–vector products).
+"""The stiffest or sloppiest eigenpairs of a log-density Hessian, matrix-free: Lanczos on Hessian–vector products.
 
 For large D the `[*batch, D, D]` Hessian of `log_prob_hessian` and its `O(D³)` eigendecomposition are out of reach,
 but a few eigenpairs are not: Lanczos needs only products `H q` (`tfp_hessian.log_prob_hvp`) and `O(D·m)` memory per
