@@ -13,7 +13,7 @@ import tensorflow_probability as tfp
 import tfp_hessian
 from tfp_hessian import eigenpairs as eigenpairs_lib
 
-from cases import DTYPES, RTOL, _made, _real_nvp_dense, random_base
+from cases import BIJECTORS, DIM, DTYPES, RTOL, _made, _real_nvp_dense, flow_and_points, random_base
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -132,6 +132,14 @@ def test_invariant_krylov_space_restarts():
                              atol=1e-12)
   np.testing.assert_allclose(hessian @ vectors, vectors * np.asarray(pairs.eigenvalues)[:, None, :], atol=1e-12)
   assert np.all(np.asarray(pairs.converged))
+
+
+@pytest.mark.parametrize("which", eigenpairs_lib.WHICH)
+def test_k_equal_to_d_is_the_whole_spectrum(which):
+  flow, z = flow_and_points(BIJECTORS["Chain"], np.float64)
+  pairs = tfp_hessian.top_eigenpairs(flow, z, DIM, which=which)
+  assert int(pairs.num_iterations) == DIM
+  _assert_pairs_match(pairs, tfp_hessian.log_prob_hessian(flow, z), which, RTOL[np.float64])
 
 
 @pytest.mark.parametrize("which", eigenpairs_lib.WHICH)
