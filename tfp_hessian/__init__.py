@@ -7,6 +7,8 @@
 from tfp_hessian import bijectors, plots, reference, registry
 from tfp_hessian.chunked import default_chunk_size, hessians_in_chunks
 from tfp_hessian.distribution import TransformedDistribution
+from tfp_hessian.eigenpairs import Eigenpairs, top_eigenpairs
+from tfp_hessian.hvp import log_prob_hvp
 from tfp_hessian.pullback import Pullback
 from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
                                   stiff_sloppy_split)
@@ -16,6 +18,7 @@ from tfp_hessian.sweep import LogProbDerivatives, log_prob_and_derivatives, log_
 __version__ = "0.1.0"
 
 __all__ = [
+    "Eigenpairs",
     "LogProbDerivatives",
     "Pullback",
     "Spectrum",
@@ -28,6 +31,7 @@ __all__ = [
     "hessians_in_chunks",
     "log_prob_and_derivatives",
     "log_prob_hessian",
+    "log_prob_hvp",
     "plots",
     "reference",
     "registry",
@@ -35,4 +39,5 @@ __all__ = [
     "sample_and_log_prob_hessian",
     "spectrum",
     "stiff_sloppy_split",
+    "top_eigenpairs",
 ]
