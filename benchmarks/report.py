@@ -2,8 +2,9 @@
 
     python benchmarks/report.py benchmarks/results.json [--markdown BENCHMARKS.md] [--plot benchmarks/time_vs_dim.png]
 
-Everything in the markdown comes from the JSON, except the hand-written notes between `<!-- notes -->` and
-`<!-- /notes -->` in an existing output file, which are kept. The plot needs matplotlib (the harness does not).
+Everything in the markdown comes from the JSON, except what an existing output file has by hand and keeps: the
+notes between `<!-- notes -->` and `<!-- /notes -->`, and everything from `<!-- appendix -->` to the end (other
+benchmarks' sections, e.g. benchmarks/large_d.py's). The plot needs matplotlib (the harness does not).
 """
 
 import argparse
@@ -13,6 +14,7 @@ import re
 import sys
 
 NOTES = re.compile(r"<!-- notes -->.*?<!-- /notes -->", re.S)
+APPENDIX = "<!-- appendix -->"
 ORDER = ["log_prob", "ours", "ours_xla", "tf_hessians", "tapes", "tapes_xla", "fwd_rev", "fwd_rev_xla", "jax"]
 SHORT = {"log_prob": "log_prob alone", "ours": "**ours**", "ours_xla": "ours + XLA", "tf_hessians": "tf.hessians",
          "tapes": "nested tapes", "tapes_xla": "nested tapes + XLA", "fwd_rev": "fwd-over-rev",
@@ -311,17 +313,20 @@ def plot(report, path):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("json", help="a report written by `python -m tfp_hessian bench --json`")
-  parser.add_argument("--markdown", help="write BENCHMARKS.md here (keeping its hand-written notes)")
+  parser.add_argument("--markdown", help="write BENCHMARKS.md here (keeping its notes and appendix)")
   parser.add_argument("--plot", help="write the log-log plot of time against D here (PNG)")
   args = parser.parse_args(argv)
   report = json.loads(pathlib.Path(args.json).read_text())
   if args.markdown:
     path = pathlib.Path(args.markdown)
-    notes = "<!-- notes -->\n(none yet)\n<!-- /notes -->"
+    notes, appendix = "<!-- notes -->\n(none yet)\n<!-- /notes -->", ""
     if path.exists():
-      match = NOTES.search(path.read_text())
+      existing = path.read_text()
+      match = NOTES.search(existing)
       notes = match.group(0) if match else notes
-    path.write_text(markdown(report, notes))
+      if APPENDIX in existing:
+        appendix = existing[existing.index(APPENDIX):]
+    path.write_text(markdown(report, notes) + ("\n" + appendix if appendix else ""))
     print(f"wrote {path}")
   if args.plot:
     plot(report, args.plot)
