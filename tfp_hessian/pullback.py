@@ -53,7 +53,12 @@ def _solve_adjoint(matrix, rhs):
   batch = tf.broadcast_dynamic_shape(tf.shape(matrix)[:-2], tf.shape(rhs)[:-2])
   matrix = tf.broadcast_to(matrix, tf.concat([batch, tf.shape(matrix)[-2:]], 0))
   rhs = tf.broadcast_to(rhs, tf.concat([batch, tf.shape(rhs)[-2:]], 0))
-  return tf.linalg.solve(matrix, rhs, adjoint=True)
+  # `solve` raises on a non-finite matrix ("not invertible"), which one point outside the support (NaN, as
+  # `log_prob` gives there) would make of the whole call: solve with the identity there, and give NaN.
+  finite = tf.reduce_all(tf.math.is_finite(matrix), axis=[-2, -1])[..., tf.newaxis, tf.newaxis]
+  eye = tf.eye(tf.shape(matrix)[-1], dtype=matrix.dtype)
+  solution = tf.linalg.solve(tf.where(finite, matrix, eye), rhs, adjoint=True)
+  return tf.where(finite, solution, tf.constant(float("nan"), rhs.dtype))
 
 
 def _pull_forward(jacobian, grad, hess, curvature):
@@ -177,7 +182,9 @@ class ElementwisePullback(Pullback):
     curvature = self._curvature(grad)
     if self.d1 is not None:
       grad = grad * self.d1
-      hess = hess * _outer(self.d1, self.d1)
+      # Row, then column: with one huge φ'_i the outer product φ'_i φ'_j would overflow, and 0 · inf is NaN
+      # in entries that are exactly zero.
+      hess = hess * self.d1[..., :, tf.newaxis] * self.d1[..., tf.newaxis, :]
     if self.dlog1 is not None:
       grad = grad + self.dlog1
     if curvature is not None:
@@ -193,7 +200,7 @@ class ElementwisePullback(Pullback):
     if curvature is not None:
       hess = _add_to_diagonal(hess, -curvature)
     if self.d1 is not None:
-      hess = hess / _outer(self.d1, self.d1)
+      hess = hess / self.d1[..., :, tf.newaxis] / self.d1[..., tf.newaxis, :]
     return grad, hess
 
   def _vector(self, value, default):
