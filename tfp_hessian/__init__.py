@@ -6,6 +6,7 @@
 
 from tfp_hessian import bijectors, plots, reference, registry
 from tfp_hessian.distribution import TransformedDistribution
+from tfp_hessian.memory import get_memory_limit, set_memory_limit
 from tfp_hessian.pullback import Pullback
 from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
                                   stiff_sloppy_split)
@@ -23,6 +24,7 @@ __all__ = [
     "condition_number",
     "coordinate_contributions",
     "decades",
+    "get_memory_limit",
     "log_prob_and_derivatives",
     "log_prob_hessian",
     "plots",
@@ -30,6 +32,7 @@ __all__ = [
     "registry",
     "sample_and_log_prob_derivatives",
     "sample_and_log_prob_hessian",
+    "set_memory_limit",
     "spectrum",
     "stiff_sloppy_split",
 ]
