@@ -118,6 +118,7 @@ def test_edges_against_exact_hessian(name, dtype):
   points = tf.constant(z[np.newaxis])
   ours = tfp_hessian.log_prob_hessian(flow, points).numpy()[0]
   assert ours.dtype == dtype
+  np.testing.assert_array_equal(ours, ours.T)  # To the last bit; NaN is equal to NaN here.
   tape = np.diagonal(reference.tape_hessian(flow, points).numpy()[0])
   exact = _exact_diagonal(phi, dphi, z, loc, scale)
   largest = mpmath.mpf(float(np.finfo(dtype).max))
