@@ -138,7 +138,7 @@ def pullback(bijector, y):
       return lookup(bijector)(bijector, y)
     except tf.errors.InvalidArgumentError as error:
       raise type(error)(error.node_def, error.op, f"{error.message}\n  raised by bijector {bijector.name!r} "
-                        f"({type(bijector).__name__}) while inverting the flow") from error
+                        f"({type(bijector).__name__}) at its inverse") from error
 
 
 def analytic_bijectors():
