@@ -279,3 +279,32 @@ def test_outside_support_without_validation_is_still_nan():
   assert np.isnan(flow.log_prob(z)[1])
   hessian = tfp_hessian.log_prob_hessian(flow, z)
   assert np.all(np.isfinite(hessian[0])) and np.all(np.isnan(hessian[1, 2, 2]))
+
+
+# -- found by the property and edge tests, in code owned elsewhere (pullback.py); strict xfails as reproducers --
+
+
+@pytest.mark.xfail(strict=True, raises=tf.errors.InvalidArgumentError,
+                   reason="pullback.py: `InvertedPullback` of a coupling/autoregressive layer solves with its "
+                          "Jacobian, and `tf.linalg.solve` raises on a non-finite one instead of returning NaN")
+def test_non_finite_point_through_iaf_gives_nan_not_an_error():
+  """`log_prob` is NaN at a NaN point (an overflowed sample) and finite at the others; so must the Hessian be.
+
+  Found by `test_properties.py` (long profile): one overflowed sample made the whole call raise "Input matrix is
+  not invertible", losing the finite points too.
+  """
+  made = tfb.AutoregressiveNetwork(params=2, event_shape=[3], hidden_units=[4], dtype=F64)
+  flow = tfd.TransformedDistribution(_base(dim=3), tfb.Invert(tfb.MaskedAutoregressiveFlow(made)))
+  z = tf.constant([[0.1, 0.2, 0.3], [np.nan] * 3], F64)
+  hessian = tfp_hessian.log_prob_hessian(flow, z).numpy()
+  np.testing.assert_array_equal(np.isfinite(hessian).all(axis=(-2, -1)), np.isfinite(flow.log_prob(z)))
+
+
+@pytest.mark.xfail(strict=True, reason="pullback.py: `ElementwisePullback` scales by the outer product "
+                                       "`φ'_i φ'_j`, which overflows with one large `φ'_i`; `0 · inf` is NaN")
+def test_overflowing_coordinate_leaves_the_other_entries_finite():
+  """Found by `test_edges.py`: at `z = (1e-300, 1e-100)` under `Exp`, `φ'_0 φ'_1 = 1e400` overflows, so the
+  off-diagonal entries (exactly zero) become NaN; only `H[0, 0]` overflows."""
+  flow = tfd.TransformedDistribution(_base(dim=2), tfb.Exp())
+  hessian = tfp_hessian.log_prob_hessian(flow, tf.constant([[1e-300, 1e-100]], F64)).numpy()[0]
+  assert hessian[0, 1] == 0 and hessian[1, 0] == 0 and np.isfinite(hessian[1, 1])
