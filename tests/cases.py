@@ -123,7 +123,8 @@ def _real_nvp_dense(dtype, rng, activation="tanh", dim=DIM, hidden_units=(8, 7))
   conditioner = DenseShiftAndLogScale(list(hidden_units), activation=activation, dtype=dtype)
   conditioner(tf.zeros([1, num_masked], dtype), dim - num_masked)
   for weight in conditioner.trainable_weights:
-    scale = 1.5 / np.sqrt(weight.shape[0]) if weight.shape.rank == 2 else 0.3
+    # max(.., 1): at dim = 1 nothing is masked in, and the first kernel has no rows.
+    scale = 1.5 / np.sqrt(max(weight.shape[0], 1)) if weight.shape.rank == 2 else 0.3
     weight.assign(rng.normal(size=weight.shape) * scale)
   return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=conditioner)
 
