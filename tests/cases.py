@@ -29,13 +29,14 @@ class BijectorCase:
   """A bijector factory and where its support ends.
 
   Attributes:
-    make: `(dtype, rng) -> bijector`, random parameters drawn from `rng`.
+    make: `(dtype, rng, dim=DIM) -> bijector` over events of size `dim`, random parameters drawn from `rng`.
     edges: coordinate values (in `z` space) at the edge of the support, placed one per point into otherwise
       ordinary sampled points; or `(bijector, dtype) -> values`.
     analytic: whether an analytic rule (not the autodiff fallback) must serve it.
     structure: "elementwise" (diagonal Jacobian and inverse Hessian), "linear" (zero inverse Hessian), or None.
     domain: `(dtype, bijector) -> domain bijector` mapping R^D onto the case bijector's forward domain where
       that is not all of R^D; the base is then a flow itself (a nested TransformedDistribution).
+    min_dim: the smallest event size `make` accepts (a coupling layer needs a coordinate on either side).
   """
 
   make: Callable[[np.dtype, np.random.Generator], tfb.Bijector]
@@ -43,23 +44,24 @@ class BijectorCase:
   analytic: bool = True
   structure: Optional[str] = None
   domain: Optional[Callable[[np.dtype, tfb.Bijector], tfb.Bijector]] = None
+  min_dim: int = 1
 
 
 def _vec(rng, dtype, low=-1., high=1., size=DIM):
   return tf.constant(rng.uniform(low, high, size=size), dtype)
 
 
-def _signed_vec(rng, dtype):
-  return tf.constant(rng.choice([-1., 1.], size=DIM) * rng.uniform(0.5, 2., size=DIM), dtype)
+def _signed_vec(rng, dtype, size=DIM):
+  return tf.constant(rng.choice([-1., 1.], size=size) * rng.uniform(0.5, 2., size=size), dtype)
 
 
-def _well_conditioned(rng, dtype, tril=False):
-  m = rng.normal(size=(DIM, DIM)) * 0.6 + np.diag(rng.choice([-1., 1.], DIM) * rng.uniform(1.5, 2.5, DIM))
+def _well_conditioned(rng, dtype, tril=False, dim=DIM):
+  m = rng.normal(size=(dim, dim)) * 0.6 + np.diag(rng.choice([-1., 1.], dim) * rng.uniform(1.5, 2.5, dim))
   return tf.constant(np.tril(m) if tril else m, dtype)
 
 
-def _lu(rng, dtype):
-  lower_upper, permutation = tf.linalg.lu(_well_conditioned(rng, np.float64))
+def _lu(rng, dtype, dim=DIM):
+  lower_upper, permutation = tf.linalg.lu(_well_conditioned(rng, np.float64, dim=dim))
   return tf.cast(lower_upper, dtype), permutation
 
 
@@ -77,8 +79,9 @@ def _apply(layers, x):
   return x
 
 
-def _real_nvp(dtype, rng, num_masked=2, **kwargs):
-  """RealNVP with a callable conditioner (a 1-hidden-layer tanh MLP) of random weights."""
+def _real_nvp(dtype, rng, num_masked=2, dim=DIM, **kwargs):
+  """RealNVP with a callable conditioner (a 1-hidden-layer tanh MLP) of random weights (any `dim` > 2)."""
+  del dim  # The conditioner takes its sizes from its inputs.
   layers = {}
 
   def shift_and_log_scale(x, output_units):
@@ -120,30 +123,31 @@ def _real_nvp_dense(dtype, rng, activation="tanh", dim=DIM, hidden_units=(8, 7))
   conditioner = DenseShiftAndLogScale(list(hidden_units), activation=activation, dtype=dtype)
   conditioner(tf.zeros([1, num_masked], dtype), dim - num_masked)
   for weight in conditioner.trainable_weights:
-    scale = 1.5 / np.sqrt(weight.shape[0]) if weight.shape.rank == 2 else 0.3
+    # max(.., 1): at dim = 1 nothing is masked in, and the first kernel has no rows.
+    scale = 1.5 / np.sqrt(max(weight.shape[0], 1)) if weight.shape.rank == 2 else 0.3
     weight.assign(rng.normal(size=weight.shape) * scale)
   return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=conditioner)
 
 
-def _maf_callable(dtype, rng):
+def _maf_callable(dtype, rng, dim=DIM):
   """MAF with a plain callable conditioner: a dense tanh network made autoregressive by masking its output."""
-  layers = _dense_tanh(rng, dtype, [DIM, 8, 2 * DIM])
-  mask = tf.constant(np.tril(np.ones((DIM, DIM)), -1), dtype)
+  layers = _dense_tanh(rng, dtype, [dim, 8, 2 * dim])
+  mask = tf.constant(np.tril(np.ones((dim, dim)), -1), dtype)
 
   def shift_and_log_scale(y):
     # Output i sees only y_{<i}: a masked linear read-out of a full network would not be autoregressive, so the
     # inputs are masked per output instead ([..., D, D] copies of y).
     hidden = _apply(layers, y[..., tf.newaxis, :] * mask)  # [..., D, 2D]
-    shift = tf.linalg.diag_part(hidden[..., :DIM])
-    log_scale = 0.5 * tf.tanh(tf.linalg.diag_part(hidden[..., DIM:]))
+    shift = tf.linalg.diag_part(hidden[..., :dim])
+    log_scale = 0.5 * tf.tanh(tf.linalg.diag_part(hidden[..., dim:]))
     return shift, log_scale
 
   return tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=shift_and_log_scale)
 
 
-def _maf_spline(dtype, rng):
+def _maf_spline(dtype, rng, dim=DIM):
   """MAF with `bijector_fn` (here an affine bijector from a MADE): served by the autodiff fallback."""
-  made = _made(dtype, rng)
+  made = _made(dtype, rng, dim=dim)
 
   def bijector_fn(y):
     shift, log_scale = tf.unstack(made(y), axis=-1)
@@ -152,14 +156,14 @@ def _maf_spline(dtype, rng):
   return tfb.MaskedAutoregressiveFlow(bijector_fn=bijector_fn)
 
 
-def _spline(dtype, rng, num_bins=5, range_min=-3.):
+def _spline(dtype, rng, num_bins=5, range_min=-3., dim=DIM):
   """A rational quadratic spline on [-3, 3] per coordinate: random bin widths, heights and knot slopes."""
 
   def bins():
-    size = rng.uniform(0.3, 1., size=(DIM, num_bins))
+    size = rng.uniform(0.3, 1., size=(dim, num_bins))
     return tf.constant(size / size.sum(-1, keepdims=True) * -2 * range_min, dtype)
 
-  slopes = tf.constant(rng.uniform(0.3, 3., size=(DIM, num_bins - 1)), dtype)
+  slopes = tf.constant(rng.uniform(0.3, 3., size=(dim, num_bins - 1)), dtype)
   return tfb.RationalQuadraticSpline(bins(), bins(), slopes, range_min=tf.constant(range_min, dtype))
 
 
@@ -181,90 +185,96 @@ def _spline_edges(bijector, dtype):
   return tuple(values)
 
 
-def _batch_norm(dtype, rng, **layer_kwargs):
+def _batch_norm(dtype, rng, dim=DIM, **layer_kwargs):
   """Inference-mode `BatchNormalization` over a built layer with random moving statistics, gamma and beta."""
   layer = tf_keras.layers.BatchNormalization(epsilon=float(rng.uniform(1e-3, 0.1)), dtype=dtype, **layer_kwargs)
-  layer(tf.zeros([1, DIM], dtype))
-  layer.moving_mean.assign(rng.normal(size=DIM) * 2)
-  layer.moving_variance.assign(rng.uniform(0.2, 3., size=DIM))
+  layer(tf.zeros([1, dim], dtype))
+  layer.moving_mean.assign(rng.normal(size=dim) * 2)
+  layer.moving_variance.assign(rng.uniform(0.2, 3., size=dim))
   if layer.scale:
-    layer.gamma.assign(rng.uniform(0.5, 2., size=DIM))
+    layer.gamma.assign(rng.uniform(0.5, 2., size=dim))
   if layer.center:
-    layer.beta.assign(rng.normal(size=DIM))
+    layer.beta.assign(rng.normal(size=dim))
   return tfb.BatchNormalization(layer, training=False)
 
 
 BIJECTORS = {
-    "Identity": BijectorCase(lambda dtype, rng: tfb.Identity(), structure="linear"),
-    "Exp": BijectorCase(lambda dtype, rng: tfb.Exp(), edges=(1e-8, 1e4), structure="elementwise"),
-    "Log": BijectorCase(lambda dtype, rng: tfb.Log(), edges=(-25., 10.), structure="elementwise",
+    "Identity": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Identity(), structure="linear"),
+    "Exp": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Exp(), edges=(1e-8, 1e4), structure="elementwise"),
+    "Log": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Log(), edges=(-25., 10.), structure="elementwise",
                         domain=lambda dtype, _: tfb.Softplus()),
-    "Expm1": BijectorCase(lambda dtype, rng: tfb.Expm1(), edges=(-1 + 1e-5, 1e4), structure="elementwise"),
-    "Softplus": BijectorCase(lambda dtype, rng: tfb.Softplus(), edges=(1e-7, 50.), structure="elementwise"),
+    "Expm1": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Expm1(), edges=(-1 + 1e-5, 1e4), structure="elementwise"),
+    "Softplus": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Softplus(), edges=(1e-7, 50.), structure="elementwise"),
     "Softplus(hinge, low)": BijectorCase(
-        lambda dtype, rng: tfb.Softplus(hinge_softness=tf.constant(0.7, dtype), low=tf.constant(-1.3, dtype)),
+        lambda dtype, rng, dim=DIM: tfb.Softplus(hinge_softness=tf.constant(0.7, dtype), low=tf.constant(-1.3, dtype)),
         edges=(-1.3 + 1e-6, 30.), structure="elementwise"),
-    "Sigmoid": BijectorCase(lambda dtype, rng: tfb.Sigmoid(), edges=(1e-6, 1 - 1e-5), structure="elementwise"),
+    "Sigmoid": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Sigmoid(), edges=(1e-6, 1 - 1e-5), structure="elementwise"),
     "Sigmoid(low, high)": BijectorCase(
-        lambda dtype, rng: tfb.Sigmoid(low=tf.constant(-2., dtype), high=tf.constant(3., dtype)),
+        lambda dtype, rng, dim=DIM: tfb.Sigmoid(low=tf.constant(-2., dtype), high=tf.constant(3., dtype)),
         edges=(-2 + 1e-5, 3 - 1e-5), structure="elementwise"),
-    "Tanh": BijectorCase(lambda dtype, rng: tfb.Tanh(), edges=(-1 + 1e-5, 1 - 1e-5), structure="elementwise"),
-    "Sinh": BijectorCase(lambda dtype, rng: tfb.Sinh(), edges=(-1e3, 1e3), structure="elementwise"),
+    "Tanh": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Tanh(), edges=(-1 + 1e-5, 1 - 1e-5), structure="elementwise"),
+    "Sinh": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Sinh(), edges=(-1e3, 1e3), structure="elementwise"),
     "SinhArcsinh": BijectorCase(
-        lambda dtype, rng: tfb.SinhArcsinh(skewness=_vec(rng, dtype), tailweight=_vec(rng, dtype, 0.5, 2.)),
+        lambda dtype, rng, dim=DIM: tfb.SinhArcsinh(skewness=_vec(rng, dtype, size=dim),
+                                                    tailweight=_vec(rng, dtype, 0.5, 2., dim)),
         edges=(-50., 50.), structure="elementwise"),
     # TFP's own Power(3) inverse has NaN derivatives at y < 0 (a tf.where branch), so the references only
     # exist on y > 0; test_bijectors checks y < 0 by the flow's mirror symmetry.
-    "Power(3)": BijectorCase(lambda dtype, rng: tfb.Power(tf.constant(3., dtype)), edges=(1e-3, 1e3),
+    "Power(3)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Power(tf.constant(3., dtype)), edges=(1e-3, 1e3),
                              structure="elementwise", domain=lambda dtype, _: tfb.Exp()),
-    "Power(2.5)": BijectorCase(lambda dtype, rng: tfb.Power(tf.constant(2.5, dtype)), edges=(1e-4, 1e3),
+    "Power(2.5)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Power(tf.constant(2.5, dtype)), edges=(1e-4, 1e3),
                                structure="elementwise", domain=lambda dtype, _: tfb.Exp()),
-    "NormalCDF": BijectorCase(lambda dtype, rng: tfb.NormalCDF(), edges=(1e-6, 1 - 1e-5),
+    "NormalCDF": BijectorCase(lambda dtype, rng, dim=DIM: tfb.NormalCDF(), edges=(1e-6, 1 - 1e-5),
                               structure="elementwise"),
-    "Softsign": BijectorCase(lambda dtype, rng: tfb.Softsign(), edges=(-1 + 1e-5, 1 - 1e-5),
+    "Softsign": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Softsign(), edges=(-1 + 1e-5, 1 - 1e-5),
                              structure="elementwise"),
-    "Square": BijectorCase(lambda dtype, rng: tfb.Square(), edges=(1e-6, 1e3), structure="elementwise",
+    "Square": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Square(), edges=(1e-6, 1e3), structure="elementwise",
                            domain=lambda dtype, _: tfb.Exp()),
-    "Scale": BijectorCase(lambda dtype, rng: tfb.Scale(_signed_vec(rng, dtype)), structure="linear"),
-    "Scale(log_scale)": BijectorCase(lambda dtype, rng: tfb.Scale(log_scale=_vec(rng, dtype)),
+    "Scale": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Scale(_signed_vec(rng, dtype, size=dim)), structure="linear"),
+    "Scale(log_scale)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Scale(log_scale=_vec(rng, dtype, size=dim)),
                                      structure="linear"),
-    "Shift": BijectorCase(lambda dtype, rng: tfb.Shift(_vec(rng, dtype, -3., 3.)), structure="linear"),
-    "ScaleMatvecDiag": BijectorCase(lambda dtype, rng: tfb.ScaleMatvecDiag(_signed_vec(rng, dtype)),
+    "Shift": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Shift(_vec(rng, dtype, -3., 3., dim)), structure="linear"),
+    "ScaleMatvecDiag": BijectorCase(lambda dtype, rng, dim=DIM: tfb.ScaleMatvecDiag(_signed_vec(rng, dtype, size=dim)),
                                     structure="linear"),
     "ScaleMatvecTriL": BijectorCase(
-        lambda dtype, rng: tfb.ScaleMatvecTriL(_well_conditioned(rng, dtype, tril=True)), structure="linear"),
-    "ScaleMatvecLU": BijectorCase(lambda dtype, rng: tfb.ScaleMatvecLU(*_lu(rng, dtype)), structure="linear"),
+        lambda dtype, rng, dim=DIM: tfb.ScaleMatvecTriL(_well_conditioned(rng, dtype, tril=True, dim=dim)),
+        structure="linear"),
+    "ScaleMatvecLU": BijectorCase(lambda dtype, rng, dim=DIM: tfb.ScaleMatvecLU(*_lu(rng, dtype, dim)),
+                                  structure="linear"),
     "ScaleMatvecLinearOperator(full)": BijectorCase(
-        lambda dtype, rng: tfb.ScaleMatvecLinearOperator(
-            tf.linalg.LinearOperatorFullMatrix(_well_conditioned(rng, dtype))), structure="linear"),
+        lambda dtype, rng, dim=DIM: tfb.ScaleMatvecLinearOperator(
+            tf.linalg.LinearOperatorFullMatrix(_well_conditioned(rng, dtype, dim=dim))), structure="linear"),
     "ScaleMatvecLinearOperator(tril, adjoint)": BijectorCase(
-        lambda dtype, rng: tfb.ScaleMatvecLinearOperator(
-            tf.linalg.LinearOperatorLowerTriangular(_well_conditioned(rng, dtype, tril=True)), adjoint=True),
+        lambda dtype, rng, dim=DIM: tfb.ScaleMatvecLinearOperator(
+            tf.linalg.LinearOperatorLowerTriangular(_well_conditioned(rng, dtype, tril=True, dim=dim)), adjoint=True),
         structure="linear"),
     "ScaleMatvecLinearOperator(diag)": BijectorCase(
-        lambda dtype, rng: tfb.ScaleMatvecLinearOperator(tf.linalg.LinearOperatorDiag(_signed_vec(rng, dtype))),
+        lambda dtype, rng, dim=DIM: tfb.ScaleMatvecLinearOperator(
+            tf.linalg.LinearOperatorDiag(_signed_vec(rng, dtype, size=dim))),
         structure="linear"),
-    "Permute": BijectorCase(lambda dtype, rng: tfb.Permute(rng.permutation(DIM)), structure="linear"),
-    "Permute(reverse)": BijectorCase(lambda dtype, rng: tfb.Permute(np.arange(DIM)[::-1]), structure="linear"),
+    "Permute": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Permute(rng.permutation(dim)), structure="linear"),
+    "Permute(reverse)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Permute(np.arange(dim)[::-1]), structure="linear"),
     "Invert(ScaleMatvecTriL)": BijectorCase(
-        lambda dtype, rng: tfb.Invert(tfb.ScaleMatvecTriL(_well_conditioned(rng, dtype, tril=True))),
+        lambda dtype, rng, dim=DIM: tfb.Invert(tfb.ScaleMatvecTriL(_well_conditioned(rng, dtype, tril=True, dim=dim))),
         structure="linear"),
-    "Invert(Permute)": BijectorCase(lambda dtype, rng: tfb.Invert(tfb.Permute(rng.permutation(DIM))),
+    "Invert(Permute)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(tfb.Permute(rng.permutation(dim))),
                                     structure="linear"),
     # Invert of a bijector without a rule is itself served by the fallback.
-    "Invert(Ascending) (fallback)": BijectorCase(lambda dtype, rng: tfb.Invert(tfb.Ascending()), analytic=False,
+    "Invert(Ascending) (fallback)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(tfb.Ascending()),
+                                                 analytic=False,
                                                  domain=lambda dtype, inverted: inverted.bijector),
-    "Chain": BijectorCase(lambda dtype, rng: tfb.Chain([
-        tfb.Shift(_vec(rng, dtype)), tfb.Softplus(), tfb.ScaleMatvecTriL(_well_conditioned(rng, dtype, True)),
-        tfb.Permute(rng.permutation(DIM)),
-        tfb.SinhArcsinh(skewness=_vec(rng, dtype), tailweight=_vec(rng, dtype, 0.5, 2.))])),
-    "Invert(Chain)": BijectorCase(lambda dtype, rng: tfb.Invert(tfb.Chain([
-        tfb.Tanh(), tfb.ScaleMatvecLU(*_lu(rng, dtype)), tfb.Sinh()])), domain=lambda dtype, _: tfb.Tanh()),
-    "Chain()": BijectorCase(lambda dtype, rng: tfb.Chain([]), structure="linear"),
+    "Chain": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
+        tfb.Shift(_vec(rng, dtype, size=dim)), tfb.Softplus(),
+        tfb.ScaleMatvecTriL(_well_conditioned(rng, dtype, True, dim)),
+        tfb.Permute(rng.permutation(dim)),
+        tfb.SinhArcsinh(skewness=_vec(rng, dtype, size=dim), tailweight=_vec(rng, dtype, 0.5, 2., dim))])),
+    "Invert(Chain)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(tfb.Chain([
+        tfb.Tanh(), tfb.ScaleMatvecLU(*_lu(rng, dtype, dim)), tfb.Sinh()])), domain=lambda dtype, _: tfb.Tanh()),
+    "Chain()": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([]), structure="linear"),
     # No analytic rule: the per-bijector autodiff fallback.
-    "Ascending (fallback)": BijectorCase(lambda dtype, rng: tfb.Ascending(), analytic=False),
+    "Ascending (fallback)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Ascending(), analytic=False),
     "SoftClip (fallback)": BijectorCase(
-        lambda dtype, rng: tfb.SoftClip(low=tf.constant(-1., dtype), high=tf.constant(2., dtype)),
+        lambda dtype, rng, dim=DIM: tfb.SoftClip(low=tf.constant(-1., dtype), high=tf.constant(2., dtype)),
         analytic=False),
     # Coordinatewise bijectors without a rule: the elementwise autodiff fallback, diagonal by construction.
     "RationalQuadraticSpline (fallback)": BijectorCase(_spline, edges=_spline_edges, analytic=False,
@@ -272,41 +282,46 @@ BIJECTORS = {
     "GumbelCDF (fallback)": BijectorCase(
         # Scale ≥ 1.5 keeps sampled points out of the doubly exponential left tail, where φ' of the inverted
         # bijector underflows below 1e-16 and the pullback round trip cannot be undone; the edges probe it.
-        lambda dtype, rng: tfb.GumbelCDF(loc=_vec(rng, dtype), scale=_vec(rng, dtype, 1.5, 3.)),
+        lambda dtype, rng, dim=DIM: tfb.GumbelCDF(loc=_vec(rng, dtype, size=dim),
+                                                  scale=_vec(rng, dtype, 1.5, 3., dim)),
         edges=(1e-6, 1 - 1e-5), analytic=False, structure="elementwise"),
     "KumaraswamyCDF (fallback)": BijectorCase(
-        lambda dtype, rng: tfb.KumaraswamyCDF(concentration1=_vec(rng, dtype, 0.5, 3.),
-                                              concentration0=_vec(rng, dtype, 0.5, 3.)),
+        lambda dtype, rng, dim=DIM: tfb.KumaraswamyCDF(concentration1=_vec(rng, dtype, 0.5, 3., dim),
+                                              concentration0=_vec(rng, dtype, 0.5, 3., dim)),
         edges=(1e-6, 1 - 1e-5), analytic=False, structure="elementwise", domain=lambda dtype, _: tfb.Sigmoid()),
     # Inference mode only (training mode raises; see test_batch_norm.py). TFP's log-det needs `gamma` (a layer
     # with `scale=False` fails inside TFP), but `beta` may be absent.
     "BatchNormalization": BijectorCase(_batch_norm, structure="elementwise"),
-    "BatchNormalization(center=False)": BijectorCase(lambda dtype, rng: _batch_norm(dtype, rng, center=False),
+    "BatchNormalization(center=False)": BijectorCase(lambda dtype, rng, dim=DIM: _batch_norm(dtype, rng, dim,
+                                                                                               center=False),
                                                      structure="elementwise"),
     # Coupling and autoregressive layers: the conditioner from its kernels (AutoregressiveNetwork) or by tapes.
-    "MAF(MADE tanh)": BijectorCase(lambda dtype, rng: tfb.MaskedAutoregressiveFlow(_made(dtype, rng)),
+    "MAF(MADE tanh)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)),
                                    edges=(-6., 6.)),
-    "MAF(MADE softplus, 1 layer)": BijectorCase(lambda dtype, rng: tfb.MaskedAutoregressiveFlow(
-        _made(dtype, rng, "softplus", (9,))), edges=(-6., 6.)),
-    "MAF(MADE relu)": BijectorCase(lambda dtype, rng: tfb.MaskedAutoregressiveFlow(
-        _made(dtype, rng, "relu", (8, 8)))),
+    "MAF(MADE softplus, 1 layer)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(
+        _made(dtype, rng, "softplus", (9,), dim)), edges=(-6., 6.)),
+    "MAF(MADE relu)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(
+        _made(dtype, rng, "relu", (8, 8), dim))),
     "MAF(callable)": BijectorCase(_maf_callable, edges=(-6., 6.)),
     "IAF: Invert(MAF(MADE tanh))": BijectorCase(
-        lambda dtype, rng: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng)))),
-    "RealNVP": BijectorCase(_real_nvp, edges=(-6., 6.)),
+        lambda dtype, rng, dim=DIM: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)))),
+    "RealNVP": BijectorCase(_real_nvp, edges=(-6., 6.), min_dim=3),
     "RealNVP(DenseShiftAndLogScale)": BijectorCase(_real_nvp_dense, edges=(-6., 6.)),
-    "RealNVP(DenseShiftAndLogScale swish)": BijectorCase(lambda dtype, rng: _real_nvp_dense(dtype, rng, "swish")),
-    "RealNVP(reversed mask)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, num_masked=-2)),
-    "RealNVP(fraction_masked)": BijectorCase(lambda dtype, rng: _real_nvp(dtype, rng, fraction_masked=0.6)),
+    "RealNVP(DenseShiftAndLogScale swish)": BijectorCase(
+        lambda dtype, rng, dim=DIM: _real_nvp_dense(dtype, rng, "swish", dim)),
+    "RealNVP(reversed mask)": BijectorCase(lambda dtype, rng, dim=DIM: _real_nvp(dtype, rng, num_masked=-2),
+                                           min_dim=3),
+    "RealNVP(fraction_masked)": BijectorCase(
+        lambda dtype, rng, dim=DIM: _real_nvp(dtype, rng, fraction_masked=0.6), min_dim=2),
+    "Invert(RealNVP)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(_real_nvp(dtype, rng)), min_dim=3),
     # A permutation after a coupling or autoregressive layer is folded into it (pullback.py); two in a row
     # compose, and one on the z side of the chain has no layer to fold into.
-    "Chain(MAF, Permute, RealNVP)": BijectorCase(lambda dtype, rng: tfb.Chain([
-        tfb.MaskedAutoregressiveFlow(_made(dtype, rng)), tfb.Permute(rng.permutation(DIM)),
-        _real_nvp_dense(dtype, rng)]), edges=(-6., 6.)),
-    "Chain(Permute, MAF, Permute, Permute, MAF(callable))": BijectorCase(lambda dtype, rng: tfb.Chain([
-        tfb.Permute(rng.permutation(DIM)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng)),
-        tfb.Permute(rng.permutation(DIM)), tfb.Permute(rng.permutation(DIM)), _maf_callable(dtype, rng)])),
-    "Invert(RealNVP)": BijectorCase(lambda dtype, rng: tfb.Invert(_real_nvp(dtype, rng))),
+    "Chain(MAF, Permute, RealNVP)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
+        tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)), tfb.Permute(rng.permutation(dim)),
+        _real_nvp_dense(dtype, rng, dim=dim)]), edges=(-6., 6.), min_dim=2),
+    "Chain(Permute, MAF, Permute, Permute, MAF(callable))": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
+        tfb.Permute(rng.permutation(dim)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)),
+        tfb.Permute(rng.permutation(dim)), tfb.Permute(rng.permutation(dim)), _maf_callable(dtype, rng, dim)])),
     "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False),
 }
 
@@ -331,8 +346,8 @@ def _inverted(case):
     mapped = inverted.bijector.inverse(tf.constant(np.repeat(values[:, None], DIM, axis=1))).numpy()
     return tuple(mapped[rows, rows % DIM])
 
-  return BijectorCase(lambda dtype, rng: tfb.Invert(case.make(dtype, rng)), edges=edges, analytic=case.analytic,
-                      structure=case.structure, domain=domain)
+  return BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(case.make(dtype, rng, dim=dim)), edges=edges,
+                      analytic=case.analytic, structure=case.structure, domain=domain, min_dim=case.min_dim)
 
 
 def _edge_values(case, bijector, dtype):

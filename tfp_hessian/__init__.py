@@ -9,6 +9,7 @@ from tfp_hessian.chunked import default_chunk_size, hessians_in_chunks
 from tfp_hessian.distribution import TransformedDistribution
 from tfp_hessian.eigenpairs import Eigenpairs, top_eigenpairs
 from tfp_hessian.hvp import log_prob_hvp
+from tfp_hessian.memory import get_memory_limit, set_memory_limit
 from tfp_hessian.pullback import Pullback
 from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
                                   stiff_sloppy_split)
@@ -28,6 +29,7 @@ __all__ = [
     "coordinate_contributions",
     "decades",
     "default_chunk_size",
+    "get_memory_limit",
     "hessians_in_chunks",
     "log_prob_and_derivatives",
     "log_prob_hessian",
@@ -37,6 +39,7 @@ __all__ = [
     "registry",
     "sample_and_log_prob_derivatives",
     "sample_and_log_prob_hessian",
+    "set_memory_limit",
     "spectrum",
     "stiff_sloppy_split",
     "top_eigenpairs",

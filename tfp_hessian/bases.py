@@ -46,6 +46,16 @@ def _mvn(distribution, x):
   return distribution.log_prob(x), grad, _broadcast_hessian(hess, grad)
 
 
+def _raise_if_not_differentiable(distribution, gradient):
+  if gradient is None:
+    raise NotImplementedError(
+        f"The base distribution {distribution.name!r} ({type(distribution).__name__}) has no closed-form "
+        "derivatives here, and its `log_prob` is not differentiable by tf.GradientTape (the gradient of "
+        "`log_prob(x)` with respect to `x` is None). Use a base with closed-form derivatives "
+        "(`tfd.MultivariateNormalLinearOperator` and its subclasses, or `tfd.Independent`/`tfd.Sample` of a "
+        "scalar distribution with a differentiable `log_prob`), or make its `log_prob` differentiable.")
+
+
 def _scalar_derivatives(scalar_distribution, x):
   """Per-coordinate first and second derivatives of a scalar distribution's log density at `x`."""
   if isinstance(scalar_distribution, tfd.Normal):
@@ -60,7 +70,9 @@ def _scalar_derivatives(scalar_distribution, x):
       inner.watch(x)
       log_prob = scalar_distribution.log_prob(x)
     d1 = inner.gradient(log_prob, x)
-  return d1, outer.gradient(d1, x)
+    _raise_if_not_differentiable(scalar_distribution, d1)
+  # ZERO, not None, where the log density is linear in x (its gradient is then constant).
+  return d1, outer.gradient(d1, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def _coordinatewise(distribution, x):
@@ -99,8 +111,9 @@ def _autodiff(distribution, x):
       inner.watch(x)
       log_prob = distribution.log_prob(x)
     grad = inner.gradient(log_prob, x)
+    _raise_if_not_differentiable(distribution, grad)
     summed = tf.reduce_sum(grad, axis=list(range(batch_rank)))
-  hess = outer.jacobian(summed, x)  # [D, *batch, D]
+  hess = outer.jacobian(summed, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # [D, *batch, D]
   hess = tf.transpose(hess, list(range(1, batch_rank + 1)) + [0, batch_rank + 1])
   return log_prob, grad, hess
 

@@ -131,8 +131,14 @@ def lookup(bijector):
 
 def pullback(bijector, y):
   """The pullback of `bijector` at points `y` (`[*batch, D]`), by whichever rule serves it."""
+  # The name scope puts the bijector's name into the node names a graph-mode error reports; eagerly, an
+  # error raised inside (a `validate_args` assertion) is given the bijector's name here.
   with tf.name_scope(f"{bijector.name}_pullback"):
-    return lookup(bijector)(bijector, y)
+    try:
+      return lookup(bijector)(bijector, y)
+    except tf.errors.InvalidArgumentError as error:
+      raise type(error)(error.node_def, error.op, f"{error.message}\n  raised by bijector {bijector.name!r} "
+                        f"({type(bijector).__name__}) at its inverse") from error
 
 
 def analytic_bijectors():

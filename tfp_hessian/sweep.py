@@ -24,6 +24,7 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.distributions import transformed_distribution as td_lib
 
 from tfp_hessian import bases, registry
+from tfp_hessian.bijectors import autodiff
 
 tfd = tfp.distributions
 
@@ -159,6 +160,9 @@ def sweep(distribution, z):
   cached inverses are constants to autodiff: differentiate `log_prob_and_derivatives`, not this.
   """
   bijectors, base = _unwrap(distribution)
+  # Before any layer runs: the dense autodiff layers' [*batch, D + 1, D, D] tensors against the memory limit.
+  for bijector in bijectors:
+    autodiff.check_dense_memory(bijector, z.shape[:-1], z.shape[-1], z.dtype)
   y = z
   pullbacks = []
   for bijector in bijectors:

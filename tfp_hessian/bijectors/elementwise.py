@@ -16,6 +16,7 @@ for the forward maps).
 
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -25,8 +26,15 @@ from tfp_hessian.pullback import ElementwisePullback
 tfb = tfp.bijectors
 
 
-def elementwise_rule(*bijector_classes):
-  """Registers `derivatives(bijector, y, x) -> (φ', φ'', (log|φ'|)', (log|φ'|)'')` of the inverse at `y`."""
+def elementwise_rule(*bijector_classes, support=None):
+  """Registers `derivatives(bijector, y, x) -> (φ', φ'', (log|φ'|)', (log|φ'|)'')` of the inverse at `y`.
+
+  Args:
+    *bijector_classes: the TFP classes the rule serves.
+    support: optional `(bijector, y) -> assertions` that `y` lies in the inverse's domain, for bijectors whose
+      TFP class checks nothing there; they run only under `validate_args=True`, ahead of the log-det and the
+      derivatives (never of `x`, which would cut TFP's cache of the inverse).
+  """
 
   def decorate(derivatives):
 
@@ -34,7 +42,12 @@ def elementwise_rule(*bijector_classes):
     def rule(bijector, y):
       x = bijector.inverse(y)
       ildj = bijector.inverse_log_det_jacobian(y, event_ndims=1)
-      return ElementwisePullback(x, ildj, *derivatives(bijector, y, x))
+      terms = derivatives(bijector, y, x)
+      if support is not None and bijector.validate_args:
+        with tf.control_dependencies(support(bijector, y)):
+          ildj = tf.identity(ildj)
+          terms = [None if t is None else tf.identity(t) for t in terms]
+      return ElementwisePullback(x, ildj, *terms)
 
     return derivatives
 
@@ -61,6 +74,23 @@ def _param(value, y):
   return None if value is None else tf.cast(value, y.dtype)
 
 
+def _assert_inside(bijector, y, low=None, high=None):
+  """Assertions that `low < y < high` (open bounds, either may be None), naming the bijector."""
+  what = f"{type(bijector).__name__} bijector {bijector.name!r}: the inverse's input must be"
+  assertions = []
+  if low is not None:
+    assertions.append(tf.debugging.assert_greater(y, tf.cast(low, y.dtype), message=f"{what} > {low}"))
+  if high is not None:
+    assertions.append(tf.debugging.assert_less(y, tf.cast(high, y.dtype), message=f"{what} < {high}"))
+  return assertions
+
+
+def _bound(value):
+  """A printable bound: the number for a constant, else the tensor (its name appears in the message)."""
+  static = tf.get_static_value(value)
+  return value if static is None or np.ndim(static) else float(static)
+
+
 @elementwise_forward_rule(tfb.Identity)
 @elementwise_rule(tfb.Identity)
 def _identity(bijector, y, x):
@@ -76,7 +106,7 @@ def _exp(bijector, y, x):
   return r, -r * r, -r, r * r
 
 
-@elementwise_rule(tfb.Expm1)
+@elementwise_rule(tfb.Expm1, support=lambda bijector, y: _assert_inside(bijector, y, low=-1.))
 def _expm1(bijector, y, x):
   # φ = log1p y.
   del bijector, x
@@ -84,7 +114,8 @@ def _expm1(bijector, y, x):
   return r, -r * r, -r, r * r
 
 
-@elementwise_rule(tfb.Softplus)
+@elementwise_rule(tfb.Softplus, support=lambda bijector, y: _assert_inside(
+    bijector, y, low=0. if bijector.low is None else _bound(bijector.low)))
 def _softplus(bijector, y, x):
   # φ = c·log(expm1(t)) with t = (y - low)/c. With e = exp(-t) and s = 1 - e = -expm1(-t) (exact for small
   # t, where 1 - exp(-t) would cancel):  φ' = 1/s,  φ'' = -e/(c s²),  (log φ')' = -e/(c s),
@@ -104,7 +135,8 @@ def _softplus(bijector, y, x):
   return tf.math.reciprocal(s), dlog1 / s, dlog1, dlog2
 
 
-@elementwise_rule(tfb.Sigmoid)
+@elementwise_rule(tfb.Sigmoid, support=lambda bijector, y: _assert_inside(
+    bijector, y, *((0., 1.) if bijector.low is None else (_bound(bijector.low), _bound(bijector.high)))))
 def _sigmoid(bijector, y, x):
   # φ = log(p/q) with p = (y - low)/w, q = (high - y)/w, w = high - low. Both distances are formed from y
   # directly, so neither edge loses digits to 1 - p:  φ' = 1/(w p q),  (log φ')' = (p - q)/(w p q),
@@ -124,7 +156,7 @@ def _sigmoid(bijector, y, x):
   return d1, d1 * dlog1, dlog1, dlog2
 
 
-@elementwise_rule(tfb.Tanh)
+@elementwise_rule(tfb.Tanh, support=lambda bijector, y: _assert_inside(bijector, y, low=-1., high=1.))
 def _tanh(bijector, y, x):
   # φ = atanh y, with 1 - y² formed as (1 - y)(1 + y) so neither edge cancels.
   del bijector, x
@@ -136,11 +168,17 @@ def _tanh(bijector, y, x):
 @elementwise_rule(tfb.Sinh)
 def _sinh(bijector, y, x):
   # φ = asinh y:  φ' = (1 + y²)^(-1/2),  (log φ')' = -y/(1 + y²),  (log φ')'' = (y² - 1)/(1 + y²)².
+  # y² overflows long before these do (|y| > 1e154 in float64, 1e19 in float32), so y is scaled by
+  # m = max(1, |y|): with u = y/m, w = 1/m and q = u² + w² = (1 + y²)/m² ∈ [1, 2],
+  # φ' = w/√q,  (log φ')' = -u w/q,  (log φ')'' = (u² - w²) w²/q². For |y| ≤ 1 (m = 1) these are the
+  # formulas above.
   del bijector, x
-  r = tf.math.reciprocal(1 + y * y)
-  d1 = tf.sqrt(r)
-  dlog1 = -y * r
-  return d1, d1 * dlog1, dlog1, (y * y - 1) * r * r
+  m = tf.maximum(tf.abs(y), tf.ones([], y.dtype))
+  u, w = y / m, tf.math.reciprocal(m)
+  q = u * u + w * w
+  d1 = w / tf.sqrt(q)
+  dlog1 = -u * w / q
+  return d1, d1 * dlog1, dlog1, (u * u - w * w) * (w / q) * (w / q)
 
 
 @elementwise_rule(tfb.SinhArcsinh)

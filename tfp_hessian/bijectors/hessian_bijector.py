@@ -6,14 +6,16 @@ functions on a bijector as methods. Points `y` are `[*batch, D]`.
 
 import tensorflow as tf
 
-from tfp_hessian import registry
+from tfp_hessian import memory, registry
 
 
-def _pullback(bijector, y, name):
+def _pullback(bijector, y, name, check=None):
   with tf.name_scope(name):
     y = tf.convert_to_tensor(y, dtype_hint=bijector.dtype, name="y")
     if y.shape.rank is None or y.shape.rank < 1:
       raise ValueError(f"`y` must have shape [*batch, D] (rank >= 1); got shape {y.shape}.")
+    if check is not None:
+      check(y)
     return registry.pullback(bijector, y)
 
 
@@ -30,9 +32,18 @@ def inverse_jacobian(bijector, y):
 def inverse_hessian(bijector, y):
   """`∂²x/∂y²` of `x = bijector.inverse(y)`, shape `[*batch, D, D, D]`, `[..., k, i, j] = ∂²x_k/∂y_i∂y_j`.
 
-  For inspection and tests: it holds D³ numbers per point, which the Hessian sweep never forms.
+  For inspection and tests: it holds D³ numbers per point, which the Hessian sweep never forms. Its size is
+  checked against `tfp_hessian.get_memory_limit()`, from `y`'s static shape, before anything is computed.
   """
-  return _pullback(bijector, y, "inverse_hessian").hessian()
+
+  def check(y):
+    memory.check_memory(
+        f"`inverse_hessian` of bijector {bijector.name!r} ({type(bijector).__name__})",
+        y.shape.concatenate([y.shape[-1], y.shape[-1]]), y.dtype,
+        "For the Hessian of a flow's log density use `tfp_hessian.log_prob_hessian`, which never forms this "
+        "tensor; or pass fewer points per call.")
+
+  return _pullback(bijector, y, "inverse_hessian", check).hessian()
 
 
 def inverse_log_det_jacobian_gradient(bijector, y):

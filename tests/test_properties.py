@@ -1,0 +1,200 @@
+"""Property-based tests: random flows built from every case of `cases.py` agree with the tape reference.
+
+A flow is 1 to 6 layers drawn from `cases.BIJECTORS` (so a case added there is drawn here), each with random
+parameters at a random event size D from 1 to 12, over a random base, in float64. A layer whose forward domain
+is not all of R^D is preceded by its case's `domain` bijector, which maps whatever comes out of the layer below
+onto it, so every drawn chain is a valid flow. The points are sampled from the flow itself, so they lie in its
+support; where a sample overflows (a few stacked `Exp` or `Sinh` layers), or rounds onto the edge of a support,
+the reference is not finite and the point is not compared, but a finite reference always needs a finite result.
+
+Profiles (`HYPOTHESIS_PROFILE`, default `ci`; both derandomized and database-free, so every run draws the same
+flows):
+
+    python -m pytest tests/test_properties.py                             # ci: 20 flows, about 75 s
+    HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 500 flows, about 30 minutes
+"""
+
+import dataclasses
+import os
+from typing import Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
+
+import tfp_hessian
+from tfp_hessian import reference
+
+from cases import BIJECTORS, RTOL, assert_close, random_base
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+DTYPE = np.float64
+MAX_DIM = 12
+MAX_LAYERS = 6
+NUM_POINTS = 3
+
+_COMMON = dict(deadline=None, derandomize=True, database=None, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.register_profile("ci", max_examples=20, **_COMMON)
+settings.register_profile("long", max_examples=500, **_COMMON)
+PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _diag_normal(rng, dim):
+  return tfd.MultivariateNormalDiag(tf.constant(rng.normal(size=dim), DTYPE),
+                                    tf.constant(rng.uniform(0.5, 2., size=dim), DTYPE))
+
+
+# Every path of `bases.py`: closed forms for multivariate normals and coordinatewise normals, the elementwise
+# autodiff path for other scalar distributions, nested tapes for any other base.
+BASES = {
+    "MultivariateNormalTriL": lambda rng, dim: random_base(DTYPE, rng, dim),
+    "MultivariateNormalDiag": _diag_normal,
+    "Independent(Normal)": lambda rng, dim: tfd.Independent(
+        tfd.Normal(tf.constant(rng.normal(size=dim), DTYPE), tf.constant(rng.uniform(0.5, 2., size=dim), DTYPE)),
+        reinterpreted_batch_ndims=1),
+    "Sample(Logistic)": lambda rng, dim: tfd.Sample(
+        tfd.Logistic(tf.constant(rng.normal(), DTYPE), tf.constant(rng.uniform(0.5, 2.), DTYPE)), dim),
+    "MultivariateStudentT": lambda rng, dim: tfd.MultivariateStudentTLinearOperator(
+        tf.constant(rng.uniform(3., 10.), DTYPE), tf.constant(rng.normal(size=dim), DTYPE),
+        tf.linalg.LinearOperatorLowerTriangular(random_base(DTYPE, rng, dim).scale.to_dense())),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSpec:
+  """What hypothesis draws (and prints on failure): everything else follows from `seed`."""
+
+  dim: int
+  layers: Tuple[str, ...]  # `cases.BIJECTORS` names, base side first.
+  base: str
+  nested: bool  # One TransformedDistribution per layer, or one over a Chain.
+  seed: int
+
+  def build(self):
+    """`(flow, layers)`: the flow, and its bijectors from the base side, each case's domain map before it."""
+    rng = np.random.default_rng(self.seed)
+    base = BASES[self.base](rng, self.dim)
+    layers = []
+    for name in self.layers:
+      case = BIJECTORS[name]
+      bijector = case.make(DTYPE, rng, dim=self.dim)
+      if case.domain is not None:
+        layers.append(_own_cache(case.domain(DTYPE, bijector)))
+      layers.append(bijector)
+    if self.nested:
+      flow = base
+      for bijector in layers:
+        flow = tfd.TransformedDistribution(flow, bijector)
+      return flow, layers
+    return tfd.TransformedDistribution(base, tfb.Chain(layers[::-1])), layers
+
+
+def _own_cache(bijector):
+  """`bijector` rebuilt under a name of its own (members of a `Chain` too), so that it shares no cache entries.
+
+  TFP caches (input, output) pairs per parameterization, name included, across instances. A domain map is the
+  case's own bijector `b` (or an equal one) right below `Invert(b)` (or `Invert(Chain([..., b]))`): sharing
+  `b`'s cache, its inverse of `Invert(b)`'s output is looked up, and `b⁻¹ ∘ b` is then exactly the identity for
+  the reference, even where the value between them rounds near the edge of `b`'s range. The sweep instead
+  takes `b`'s derivatives at that rounded value (relative error `ε / distance to the edge`, 1.5e-5 at a tanh
+  output of 1 - 1e-11; reported in the README's reliability table). Each flow here is a composition in float64,
+  layer by layer.
+  """
+  if isinstance(bijector, tfb.Chain):
+    return tfb.Chain([_own_cache(b) for b in bijector.bijectors], name=f"domain_{bijector.name}")
+  return type(bijector)(**dict(bijector.parameters, name=f"domain_{bijector.name}"))
+
+
+@st.composite
+def flow_specs(draw):
+  dim = draw(st.integers(1, MAX_DIM))
+  names = sorted(name for name, case in BIJECTORS.items() if case.min_dim <= dim)
+  layers = draw(st.lists(st.sampled_from(names), min_size=1, max_size=MAX_LAYERS))
+  return FlowSpec(dim=dim, layers=tuple(layers), base=draw(st.sampled_from(sorted(BASES))),
+                  nested=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _finite_points(*tensors):
+  """Mask `[N]` of the points where every given per-point quantity is finite."""
+  mask = True
+  for tensor in tensors:
+    tensor = np.asarray(tensor)
+    mask = mask & np.all(np.isfinite(tensor.reshape(tensor.shape[0], -1)), axis=-1)
+  return mask
+
+
+def _inside_every_support(layers, z):
+  """Mask `[N]` of the points whose inverse stays finite when every layer recomputes it from its own input.
+
+  TFP caches each bijector's (input, output) pairs by its parameters, across instances, so in `log_prob` a layer
+  `b` followed by `Invert(b)` (or by its domain map, an equal `b`) is the identity exactly: its inverse returns
+  the cached input even where the value between the two rounds onto the edge of `b`'s range (`tanh(20) = 1.0`).
+  There the reference stays finite through the cache alone, while every intermediate derivative of the layers
+  overflows. Such points lie outside the float64 flow: each layer here inverts a fresh copy of its input.
+  """
+  y = z
+  mask = np.ones(z.shape[0], bool)
+  for bijector in layers[::-1]:
+    ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=1)
+    y = bijector.inverse(tf.identity(y))
+    mask &= _finite_points(y) & np.broadcast_to(np.isfinite(ildj), mask.shape)
+  return mask
+
+
+def _determined_by_z(flow, z, expected, rtol):
+  """Mask `[N]` of the points whose reference moves by less than `rtol / 10` when `z` moves by one ulp.
+
+  The sampling pass looks every inverse up: its derivatives are those at the exact image of the base draw, of
+  which `z` is the rounding. At a point where the Hessian itself changes by more than the tolerance within
+  that rounding (a value between two layers next to the edge of a support), no float64 computation from `z`
+  can tell the two apart, so the sampling pass is compared only where the reference is determined by `z`.
+  """
+  values = z.numpy()
+  nudged = np.concatenate([np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
+  moved = reference.tape_hessian(flow, tf.constant(nudged)).numpy().reshape((2,) + expected.shape)
+  scale = np.max(np.abs(expected), axis=(-2, -1))
+  with np.errstate(invalid="ignore"):
+    change = np.max(np.abs(moved - expected), axis=(0, -2, -1)) / scale
+  return change <= rtol / 10  # NaN (a moved point off the support) is False.
+
+
+def _check_result(result, z, dim):
+  """Shapes, dtypes and exact symmetry, at every point (finite or not)."""
+  hessian = result.hessian.numpy()
+  assert result.hessian.dtype == z.dtype and result.gradient.dtype == z.dtype
+  assert hessian.shape == (NUM_POINTS, dim, dim)
+  np.testing.assert_array_equal(hessian, np.swapaxes(hessian, -1, -2))  # NaN is equal to NaN here.
+  return hessian
+
+
+@PROFILE
+@given(flow_specs())
+def test_random_flow_matches_tape_reference(spec):
+  """Both entry points (inverting `z`, and the sampling pass) against one nested-tape reference at `z`."""
+  flow, layers = spec.build()
+  z, sampled = tfp_hessian.sample_and_log_prob_derivatives(flow, NUM_POINTS, seed=(spec.seed % 2**31, 1))
+  note(f"z = {z.numpy()!r}")
+  inverted = tfp_hessian.log_prob_and_derivatives(flow, tf.identity(z))  # A fresh tensor: no cached inverse.
+  expected = reference.tape_hessian(flow, z).numpy()
+  expected_log_prob = flow.log_prob(tf.identity(z)).numpy()
+  finite = _finite_points(z, expected, expected_log_prob)
+  inside = _inside_every_support(layers, z)
+  event(f"points with a finite reference: {finite.sum()} of {NUM_POINTS}")
+  event(f"points finite only through TFP's cache: {(finite & ~inside).sum()}")
+  finite &= inside
+  rtol = RTOL[DTYPE]
+  hessian = _check_result(inverted, z, spec.dim)
+  if finite.any():
+    assert_close(hessian[finite], expected[finite], rtol, what="Hessian (inverting z) vs nested tapes")
+  hessian = _check_result(sampled, z, spec.dim)
+  determined = finite & _determined_by_z(flow, z, expected, rtol)
+  event(f"points determined by z to rtol/10: {determined.sum()} of {finite.sum()}")
+  if determined.any():
+    assert_close(hessian[determined], expected[determined], rtol, what="Hessian (sampling pass) vs nested tapes")
+  # log q is a sum of O(1) terms that may cancel to near zero: its rounding error is absolute.
+  np.testing.assert_allclose(inverted.log_prob.numpy()[finite], expected_log_prob[finite], rtol=rtol, atol=rtol)
