@@ -382,6 +382,21 @@ def flow_and_points(case, dtype, seed=0, num_points=4, edges=True):
   return flow, tf.constant(np.concatenate([z, edge_points]), dtype)
 
 
+class SpyExp(tfb.Exp):
+  """`Exp` that counts its inverse calls, to show an error comes before any layer runs.
+
+  Overriding `_inverse` also sends it to the (elementwise) autodiff fallback.
+  """
+
+  def __init__(self):
+    super().__init__(name="spy_exp")
+    self.calls = 0
+
+  def _inverse(self, y):
+    self.calls += 1
+    return super()._inverse(y)
+
+
 def assert_close(actual, expected, rtol, event_ndims=2, what="Hessian"):
   """Entries agree to `rtol`, relative to the largest entry of their own point's quantity.
 

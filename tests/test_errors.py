@@ -15,32 +15,22 @@ import tensorflow_probability as tfp
 
 import tfp_hessian
 
+from cases import SpyExp
+
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
 D = 4
 
 
-class _SpyExp(tfb.Exp):
-  """`Exp` that counts its inverse calls (overriding `_inverse` also sends it to the autodiff fallback)."""
-
-  def __init__(self):
-    super().__init__(name="spy_exp")
-    self.calls = 0
-
-  def _inverse(self, y):
-    self.calls += 1
-    return super()._inverse(y)
-
-
 def _flow(base=None, bijector=None, dtype=tf.float32):
   base = base if base is not None else tfd.MultivariateNormalDiag(tf.zeros(D, dtype))
-  return tfd.TransformedDistribution(base, bijector if bijector is not None else _SpyExp())
+  return tfd.TransformedDistribution(base, bijector if bijector is not None else SpyExp())
 
 
 def _assert_no_layer_ran(flow):
   while isinstance(flow, tfd.TransformedDistribution):
-    if isinstance(flow.bijector, _SpyExp):
+    if isinstance(flow.bijector, SpyExp):
       assert flow.bijector.calls == 0, "a layer was inverted before the error"
     flow = flow.distribution
 

@@ -22,25 +22,13 @@ import tfp_hessian
 from tfp_hessian import bijectors as hb
 from tfp_hessian import memory, reference
 
-from cases import RTOL, assert_close
+from cases import RTOL, SpyExp, assert_close
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
 D = 4
 F64 = tf.float64
-
-
-class _SpyExp(tfb.Exp):
-  """`Exp` that counts its inverse calls (overriding `_inverse` sends it to the elementwise fallback)."""
-
-  def __init__(self):
-    super().__init__(name="spy_exp")
-    self.calls = 0
-
-  def _inverse(self, y):
-    self.calls += 1
-    return super()._inverse(y)
 
 
 class _VectorShift(tfb.Bijector):
@@ -146,10 +134,10 @@ def test_default_limit_is_two_gib():
 
 
 def test_inverse_hessian_over_the_limit_is_refused_before_any_work():
-  spy = _SpyExp()
+  spy = SpyExp()
   y = tf.ones([64, 512])  # [64, 512, 512, 512] float32: 32 GiB.
   with pytest.raises(ValueError,
-                     match=r"`inverse_hessian` of bijector 'spy_exp' \(_SpyExp\) would hold a tensor of shape "
+                     match=r"`inverse_hessian` of bijector 'spy_exp' \(SpyExp\) would hold a tensor of shape "
                            r"\(64, 512, 512, 512\) and dtype float32: an estimated 32 GiB \(34,359,738,368 bytes\), "
                            r"over the memory limit of 2 GiB.*use `tfp_hessian.log_prob_hessian`.*fewer points.*"
                            r"`tfp_hessian.set_memory_limit\(num_bytes\)` or the TFP_HESSIAN_MEMORY_LIMIT"):
@@ -159,7 +147,7 @@ def test_inverse_hessian_over_the_limit_is_refused_before_any_work():
 
 def _dense_flow(dim):
   """`Ascending` (dense fallback) under a spy layer on the `z` side."""
-  spy = _SpyExp()
+  spy = SpyExp()
   return tfd.TransformedDistribution(_base(dim=dim), tfb.Chain([spy, tfb.Ascending()])), spy
 
 
