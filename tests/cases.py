@@ -302,6 +302,9 @@ BIJECTORS = {
         _made(dtype, rng, "softplus", (9,), dim)), edges=(-6., 6.)),
     "MAF(MADE relu)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(
         _made(dtype, rng, "relu", (8, 8), dim))),
+    # A last hidden layer narrower than D: the pullback keeps the Jacobian factored through it (pullback.py).
+    "MAF(MADE tanh, narrower than D)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(
+        _made(dtype, rng, "tanh", (6, 3), dim)), edges=(-6., 6.), min_dim=4),
     "MAF(callable)": BijectorCase(_maf_callable, edges=(-6., 6.)),
     "IAF: Invert(MAF(MADE tanh))": BijectorCase(
         lambda dtype, rng, dim=DIM: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)))),
@@ -322,6 +325,10 @@ BIJECTORS = {
     "Chain(Permute, MAF, Permute, Permute, MAF(callable))": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
         tfb.Permute(rng.permutation(dim)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)),
         tfb.Permute(rng.permutation(dim)), tfb.Permute(rng.permutation(dim)), _maf_callable(dtype, rng, dim)])),
+    "Chain(MAF narrow, Permute, Permute, MAF narrow)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
+        tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "tanh", (5, 3), dim)), tfb.Permute(rng.permutation(dim)),
+        tfb.Permute(rng.permutation(dim)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "softplus", (3,), dim))]),
+        min_dim=4),
     "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False),
 }
 

@@ -137,6 +137,18 @@ class DenseNetworkDerivatives(ConditionerDerivatives):
       a, da = value, d1[..., tf.newaxis] * dz
     self.outputs, self.jacobian = a, da
 
+  @property
+  def linear_readout(self):
+    """`(W [H, P], σ'(z_L) [*batch, H])` if the outputs are `o = σ(z_L) W + b`, a linear map of a hidden layer.
+
+    Then `∂o/∂y = Wᵀ diag(σ'(z_L)) Z_L`, with `Z_L = ∂z_L/∂y` the first matrix of `factors`: a pullback may keep
+    the Jacobian in that factored form, `O(P·H·D)` instead of `O(P·D²)` when the hidden layer is narrower than D.
+    None if the last layer has an activation or there is no hidden layer.
+    """
+    if len(self._kernels) < 2 or self._derivatives[-1] is not None or self._derivatives[-2] is None:
+      return None
+    return self._kernels[-1], self._derivatives[-2][0]
+
   def factors(self, weights):
     adjoint = weights  # ∂(w·o)/∂a for the current layer's output
     factors = []
