@@ -197,12 +197,16 @@ def test_random_flow_matches_tape_reference(spec):
   event(f"points finite only through TFP's cache: {(finite & ~inside).sum()}")
   finite &= inside
   rtol = RTOL[DTYPE]
-  hessian = _check_result(inverted, z, spec.dim)
-  if finite.any():
-    assert_close(hessian[finite], expected[finite], rtol, what="Hessian (inverting z) vs nested tapes")
-  hessian = _check_result(sampled, z, spec.dim)
+  # Where z does not determine the base draw (a value between two layers next to the edge of a support), the
+  # reference's own error exceeds rtol: nested tapes evaluate the base at a draw off by more than rtol/10, and
+  # ours takes a layer's derivatives at the rounded value (README, "Failure modes and limits"). Both entry
+  # points are compared where z determines the draw; log q at every finite point.
   determined = finite & _determined_by_z(flow, layers, z, expected, rtol)
   event(f"points determined by z to rtol/10: {determined.sum()} of {finite.sum()}")
+  hessian = _check_result(inverted, z, spec.dim)
+  if determined.any():
+    assert_close(hessian[determined], expected[determined], rtol, what="Hessian (inverting z) vs nested tapes")
+  hessian = _check_result(sampled, z, spec.dim)
   if determined.any():
     assert_close(hessian[determined], expected[determined], rtol, what="Hessian (sampling pass) vs nested tapes")
   # log q is a sum of O(1) terms that may cancel to near zero: its rounding error is absolute.
