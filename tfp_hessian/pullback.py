@@ -429,9 +429,9 @@ class ConditionedAffinePullback(Pullback):
 
   .. math::
 
-      ∇^2G = \operatorname{diag}(a) ∇^2F \operatorname{diag}(a) - K - K^T
-          + Z_L^T \big(\operatorname{diag}(σ') N \operatorname{diag}(σ') - \operatorname{diag}(c_L)\big) Z_L
-          - \sum_{l<L} Z_l^T \operatorname{diag}(c_l) Z_l,
+      ∇^2G = \\operatorname{diag}(a) ∇^2F \\operatorname{diag}(a) - K - K^T
+          + Z_L^T \\big(\\operatorname{diag}(σ') N \\operatorname{diag}(σ') - \\operatorname{diag}(c_L)\\big) Z_L
+          - \\sum_{l<L} Z_l^T \\operatorname{diag}(c_l) Z_l,
 
   `O(D²H)` per point instead of `O(D³)` (`x ⊙ S` cancels between `P` and `V X S`).
 
@@ -575,10 +575,10 @@ class CouplingPullback(ConditionedAffinePullback):
 
   .. math::
 
-      ∇^2G_{CC} &= H_{CC} + H_{CT} B + B^T q - S^T (V B + V X S) - \sum_l Z_l^T \operatorname{diag}(c_l) Z_l, \\
-      ∇^2G_{CT} &= (H_{CT} + B^T H_{TT} - (V S)^T) \operatorname{diag}(a), \quad
-      ∇^2G_{TC} = \operatorname{diag}(a)\, q, \quad
-      ∇^2G_{TT} = \operatorname{diag}(a) H_{TT} \operatorname{diag}(a),
+      ∇^2G_{CC} &= H_{CC} + H_{CT} B + B^T q - S^T (V B + V X S) - \\sum_l Z_l^T \\operatorname{diag}(c_l) Z_l, \\\\
+      ∇^2G_{CT} &= (H_{CT} + B^T H_{TT} - (V S)^T) \\operatorname{diag}(a), \\quad
+      ∇^2G_{TC} = \\operatorname{diag}(a)\\, q, \\quad
+      ∇^2G_{TT} = \\operatorname{diag}(a) H_{TT} \\operatorname{diag}(a),
 
   the conditioner's factors `Z_l` taken on `y_C` only. With `|C| = |T| = D/2` these products cost about a
   quarter of the dense layer's. Everything else (``invert``, inspection, ``_curvature``) is the dense
