@@ -51,6 +51,11 @@ def _vec(rng, dtype, low=-1., high=1., size=DIM):
   return tf.constant(rng.uniform(low, high, size=size), dtype)
 
 
+def _scalar(dtype, value):
+  """`value` as users write a scalar parameter: a Python float (float32 flows) or a numpy scalar (float64)."""
+  return float(value) if dtype == np.float32 else np.float64(value)
+
+
 def _signed_vec(rng, dtype, size=DIM):
   return tf.constant(rng.choice([-1., 1.], size=size) * rng.uniform(0.5, 2., size=size), dtype)
 
@@ -95,38 +100,53 @@ def _real_nvp(dtype, rng, num_masked=2, dim=DIM, **kwargs):
   return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=shift_and_log_scale, **kwargs)
 
 
-def _made(dtype, rng, activation="tanh", hidden_units=(7, 6), dim=DIM):
+def _made(dtype, rng, activation="tanh", hidden_units=(7, 6), dim=DIM, conditional_size=None,
+          conditional_layers="all_layers"):
   """A built `tfb.AutoregressiveNetwork` with random masked weights, computing in `dtype` throughout.
 
   Its activation layers take Keras' floatx when they are created, so floatx is set to `dtype` while the network
-  is built (otherwise a float64 network computes its activations in float32).
+  is built (otherwise a float64 network computes its activations in float32). With `conditional_size` it is a
+  conditional network (`conditional_input` of that size, added to the first or every layer).
   """
   floatx = tf_keras.backend.floatx()
   tf_keras.backend.set_floatx(np.dtype(dtype).name)
+  conditional = dict(conditional=True, conditional_event_shape=[conditional_size],
+                     conditional_input_layers=conditional_layers) if conditional_size else {}
   try:
     made = tfb.AutoregressiveNetwork(params=2, event_shape=[dim], hidden_units=list(hidden_units),
-                                     activation=activation, dtype=dtype)
-    made(tf.zeros([1, dim], dtype))
+                                     activation=activation, dtype=dtype, **conditional)
+    if conditional_size:
+      made(tf.zeros([1, dim], dtype), conditional_input=tf.zeros([1, conditional_size], dtype))
+    else:
+      made(tf.zeros([1, dim], dtype))
   finally:
     tf_keras.backend.set_floatx(floatx)
   dense = [layer for layer in made._network.layers if isinstance(layer, tf_keras.layers.Dense)]
-  for layer, mask in zip(dense, made._masks):
+  masked = [layer for layer in dense if layer.use_bias]  # the condition's layers have no bias and no mask
+  for layer, mask in zip(masked, made._masks):
     n_in = layer.kernel.shape[0]
     layer.kernel.assign(rng.normal(size=layer.kernel.shape) / np.sqrt(n_in) * 1.5 * mask)
     layer.bias.assign(rng.normal(size=layer.bias.shape) * 0.3)
+  for layer in dense:
+    if not layer.use_bias:
+      layer.kernel.assign(rng.normal(size=layer.kernel.shape) / np.sqrt(layer.kernel.shape[0]))
   return made
 
 
-def _real_nvp_dense(dtype, rng, activation="tanh", dim=DIM, hidden_units=(8, 7)):
-  """RealNVP with the package's dense conditioner (derivatives from its kernels), random weights."""
+def _real_nvp_dense(dtype, rng, activation="tanh", dim=DIM, hidden_units=(8, 7), conditional_size=0, name=None):
+  """RealNVP with the package's dense conditioner (derivatives from its kernels), random weights.
+
+  With `conditional_size` the conditioner also reads a condition of that size (`conditional_input`).
+  """
   num_masked = dim // 2
   conditioner = DenseShiftAndLogScale(list(hidden_units), activation=activation, dtype=dtype)
-  conditioner(tf.zeros([1, num_masked], dtype), dim - num_masked)
+  condition = dict(conditional_input=tf.zeros([1, conditional_size], dtype)) if conditional_size else {}
+  conditioner(tf.zeros([1, num_masked], dtype), dim - num_masked, **condition)
   for weight in conditioner.trainable_weights:
     # max(.., 1): at dim = 1 nothing is masked in, and the first kernel has no rows.
     scale = 1.5 / np.sqrt(max(weight.shape[0], 1)) if weight.shape.rank == 2 else 0.3
     weight.assign(rng.normal(size=weight.shape) * scale)
-  return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=conditioner)
+  return tfb.RealNVP(num_masked=num_masked, shift_and_log_scale_fn=conditioner, **({"name": name} if name else {}))
 
 
 def _maf_callable(dtype, rng, dim=DIM):
@@ -234,6 +254,35 @@ BIJECTORS = {
     "Scale(log_scale)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Scale(log_scale=_vec(rng, dtype, size=dim)),
                                      structure="linear"),
     "Shift": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Shift(_vec(rng, dtype, -3., 3., dim)), structure="linear"),
+    # Every parameter form users write: a Python (or numpy) scalar, a scalar tensor, a `tf.Variable`, the other
+    # parameterisation; each broadcasts against the points.
+    "Scale(scalar)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Scale(_scalar(dtype, rng.uniform(0.5, 2.))),
+                                  structure="linear"),
+    "Scale(scalar tensor)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Scale(tf.constant(-rng.uniform(0.5, 2.), dtype)), structure="linear"),
+    "Scale(log_scale=scalar)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Scale(log_scale=_scalar(dtype, rng.uniform(-1., 1.))), structure="linear"),
+    "Scale(tf.Variable)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Scale(tf.Variable(rng.uniform(0.5, 2.), dtype=dtype)), structure="linear"),
+    "Scale(log_scale=tf.Variable vector)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Scale(log_scale=tf.Variable(rng.uniform(-1., 1., dim), dtype=dtype)),
+        structure="linear"),
+    "Shift(scalar)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Shift(_scalar(dtype, rng.uniform(-2., 2.))),
+                                  structure="linear"),
+    "Shift(tf.Variable)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Shift(tf.Variable(rng.uniform(-2., 2., dim), dtype=dtype)), structure="linear"),
+    "Softplus(hinge_softness=scalar, low=scalar)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Softplus(hinge_softness=_scalar(dtype, 0.6), low=_scalar(dtype, 0.5)),
+        edges=(0.5 + 1e-6, 30.), structure="elementwise"),
+    "SinhArcsinh(scalars)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.SinhArcsinh(skewness=_scalar(dtype, 0.4), tailweight=_scalar(dtype, 1.3)),
+        edges=(-50., 50.), structure="elementwise"),
+    "Power(python scalar)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Power(_scalar(dtype, 3.)), edges=(1e-3, 1e3),
+                                         structure="elementwise", domain=lambda dtype, _: tfb.Exp()),
+    # Linear bijectors without an analytic formula of their own: the matrix from the basis vectors, once per call.
+    "Cumsum": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Cumsum(), structure="linear"),
+    "DiscreteCosineTransform": BijectorCase(lambda dtype, rng, dim=DIM: tfb.DiscreteCosineTransform(),
+                                            structure="linear"),
     "ScaleMatvecDiag": BijectorCase(lambda dtype, rng, dim=DIM: tfb.ScaleMatvecDiag(_signed_vec(rng, dtype, size=dim)),
                                     structure="linear"),
     "ScaleMatvecTriL": BijectorCase(
@@ -421,3 +470,58 @@ def assert_close(actual, expected, rtol, event_ndims=2, what="Hessian"):
   assert error[worst] <= rtol, (
       f"{what}: worst entry {worst}: {actual[worst]!r} vs {expected[worst]!r}, error "
       f"{error[worst]:.3g} of the point's largest entry > rtol {rtol:g}")
+
+
+class BoxMap(tfb.Bijector):
+  """A user's map of R^D onto a box `(low, high)`, written as research code writes it: vector events, no rule.
+
+  `forward(x) = low + (high - low) (tanh(x) + 1)/2` coordinate by coordinate, but declared with
+  `forward_min_event_ndims=1`, as hand-written bijectors usually are: the sweep must take it as a layer of vector
+  events (the fallback), and not be slower than nested tapes on it.
+  """
+
+  def __init__(self, low, high, name="box"):
+    parameters = dict(locals())
+    self._low, self._high = low, high
+    super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
+
+  def _forward(self, x):
+    return self._low + (self._high - self._low) * (tf.tanh(x) + 1) / 2
+
+  def _inverse(self, y):
+    return tf.atanh(2 * (y - self._low) / (self._high - self._low) - 1)
+
+  def _forward_log_det_jacobian(self, x):
+    # log((high - low)/2 · sech²x), with log sech²x = 2(log 2 - x - softplus(-2x)).
+    log_sech2 = 2 * (np.log(2.) - x - tf.nn.softplus(-2 * x))
+    return tf.reduce_sum(tf.math.log((self._high - self._low) / 2) + log_sech2, axis=-1)
+
+
+class Shear(tfb.Bijector):
+  """A user's volume-preserving map that mixes coordinates: `y_i = x_i + tanh(Σ_{j<i} L_ij x_j)`.
+
+  Its Jacobian is unit lower triangular (log-det zero) but not constant; its inverse is a loop over the
+  coordinates. A layer of vector events with no rule, that no coordinatewise path can serve.
+  """
+
+  def __init__(self, weights, name="shear"):
+    parameters = dict(locals())
+    self._weights = weights  # [D, D], only the strictly lower triangle is used
+    super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
+
+  def _mask(self):
+    return tf.linalg.band_part(self._weights, -1, 0) - tf.linalg.band_part(self._weights, 0, 0)
+
+  def _forward(self, x):
+    return x + tf.tanh(tf.linalg.matvec(self._mask(), x))
+
+  def _inverse(self, y):
+    weights = self._mask()
+    xs = []
+    for i in range(y.shape[-1]):
+      shift = tf.reduce_sum(tf.stack(xs, -1) * weights[i, :i], -1) if xs else tf.zeros_like(y[..., 0])
+      xs.append(y[..., i] - tf.tanh(shift))
+    return tf.stack(xs, axis=-1)
+
+  def _inverse_log_det_jacobian(self, y):
+    return tf.zeros_like(y[..., 0])

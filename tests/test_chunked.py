@@ -432,7 +432,7 @@ def _bad_inputs():
       "dataset tuple": (TypeError, r"must yield single tensors", dict(points=dataset((array, array)))),
       "dataset infinite": (ValueError, r"dataset is infinite", dict(points=dataset(array).repeat())),
       "dataset empty": (ValueError, r"`points` holds no points", dict(points=dataset(array[:0]))),
-      "distribution": (TypeError, r"must be a tfp.distributions.Distribution; got Softplus",
+      "distribution": (TypeError, r"must be a tfp.distributions.Distribution.*; got Softplus",
                        dict(distribution=tfb.Softplus())),
       "batch shape": (ValueError, r"batch shape \[\]; .* has batch shape \(2,\)", dict(distribution=batched)),
       "strategy": (TypeError, r"`strategy` must be a tf.distribute.Strategy or None; got str",

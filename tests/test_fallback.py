@@ -1,7 +1,7 @@
-"""The autodiff fallback picks its structure: elementwise for coordinatewise bijectors, dense for the rest.
+"""The autodiff fallback picks its structure: elementwise for coordinatewise bijectors, flat autodiff for the rest.
 
 Every fallback case of `cases.py` is also checked against both references in `test_bijectors.py`; here the claim is
-the choice itself, the exact diagonal structure of the elementwise result, and its agreement with the dense
+the choice itself, the exact diagonal structure of the elementwise result, and its agreement with the flat
 fallback run on the same bijector.
 """
 
@@ -12,9 +12,9 @@ import tensorflow_probability as tfp
 
 import tfp_hessian
 from tfp_hessian import bijectors as hb
-from tfp_hessian import reference, registry
+from tfp_hessian import events, reference, registry
 from tfp_hessian.bijectors import autodiff
-from tfp_hessian.pullback import DensePullback, ElementwisePullback
+from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback
 
 from cases import BIJECTORS, DIM, RTOL, assert_close, flow_and_points
 
@@ -49,9 +49,8 @@ COORDINATEWISE = {
 }
 
 # Bijectors of vector events without an analytic rule.
-DENSE = {
+FLAT = {
     "Ascending": (lambda: tfb.Ascending(), None),
-    "Cumsum": (lambda: tfb.Cumsum(), None),
     "Invert(Ascending)": (lambda: tfb.Invert(tfb.Ascending()), tfb.Ascending()),
 }
 
@@ -93,30 +92,31 @@ def test_coordinatewise_bijector_gets_the_elementwise_fallback(name):
 
 
 @pytest.mark.parametrize("name", sorted(COORDINATEWISE))
-def test_elementwise_fallback_matches_the_dense_fallback(name):
-  """Both fallbacks are exact: the O(D) one gives the O(D³) one's derivatives, on a batch of rank 2."""
+def test_elementwise_fallback_matches_the_flat_fallback(name):
+  """Both fallbacks are exact: the O(D) one gives the O(D²) one's derivatives, on a batch of rank 2."""
   flow, z = _flow(*COORDINATEWISE[name])
   bijector = flow.bijector
   y = tf.reshape(z, [2, 3, DIM])
-  elementwise = autodiff.elementwise_autodiff_rule(bijector, y)
-  dense = autodiff.dense_autodiff_rule(bijector, y)
+  layout = events.EventLayout.vector(DIM)
+  elementwise = autodiff.elementwise_autodiff_rule(bijector, y, layout, {})
+  flat = autodiff.flat_autodiff_rule(bijector, y, layout, {})
   rtol = RTOL[np.float64]
-  np.testing.assert_array_equal(elementwise.x, dense.x)
-  assert_close(elementwise.ildj[..., None], dense.ildj[..., None], rtol, 1, what="ildj")
-  assert_close(elementwise.jacobian(), dense.jacobian(), rtol, 2, what="jacobian")
-  assert_close(elementwise.hessian(), dense.hessian(), rtol, 3, what="inverse hessian")
+  np.testing.assert_array_equal(elementwise.x, flat.x)
+  assert_close(elementwise.ildj[..., None], flat.ildj[..., None], rtol, 1, what="ildj")
+  assert_close(elementwise.jacobian(), flat.jacobian(), rtol, 2, what="jacobian")
+  assert_close(elementwise.hessian(), flat.hessian(), rtol, 3, what="inverse hessian")
   for what, a, e, ndims in zip(["ildj gradient", "ildj hessian"], elementwise.ildj_derivatives(),
-                               dense.ildj_derivatives(), [1, 2]):
+                               flat.ildj_derivatives(), [1, 2]):
     assert_close(a, e, rtol, ndims, what=what)
 
 
-@pytest.mark.parametrize("name", sorted(DENSE))
-def test_vector_event_bijector_gets_the_dense_fallback(name):
-  flow, z = _flow(*DENSE[name])
+@pytest.mark.parametrize("name", sorted(FLAT))
+def test_vector_event_bijector_gets_the_flat_fallback(name):
+  flow, z = _flow(*FLAT[name])
   bijector = flow.bijector
   assert not registry.has_analytic_rule(bijector)
   assert not autodiff.is_coordinatewise(bijector)
-  assert isinstance(hb.hessian_pullback(bijector, z), DensePullback)
+  assert isinstance(hb.hessian_pullback(bijector, z), AutodiffPullback)
 
 
 @pytest.mark.parametrize("name", sorted(name for name, case in BIJECTORS.items() if not case.analytic))

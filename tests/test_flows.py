@@ -16,7 +16,8 @@ import tfp_hessian
 from tfp_hessian import bijectors as hb
 from tfp_hessian import reference, registry
 
-from cases import BIJECTORS, DIM, DTYPES, RTOL, assert_close, random_base
+from cases import BIJECTORS, DIM, DTYPES, RTOL, BoxMap, Shear, _made, _real_nvp_dense, assert_close, random_base
+from cases import _batch_norm as cases_batch_norm
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -30,7 +31,7 @@ SEED = (7, 11)  # a stateless sampling seed: the same points on every run
 # -- parameters ---------------------------------------------------------------------------------------------
 
 
-def _vec(rng, dtype, low, high, size=D):
+def _vec(rng, dtype, low, high, size=D):  # noqa: D103
   return tf.constant(rng.uniform(low, high, size=size), dtype)
 
 
@@ -50,10 +51,10 @@ def _sinh_arcsinh(rng, dtype):
   return tfb.SinhArcsinh(skewness=_vec(rng, dtype, -0.8, 0.8), tailweight=_vec(rng, dtype, 0.7, 1.3))
 
 
-def _real_nvp(rng, dtype, num_masked=2):
+def _real_nvp(rng, dtype, num_masked=2, size=D):
   """RealNVP with a tiny random-weight conditioner: a plain callable, so no network structure to exploit."""
-  kernel = tf.constant(rng.normal(size=(num_masked, 2 * (D - num_masked))) * 0.8, dtype)
-  bias = tf.constant(rng.normal(size=2 * (D - num_masked)) * 0.3, dtype)
+  kernel = tf.constant(rng.normal(size=(num_masked, 2 * (size - num_masked))) * 0.8, dtype)
+  bias = tf.constant(rng.normal(size=2 * (size - num_masked)) * 0.3, dtype)
 
   def shift_and_log_scale(x, output_units):
     hidden = tf.tanh(tf.einsum("...i,ij->...j", x, kernel) + bias)
@@ -76,8 +77,8 @@ def _mvn_diag(rng, dtype, batch=()):
                                     _vec(rng, dtype, 0.5, 2.))
 
 
-def _mvn_tril(rng, dtype, batch=()):
-  return tfd.MultivariateNormalTriL(tf.constant(rng.normal(size=batch + (D,)), dtype), _tril(rng, dtype))
+def _mvn_tril(rng, dtype, batch=(), size=D):
+  return tfd.MultivariateNormalTriL(tf.constant(rng.normal(size=batch + (size,)), dtype), _tril(rng, dtype, size))
 
 
 def _mvn_full_covariance(rng, dtype):
@@ -264,6 +265,255 @@ def _batched_fallback_layer(dtype, rng):
   return flow, _points(flow)[:, :1]
 
 
+# -- events of other ranks and structures -------------------------------------------------------------------
+
+
+def _structure_points(distribution, sample_shape=(NUM_POINTS,), **kwargs):
+  """Points of any structure sampled from `distribution`, as fresh constants (no cached inverse)."""
+  sample = distribution.sample(sample_shape, seed=SEED, **kwargs)
+  return tf.nest.map_structure(lambda t: tf.constant(t.numpy()), sample)
+
+
+def _matrix_sample(dtype, rng):
+  """`Sample(Normal, [3, 2])`: matrix events, a coordinatewise base of rank 2, elementwise and scalar layers."""
+  base = tfd.Sample(tfd.Normal(tf.constant(rng.normal(), dtype), tf.constant(rng.uniform(0.5, 2.), dtype)), [3, 2])
+  flow = tfd.TransformedDistribution(base, tfb.Chain([tfb.Exp(), tfb.Scale(_vec(rng, dtype, 0.5, 2., (3, 2))),
+                                                      _sinh_arcsinh_matrix(rng, dtype)]))
+  return flow, _structure_points(flow)
+
+
+def _sinh_arcsinh_matrix(rng, dtype):
+  return tfb.SinhArcsinh(skewness=_vec(rng, dtype, -0.8, 0.8, (3, 2)), tailweight=_vec(rng, dtype, 0.7, 1.3, (2,)))
+
+
+def _reshape(dtype, rng):
+  """A vector base reshaped to matrices, with an affine layer before and a rank-2 fallback layer after."""
+  base = _mvn_tril(rng, dtype, size=6)
+  flow = tfd.TransformedDistribution(base, tfb.Chain([
+      tfb.Softplus(), tfb.Permute([1, 0], axis=-2), tfb.Reshape([2, 3]), tfb.ScaleMatvecTriL(_tril(rng, dtype, 6))]))
+  return flow, _structure_points(flow)
+
+
+def _transpose_and_row_layer(dtype, rng):
+  """Matrix events through `Transpose`, and a vector layer (`ScaleMatvecTriL`) applied to each row: the fallback."""
+  base = tfd.Sample(tfd.Normal(tf.constant(0., dtype), tf.constant(1., dtype)), [2, 3])
+  flow = tfd.TransformedDistribution(base, tfb.Chain([
+      tfb.Sigmoid(), tfb.ScaleMatvecTriL(_tril(rng, dtype, 2)), tfb.Transpose(perm=[1, 0]), tfb.Sinh()]))
+  return flow, _structure_points(flow)
+
+
+def _split_and_joint_map(dtype, rng):
+  """`Split` of a correlated vector into a list, each part constrained by its own bijector (`JointMap`)."""
+  bijector = tfb.Chain([tfb.JointMap([tfb.Exp(), tfb.Sigmoid(), tfb.Identity()]), tfb.Split([2, 2, 1]),
+                        tfb.ScaleMatvecTriL(_tril(rng, dtype))])
+  flow = tfd.TransformedDistribution(_mvn_tril(rng, dtype), bijector)
+  return flow, _structure_points(flow)
+
+
+def _restructure_to_dict(dtype, rng):
+  """A dict of a matrix and a vector from one vector: `Split`, `Restructure`, per-part `Reshape` and constraints, and
+  a coupling layer (`JointMap` of a RealNVP part)."""
+  bijector = tfb.Chain([
+      tfb.JointMap({"scale": tfb.Softplus(), "w": tfb.Chain([tfb.Tanh(), tfb.Reshape([2, 2])]),
+                    "z": _real_nvp(rng, dtype, num_masked=1, size=3)}),
+      tfb.Restructure({"scale": 0, "w": 1, "z": 2}),
+      tfb.Split([1, 4, 3]),
+      tfb.ScaleMatvecTriL(_tril(rng, dtype, 8))])
+  flow = tfd.TransformedDistribution(_mvn_tril(rng, dtype, size=8), bijector)
+  return flow, _structure_points(flow)
+
+
+def _block_operator(dtype, rng):
+  """`ScaleMatvecLinearOperatorBlock` on a list of vectors (the surrogate posteriors' correlated affine layer)."""
+  operator = tf.linalg.LinearOperatorBlockLowerTriangular([
+      [tf.linalg.LinearOperatorLowerTriangular(_tril(rng, dtype, 2))],
+      [tf.linalg.LinearOperatorFullMatrix(tf.constant(rng.normal(size=(3, 2)) * 0.5, dtype)),
+       tf.linalg.LinearOperatorLowerTriangular(_tril(rng, dtype, 3))]])
+  bijector = tfb.Chain([tfb.JointMap([tfb.Softplus(), tfb.Sinh()]), tfb.ScaleMatvecLinearOperatorBlock(operator),
+                        tfb.Split([2, 3])])
+  flow = tfd.TransformedDistribution(_mvn_tril(rng, dtype), bijector)
+  return flow, _structure_points(flow)
+
+
+def _scalar_events(dtype, rng):
+  """Scalar events: a flow of a scalar `Normal`; the Hessian is `[N, 1, 1]`."""
+  flow = tfd.TransformedDistribution(tfd.Normal(tf.constant(rng.normal(), dtype), tf.constant(1.3, dtype)),
+                                     tfb.Chain([tfb.Softplus(), tfb.Scale(tf.constant(0.7, dtype))]))
+  return flow, _structure_points(flow)
+
+
+def _event_size_changing(dtype, rng):
+  """`IteratedSigmoidCentered` maps R^(D-1) onto the simplex in R^D: a rectangular Jacobian (the fallback)."""
+  base = _mvn_tril(rng, dtype, size=D - 1)
+  flow = tfd.TransformedDistribution(base, tfb.IteratedSigmoidCentered())
+  return flow, _structure_points(flow)
+
+
+def _half_normal(dtype, scale):
+  return tfd.HalfNormal(tf.constant(scale, dtype))
+
+
+def _joint_named_hierarchical(dtype, rng):
+  """`scale ~ HalfNormal`, `w | scale ~ Normal(0, scale)` (a vector), `y | w, scale`: every cross term."""
+  loc = tf.constant(rng.normal(size=3), dtype)
+  model = tfd.JointDistributionNamed(dict(
+      scale=_half_normal(dtype, 1.5),
+      w=lambda scale: tfd.Independent(tfd.Normal(loc, scale[..., tf.newaxis]), 1),
+      y=lambda w, scale: tfd.Normal(tf.reduce_sum(w, -1), scale + 0.5)))
+  return model, _structure_points(model)
+
+
+def _joint_sequential(dtype, rng):
+  loc = tf.constant(rng.normal(), dtype)
+  model = tfd.JointDistributionSequential([_half_normal(dtype, 1.), lambda s: tfd.Sample(tfd.Normal(loc, s), 2)])
+  return model, _structure_points(model)
+
+
+def _joint_coroutine(dtype, rng):
+  root = tfd.JointDistributionCoroutine.Root
+  loc = tf.constant(rng.normal(size=2), dtype)
+
+  def model():
+    scale = yield root(tfd.LogNormal(tf.constant(0., dtype), tf.constant(0.5, dtype), name="scale"))
+    yield tfd.Independent(tfd.Normal(loc, scale[..., tf.newaxis]), 1, name="w")
+
+  distribution = tfd.JointDistributionCoroutine(model)
+  return distribution, _structure_points(distribution)
+
+
+def _joint_auto_batched(dtype, rng):
+  weights = tf.constant(rng.normal(size=3), dtype)
+  model = tfd.JointDistributionSequentialAutoBatched([
+      tfd.Normal(tf.constant(rng.normal(), dtype), tf.constant(1., dtype)),
+      lambda a: tfd.Normal(a * weights, tf.constant(0.8, dtype))])
+  return model, _structure_points(model)
+
+
+def _posterior_flow_over_joint(dtype, rng):
+  """A flow over a JointDistribution's parameters: `JointMap` of constraining bijectors over the joint."""
+  prior = tfd.JointDistributionNamed(dict(
+      log_rate=tfd.Normal(tf.constant(0., dtype), tf.constant(1., dtype)),
+      w=lambda log_rate: tfd.Independent(tfd.Normal(tf.zeros(2, dtype), tf.exp(log_rate)[..., tf.newaxis]), 1)))
+  flow = tfd.TransformedDistribution(prior, tfb.JointMap(dict(log_rate=tfb.Exp(), w=_sinh_arcsinh_pair(rng, dtype))))
+  return flow, _structure_points(flow)
+
+
+def _sinh_arcsinh_pair(rng, dtype):
+  return tfb.SinhArcsinh(skewness=_vec(rng, dtype, -0.8, 0.8, 2), tailweight=_vec(rng, dtype, 0.7, 1.3, 2))
+
+
+def _surrogate_posterior(dtype, rng):
+  """What `tfp.experimental.vi.build_affine_surrogate_posterior` returns: a `DeferredModule` over named parts."""
+  surrogate = tfp.experimental.vi.build_affine_surrogate_posterior(
+      event_shape={"scale": [], "w": [2], "c": [2, 2]}, operators="tril",
+      bijector={"scale": tfb.Softplus(), "w": tfb.Identity(), "c": tfb.Exp()}, dtype=dtype,
+      seed=(int(rng.integers(1000)), 1))
+  # Away from the initialisation's near-identity: random locations and a random lower triangle.
+  for variable in surrogate.trainable_variables:
+    variable.assign(rng.normal(size=variable.shape) * 0.4 + (0.8 if "diag" in variable.name else 0.))
+  return surrogate, _structure_points(surrogate)
+
+
+# -- conditional flows (`bijector_kwargs`) ------------------------------------------------------------------
+
+C = 3  # the size of a condition
+
+
+def _condition(rng, dtype, *shape):
+  return tf.constant(rng.normal(size=shape + (C,)), dtype)
+
+
+def _conditional_maf_chain(dtype, rng, layers="all_layers"):
+  """Two conditional MAFs (`AutoregressiveNetwork(conditional=True)`) with a `Permute` between, one condition per
+  point, keyed by bijector name as TFP's `Chain` takes it."""
+  made = lambda: _made(dtype, rng, dim=D, conditional_size=C, conditional_layers=layers)  # noqa: E731
+  bijector = tfb.Chain([tfb.MaskedAutoregressiveFlow(made(), name="maf_a"), tfb.Permute(rng.permutation(D)),
+                        tfb.MaskedAutoregressiveFlow(made(), name="maf_b"), tfb.Shift(_vec(rng, dtype, -1., 1.))])
+  flow = tfd.TransformedDistribution(_mvn_diag(rng, dtype), bijector)
+  condition = _condition(rng, dtype, NUM_POINTS)
+  kwargs = dict(bijector_kwargs={"maf_a": dict(conditional_input=condition),
+                                 "maf_b": dict(conditional_input=condition[::-1])})
+  return flow, _structure_points(flow, **kwargs), kwargs
+
+
+def _conditional_maf_one_condition(dtype, rng):
+  """A bare conditional MAF (condition added at the first layer only) and one condition `[C]` for every point."""
+  flow = tfd.TransformedDistribution(_mvn_tril(rng, dtype), tfb.MaskedAutoregressiveFlow(
+      _made(dtype, rng, dim=D, conditional_size=C, conditional_layers="first_layer")))
+  kwargs = dict(bijector_kwargs=dict(conditional_input=_condition(rng, dtype)))
+  return flow, _structure_points(flow, **kwargs), kwargs
+
+
+def _conditional_maf_one_point(dtype, rng):
+  """One point `[D]` and conditions `[N, C]`: the condition gives the batch, one Hessian per condition."""
+  flow = tfd.TransformedDistribution(_mvn_diag(rng, dtype), tfb.MaskedAutoregressiveFlow(
+      _made(dtype, rng, dim=D, conditional_size=C)))
+  kwargs = dict(bijector_kwargs=dict(conditional_input=_condition(rng, dtype, NUM_POINTS)))
+  return flow, _structure_points(flow, **kwargs)[0], kwargs
+
+
+def _conditional_iaf(dtype, rng):
+  """An IAF of a conditional network: `Invert(MAF)` takes its condition through `forward`."""
+  flow = tfd.TransformedDistribution(_mvn_diag(rng, dtype), tfb.Chain([tfb.Shift(_vec(rng, dtype, -1., 1.)), tfb.Invert(
+      tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=D, conditional_size=C)), name="iaf")]))
+  kwargs = dict(bijector_kwargs={"iaf": dict(conditional_input=_condition(rng, dtype, NUM_POINTS))})
+  return flow, _structure_points(flow, **kwargs), kwargs
+
+
+def _conditional_real_nvp(dtype, rng):
+  """RealNVP with the package's dense conditioner reading `[y_C, c]`, and one with a callable conditioner."""
+  condition = _condition(rng, dtype, NUM_POINTS)
+  kernel = tf.constant(rng.normal(size=(2 + C, 2 * (D - 2))) * 0.6, dtype)
+
+  def shift_and_log_scale(x, output_units, conditional_input):
+    inputs = tf.concat([x, tf.broadcast_to(conditional_input, tf.concat([tf.shape(x)[:-1], [C]], 0))], -1)
+    hidden = tf.tanh(tf.einsum("...i,ij->...j", inputs, kernel))
+    return hidden[..., :output_units], 0.5 * hidden[..., output_units:]
+
+  bijector = tfb.Chain([
+      _real_nvp_dense(dtype, rng, dim=D, conditional_size=C, name="coupling_a"), tfb.Permute(rng.permutation(D)),
+      tfb.RealNVP(num_masked=2, shift_and_log_scale_fn=shift_and_log_scale, name="coupling_b")])
+  flow = tfd.TransformedDistribution(_mvn_tril(rng, dtype), bijector)
+  kwargs = dict(bijector_kwargs={"coupling_a": dict(conditional_input=condition),
+                                 "coupling_b": dict(conditional_input=condition[:1])})
+  return flow, _structure_points(flow, **kwargs), kwargs
+
+
+def _conditional_nested(dtype, rng):
+  """A conditional flow as the base of another: the condition reaches it through `distribution_kwargs`."""
+  inner = tfd.TransformedDistribution(_mvn_diag(rng, dtype), tfb.MaskedAutoregressiveFlow(
+      _made(dtype, rng, dim=D, conditional_size=C), name="inner_maf"))
+  flow = tfd.TransformedDistribution(inner, tfb.Chain([_sinh_arcsinh(rng, dtype), tfb.ScaleMatvecTriL(_tril(rng, dtype))]))
+  kwargs = dict(distribution_kwargs=dict(bijector_kwargs=dict(conditional_input=_condition(rng, dtype, NUM_POINTS))))
+  return flow, _structure_points(flow, **kwargs), kwargs
+
+
+# -- user-written bijectors, and the forms users write ------------------------------------------------------
+
+
+def _research_style(dtype, rng):
+  """MAF stages with `Permute` and `BatchNormalization` between, a post-affine layer and a hand-written map onto
+  a box: what published research code builds (the box map and `Shear` have no rule)."""
+  # The post-affine layer keeps what reaches the box map O(1), as a trained flow's would be.
+  layers = [BoxMap(tf.constant(-2., dtype), tf.constant(3., dtype)),
+            tfb.Shift(_vec(rng, dtype, -0.5, 0.5)), tfb.Scale(tf.constant(0.06, dtype)), tfb.ScaleMatvecTriL(_tril(rng, dtype))]
+  for stage in range(2):
+    layers += [tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=D), name=f"maf{stage}"),
+               tfb.Permute(rng.permutation(D))]
+  layers += [Shear(tf.constant(rng.normal(size=(D, D)) * 0.7, dtype)), cases_batch_norm(dtype, rng)]
+  flow = tfd.TransformedDistribution(_mvn_diag(rng, dtype), tfb.Chain(layers))
+  return flow, _structure_points(flow)
+
+
+def _batched_parameters(dtype, rng):
+  """Bijector parameters with a batch of their own (`[B, 1]` and `[B, D]`), points `[N, 1, D]` broadcast against
+  them, and scalar parameters as Python numbers."""
+  bijector = tfb.Chain([tfb.Scale(_vec(rng, dtype, 0.5, 2., (B, 1))), tfb.Softplus(hinge_softness=_vec(rng, dtype, 0.5, 1.5, (B, D))),
+                        tfb.Shift(np.asarray(rng.normal(), dtype)), tfb.ScaleMatvecTriL(_tril(rng, dtype))])
+  flow = tfd.TransformedDistribution(_mvn_diag(rng, dtype), bijector)
+  return flow, _structure_points(flow)[:, :1]
+
+
 FLOWS = {
     # Each base family under a short chain of stock bijectors.
     "MultivariateNormalDiag": _under_short_chain(_mvn_diag),
@@ -299,31 +549,61 @@ FLOWS = {
         tfd.Sample(tfd.Normal(_vec(rng, dtype, -1., 1.), _vec(rng, dtype, 0.5, 2.)), D), tfb.Sinh())),
     "batch [B] Independent(Logistic), points [N, 1, D]": _broadcast_points,
     "batch [B, 1] fallback layer, points [N, 1, D]": _batched_fallback_layer,
+    "batch [B, 1] and [B, D] parameters, points [N, 1, D]": _batched_parameters,
+    # Events of other ranks and structures: Hessians over the flat event.
+    "matrix events: Sample(Normal, [3, 2])": _matrix_sample,
+    "Reshape to matrices, Permute(axis=-2)": _reshape,
+    "Transpose, vector layer on matrix rows (fallback)": _transpose_and_row_layer,
+    "Split into a list, JointMap": _split_and_joint_map,
+    "Restructure into a dict, JointMap with RealNVP": _restructure_to_dict,
+    "ScaleMatvecLinearOperatorBlock": _block_operator,
+    "scalar events": _scalar_events,
+    "IteratedSigmoidCentered (event size changes)": _event_size_changing,
+    "JointDistributionNamed (hierarchical)": _joint_named_hierarchical,
+    "JointDistributionSequential": _joint_sequential,
+    "JointDistributionCoroutine": _joint_coroutine,
+    "JointDistributionSequentialAutoBatched": _joint_auto_batched,
+    "JointMap over a JointDistributionNamed": _posterior_flow_over_joint,
+    "build_affine_surrogate_posterior (DeferredModule)": _surrogate_posterior,
+    # Conditional flows.
+    "conditional MAFs in a Chain, [N, C] conditions": _conditional_maf_chain,
+    "conditional MAF, one [C] condition": _conditional_maf_one_condition,
+    "conditional MAF, one point and [N, C] conditions": _conditional_maf_one_point,
+    "conditional IAF": _conditional_iaf,
+    "conditional RealNVPs (dense and callable conditioners)": _conditional_real_nvp,
+    "conditional flow as a base (distribution_kwargs)": _conditional_nested,
+    # User-written bijectors.
+    "research-style: MAF stages, BatchNorm, box map, shear": _research_style,
 }
 NAMES = sorted(FLOWS)
 
 
 def make_flow(name, dtype, seed=0):
-  return FLOWS[name](dtype, np.random.default_rng(seed))
+  """`(distribution, z, kwargs)` of the case: `kwargs` are `log_prob`'s (empty for unconditional flows)."""
+  made = FLOWS[name](dtype, np.random.default_rng(seed))
+  return made if len(made) == 3 else made + ({},)
 
 
-def _batch_shape(distribution, z):
-  return tf.broadcast_static_shape(z.shape[:-1], distribution.batch_shape)
+def _batch_shape(distribution, z, kwargs=None):
+  return tf.TensorShape(distribution.log_prob(z, **(kwargs or {})).shape)
 
 
-def assert_matches_references(distribution, z, result, dtype, what=""):
+def assert_matches_references(distribution, z, result, dtype, what="", kwargs=None):
   """Value, gradient and Hessian of `result` against `tf.hessians`, nested tapes and `log_prob` at `z`."""
+  kwargs = kwargs or {}
   rtol = RTOL[dtype]
-  batch = _batch_shape(distribution, z)
-  assert result.hessian.shape == batch.concatenate([D, D])
-  assert result.gradient.shape == batch.concatenate([D])
+  batch = _batch_shape(distribution, z, kwargs)
+  size = tfp_hessian.flatten_event(distribution, z).shape[-1]
+  assert result.hessian.shape == batch.concatenate([size, size])
+  assert result.gradient.shape == batch.concatenate([size])
   assert result.log_prob.shape == batch
   for value in result:
     assert value.dtype == dtype
-  assert_close(result.hessian, reference.naive_hessian(distribution, z), rtol, what=f"{what}Hessian vs tf.hessians")
-  assert_close(result.hessian, reference.tape_hessian(distribution, z), rtol, what=f"{what}Hessian vs tapes")
-  assert_close(result.gradient, reference.tape_gradient(distribution, z), rtol, 1, what=f"{what}gradient")
-  expected_log_prob = tf.broadcast_to(distribution.log_prob(z), batch)
+  assert_close(result.hessian, reference.naive_hessian(distribution, z, **kwargs), rtol,
+               what=f"{what}Hessian vs tf.hessians")
+  assert_close(result.hessian, reference.tape_hessian(distribution, z, **kwargs), rtol, what=f"{what}Hessian vs tapes")
+  assert_close(result.gradient, reference.tape_gradient(distribution, z, **kwargs), rtol, 1, what=f"{what}gradient")
+  expected_log_prob = tf.broadcast_to(distribution.log_prob(z, **kwargs), batch)
   assert_close(result.log_prob[..., None], expected_log_prob[..., None], rtol, 1, what=f"{what}log_prob")
 
 
@@ -341,33 +621,40 @@ def assert_same_derivatives(actual, expected, rtol, what):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("name", NAMES)
 def test_flow_matches_references(name, dtype):
-  distribution, z = make_flow(name, dtype)
-  result = tfp_hessian.log_prob_and_derivatives(distribution, z)
-  assert_matches_references(distribution, z, result, dtype)
+  distribution, z, kwargs = make_flow(name, dtype)
+  result = tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs)
+  assert_matches_references(distribution, z, result, dtype, kwargs=kwargs)
   np.testing.assert_array_equal(result.hessian, tf.linalg.matrix_transpose(result.hessian))
-  np.testing.assert_array_equal(tfp_hessian.log_prob_hessian(distribution, z), result.hessian)
+  np.testing.assert_array_equal(tfp_hessian.log_prob_hessian(distribution, z, **kwargs), result.hessian)
 
 
 # One flow per code path that graph mode could change: closed-form, diagonal-autodiff and full-autodiff bases,
-# fallback layers, Invert, nesting, and broadcasting against the distribution's batch.
+# fallback layers, Invert, nesting, broadcasting against the distribution's batch, structures and conditions.
 GRAPH = ["MultivariateNormalTriL", "Sample(StudentT) (diagonal autodiff)", "MultivariateStudentT (full autodiff)",
          "mixed chain", "chain with Ascending and Invert(RealNVP)", "nested x3 over MultivariateStudentT",
-         "batch [D] Sample(Normal), one point [D]", "batch [B, 1] fallback layer, points [N, 1, D]"]
+         "batch [D] Sample(Normal), one point [D]", "batch [B, 1] fallback layer, points [N, 1, D]",
+         "Restructure into a dict, JointMap with RealNVP", "JointDistributionNamed (hierarchical)",
+         "build_affine_surrogate_posterior (DeferredModule)", "conditional MAFs in a Chain, [N, C] conditions",
+         "conditional MAF, one point and [N, C] conditions", "research-style: MAF stages, BatchNorm, box map, shear"]
 
 
 @pytest.mark.parametrize("name", GRAPH)
 def test_graph_matches_eager(name):
-  distribution, z = make_flow(name, np.float64)
-  eager = tfp_hessian.log_prob_and_derivatives(distribution, z)
-  graph = tf.function(lambda z: tfp_hessian.log_prob_and_derivatives(distribution, z))(z)
+  """An eager call (op by op the first time, a compiled function of the package's after that: `compiled.py`) and
+  the call inside a user's own `tf.function` agree."""
+  distribution, z, kwargs = make_flow(name, np.float64)
+  op_by_op = tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs)
+  eager = tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs)
+  graph = tf.function(lambda z, kwargs: tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs))(z, kwargs)
   assert_same_derivatives(graph, eager, RTOL[np.float64], "graph vs eager:")
+  assert_same_derivatives(op_by_op, eager, RTOL[np.float64], "op by op vs eager:")
 
 
 @pytest.mark.parametrize("name", ["batch [B] Independent(Logistic), points [N, 1, D]",
                                   "batch [B, 1] fallback layer, points [N, 1, D]"])
 def test_graph_with_unknown_batch_shape(name):
   """Points of statically unknown batch shape (`input_signature`), broadcast at run time."""
-  distribution, z = make_flow(name, np.float64)
+  distribution, z, _ = make_flow(name, np.float64)
   signature = [tf.TensorSpec([None] * (z.shape.rank - 1) + [D], z.dtype)]
   sweep = tf.function(lambda z: tfp_hessian.log_prob_and_derivatives(distribution, z), input_signature=signature)
   traced = sweep.get_concrete_function().structured_outputs.hessian.shape
@@ -383,7 +670,7 @@ SAMPLED = ["chain with RealNVP", "chain with Ascending and Invert(RealNVP)", "ne
 @pytest.mark.parametrize("name", SAMPLED)
 def test_sampled_points_match_copies(name, dtype):
   """`z` straight from `sample()` (TFP caches its inverse) gives what a copy of it gives."""
-  distribution, _ = make_flow(name, dtype)
+  distribution, _, _ = make_flow(name, dtype)
   sampled = distribution.sample(NUM_POINTS, seed=SEED)
   copy = tf.constant(sampled.numpy())
   result = tfp_hessian.log_prob_and_derivatives(distribution, sampled)
@@ -395,7 +682,7 @@ def test_sampled_points_match_copies(name, dtype):
 @pytest.mark.parametrize("name", SAMPLED)
 def test_sampled_points_in_graph(name):
   """Sampling and the sweep in one `tf.function`: the cache is keyed by graph tensors there."""
-  distribution, _ = make_flow(name, np.float64)
+  distribution, _, _ = make_flow(name, np.float64)
 
   @tf.function
   def sample_and_derivatives():
@@ -412,7 +699,7 @@ def test_sampled_points_in_graph(name):
 def test_sample_and_log_prob_derivatives(name, dtype):
   """The sweep over the sampling pass's cached inverses (an IAF's sequential inverse never runs) gives what the
   references give at a copy of `z`."""
-  distribution, _ = make_flow(name, dtype)
+  distribution, _, _ = make_flow(name, dtype)
   z, result = tfp_hessian.sample_and_log_prob_derivatives(distribution, NUM_POINTS, seed=SEED)
   assert z.shape == tf.TensorShape([NUM_POINTS]).concatenate(distribution.batch_shape).concatenate([D])
   copy = tf.constant(z.numpy())
@@ -426,7 +713,7 @@ def test_sample_and_log_prob_derivatives(name, dtype):
 @pytest.mark.parametrize("name", ["nested x3 over MultivariateStudentT", "Sample(StudentT) (diagonal autodiff)"])
 def test_point_batch_shapes(name, shape):
   """`z` of shape `[D]` (no batch), `[N, D]` and `[A, B, D]` give `[*batch, D, D]`, point by point."""
-  distribution, _ = make_flow(name, np.float64)
+  distribution, _, _ = make_flow(name, np.float64)
   z = tf.reshape(_points(distribution, (6,)), (-1, D))[:int(np.prod(shape[:-1]))]
   z = tf.reshape(z, shape)
   result = tfp_hessian.log_prob_and_derivatives(distribution, z)

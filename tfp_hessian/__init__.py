@@ -8,6 +8,7 @@ from tfp_hessian import bijectors, plots, reference, registry
 from tfp_hessian.chunked import default_chunk_size, hessians_in_chunks
 from tfp_hessian.distribution import TransformedDistribution
 from tfp_hessian.eigenpairs import Eigenpairs, top_eigenpairs
+from tfp_hessian.events import event_names, flatten_event, unflatten_event
 from tfp_hessian.hvp import log_prob_hvp
 from tfp_hessian.memory import get_memory_limit, set_memory_limit
 from tfp_hessian.pullback import Pullback
@@ -29,6 +30,8 @@ __all__ = [
     "coordinate_contributions",
     "decades",
     "default_chunk_size",
+    "event_names",
+    "flatten_event",
     "get_memory_limit",
     "hessians_in_chunks",
     "log_prob_and_derivatives",
@@ -43,4 +46,5 @@ __all__ = [
     "spectrum",
     "stiff_sloppy_split",
     "top_eigenpairs",
+    "unflatten_event",
 ]

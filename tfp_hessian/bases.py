@@ -7,23 +7,24 @@ Closed forms for the usual bases:
     \\text{MVN}(μ, SSᵀ):\\quad ∇ = -S^{-T} S^{-1} (x - μ), \\qquad ∇² = -S^{-T} S^{-1}
 
 (the precision is formed once per call from the scale operator's structure), and for coordinatewise bases
-(`Independent` or `Sample` of a scalar distribution) a diagonal Hessian: closed form for `Normal`, two
-elementwise autodiff passes for any other scalar distribution. Any other base with vector events is
-differentiated by nested tapes.
+(`Independent` or `Sample` of a scalar distribution, over events of any rank) a diagonal Hessian: closed form for
+`Normal`, two elementwise autodiff passes for any other scalar distribution. Any other base (a
+`JointDistribution` whose parts depend on each other, a multivariate Student t, a conditional base called with
+`distribution_kwargs`) is differentiated by nested tapes on its `log_prob` over the flat event (`events.py`), with
+every cross term.
 """
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.distributions import independent as independent_lib
-from tensorflow_probability.python.distributions import sample as sample_lib
+
+from tfp_hessian import private_api
 
 tfd = tfp.distributions
 
 __all__ = ["log_prob_derivatives", "has_closed_form"]
 
-# TFP builds these private bases (not the public subclasses) when a member is not a CompositeTensor.
-_INDEPENDENT = independent_lib._Independent  # pylint: disable=protected-access
-_SAMPLE = sample_lib._Sample  # pylint: disable=protected-access
+_INDEPENDENT = private_api.INDEPENDENT
+_SAMPLE = private_api.SAMPLE
 
 
 def _broadcast_hessian(hess, grad):
@@ -75,45 +76,46 @@ def _scalar_derivatives(scalar_distribution, x):
   return d1, outer.gradient(d1, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def _coordinatewise(distribution, x):
-  """`Independent(scalar, 1)` or `Sample(scalar, [D])`: a diagonal Hessian."""
+def _coordinatewise(distribution, x, layout):
+  """`Independent(scalar, r)` or `Sample(scalar, shape)`: a diagonal Hessian over the flat event."""
   inner = distribution.distribution
-  if isinstance(distribution, _SAMPLE):
-    # The sample axis is the event axis; the scalar distribution's batch axes come before it in `x` but
-    # after it in the layout it broadcasts against.
-    moved = tf.experimental.numpy.moveaxis(x, -1, 0)
+  rank = layout.shapes[0].rank
+  if isinstance(distribution, _SAMPLE) and rank:
+    # The sample axes are the event axes; the scalar distribution's batch axes come before them in `x` but
+    # after them in the layout it broadcasts against.
+    axes = list(range(-rank, 0))
+    moved = tf.experimental.numpy.moveaxis(x, axes, list(range(rank)))
     d1, d2 = _scalar_derivatives(inner, moved)
-    d1, d2 = (tf.experimental.numpy.moveaxis(t, 0, -1) for t in (d1, d2))
+    d1, d2 = (tf.experimental.numpy.moveaxis(t, list(range(rank)), axes) for t in (d1, d2))
   else:
     d1, d2 = _scalar_derivatives(inner, x)
   d1 = tf.broadcast_to(d1, tf.broadcast_dynamic_shape(tf.shape(d1), tf.shape(x)))
   d2 = tf.broadcast_to(d2, tf.shape(d1))
-  return distribution.log_prob(x), d1, tf.linalg.diag(d2)
+  return distribution.log_prob(x), layout.flatten(d1), tf.linalg.diag(layout.flatten(d2))
 
 
 def _is_coordinatewise(distribution):
   if isinstance(distribution, _INDEPENDENT):
     return (distribution.distribution.event_shape.rank == 0
-            and tf.get_static_value(distribution.reinterpreted_batch_ndims) == 1)
+            and tf.get_static_value(distribution.reinterpreted_batch_ndims) is not None)
   if isinstance(distribution, _SAMPLE):
-    return (distribution.distribution.event_shape.rank == 0
-            and distribution.event_shape.rank == 1)
+    return distribution.distribution.event_shape.rank == 0 and distribution.event_shape.rank is not None
   return False
 
 
-def _autodiff(distribution, x):
-  """Nested tapes over a base with vector events; points are independent, so sums give per-point terms."""
-  x = tf.identity(x)
-  batch_rank = x.shape.rank - 1
+def _autodiff(distribution, x, layout, kwargs):
+  """Nested tapes over `log_prob` on the flat event; points are independent, so sums give per-point terms."""
+  flat = tf.identity(layout.flatten(x))
+  batch_rank = flat.shape.rank - 1
   with tf.GradientTape() as outer:
-    outer.watch(x)
+    outer.watch(flat)
     with tf.GradientTape() as inner:
-      inner.watch(x)
-      log_prob = distribution.log_prob(x)
-    grad = inner.gradient(log_prob, x)
+      inner.watch(flat)
+      log_prob = distribution.log_prob(layout.unflatten(flat), **kwargs)
+    grad = inner.gradient(log_prob, flat)
     _raise_if_not_differentiable(distribution, grad)
     summed = tf.reduce_sum(grad, axis=list(range(batch_rank)))
-  hess = outer.jacobian(summed, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # [D, *batch, D]
+  hess = outer.jacobian(summed, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # [n, *batch, n]
   hess = tf.transpose(hess, list(range(1, batch_rank + 1)) + [0, batch_rank + 1])
   return log_prob, grad, hess
 
@@ -123,11 +125,19 @@ def has_closed_form(distribution):
   return isinstance(distribution, tfd.MultivariateNormalLinearOperator) or _is_coordinatewise(distribution)
 
 
-def log_prob_derivatives(distribution, x):
-  """`(log p(x), ∇ log p(x), ∇² log p(x))` for a distribution with vector events, at `x` (`[*batch, D]`)."""
+def log_prob_derivatives(distribution, x, layout, kwargs=None):
+  """`(log p(x) [*batch], ∇ [*batch, n], ∇² [*batch, n, n])` over the flat event of `layout`, at `x`.
+
+  Args:
+    distribution: the base.
+    x: its points, of event layout `layout`.
+    layout: the `EventLayout` of `x`.
+    kwargs: keyword arguments of `distribution.log_prob` (a conditional base); None for none.
+  """
+  kwargs = {} if kwargs is None else kwargs
   with tf.name_scope("base_log_prob_derivatives"):
-    if isinstance(distribution, tfd.MultivariateNormalLinearOperator):
+    if not kwargs and layout.is_vector and isinstance(distribution, tfd.MultivariateNormalLinearOperator):
       return _mvn(distribution, x)
-    if _is_coordinatewise(distribution):
-      return _coordinatewise(distribution, x)
-    return _autodiff(distribution, x)
+    if not kwargs and layout.is_single and _is_coordinatewise(distribution):
+      return _coordinatewise(distribution, x, layout)
+    return _autodiff(distribution, x, layout, kwargs)

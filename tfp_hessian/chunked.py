@@ -50,7 +50,7 @@ import tqdm
 from tensorflow_probability.python.bijectors import bijector as bijector_lib
 from tensorflow_probability.python.distributions import distribution as distribution_lib
 
-from tfp_hessian import sweep
+from tfp_hessian import private_api, sweep
 from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
 from tfp_hessian.sweep import LogProbDerivatives
 
@@ -91,20 +91,23 @@ def default_chunk_size(event_size, dtype, what="hessian"):
 
 
 def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None, out=None, progress=True,
-                       strategy=None):
+                       strategy=None, **kwargs):
   """Hessians (or value, gradient and Hessian, or spectra) of `log q` at many points, a chunk at a time.
 
-  The results equal `log_prob_hessian(distribution, points)`, `log_prob_and_derivatives(...)` or
+  The results equal `log_prob_hessian(distribution, points, **kwargs)`, `log_prob_and_derivatives(...)` or
   `spectrum(log_prob_hessian(...))` on all the points at once, computed `chunk_size` points at a time by one
   `tf.function` traced once (the last chunk padded to the same shape).
 
   Args:
-    distribution: a flow as in `tfp_hessian.log_prob_hessian`, over vectors (event shape `[D]`), batch shape
-      `[]`. Under a `strategy`, build it inside `strategy.scope()` so its variables are mirrored.
-    points: `[N, D]` points of the distribution's dtype (a numpy array, memory-mapped or not, or a tensor), or
-      a `tf.data.Dataset` whose elements are `[D]` or `[b, D]` tensors of that dtype, read in order. With `out`
-      and a dataset of unknown cardinality the rows are counted first (one pass over the dataset without any
-      Hessian); a dataset must yield the same points, in the same order, every time it is iterated.
+    distribution: a flow as in `tfp_hessian.log_prob_hessian`, of batch shape `[]` (events of any structure:
+      the results are over the flat event of size `D`, `tfp_hessian.flatten_event`). Under a `strategy`, build
+      it inside `strategy.scope()` so its variables are mirrored.
+    points: `[N, *event]` points of the distribution's dtype (a numpy array, memory-mapped or not, or a
+      tensor; a structure of them for structured events, each with `N` rows), or a `tf.data.Dataset` whose
+      elements are one point or a batch of `b` points (`[*event]` or `[b, *event]`, or such structures), read
+      in order. With `out` and a dataset of unknown cardinality the rows are counted first (one pass over the
+      dataset without any Hessian); a dataset must yield the same points, in the same order, every time it is
+      iterated.
     what: "hessian" (`[N, D, D]`), "derivatives" (`LogProbDerivatives`: log_prob `[N]`, gradient `[N, D]`,
       hessian `[N, D, D]`) or "spectrum" (`Spectrum`: eigenvalues `[N, D]`, eigenvectors `[N, D, D]`,
       finite `[N]`, stiffest first as in `tfp_hessian.spectrum`).
@@ -119,6 +122,10 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
     progress: whether to show a tqdm progress bar (points done, points/s) on stderr.
     strategy: a `tf.distribute.Strategy` splitting each chunk across its replicas; default: the current one
       (`tf.distribute.get_strategy()`, the default strategy outside any `strategy.scope()`).
+    **kwargs: as `distribution.log_prob` takes them (`bijector_kwargs`, `distribution_kwargs`). With array
+      points, a tensor among them of rank >= 2 whose first axis has the `N` points' length is a per-point
+      condition (`[N, C]` beside `[N, *event]`) and is chunked with the points; anything else (`[C]`, one
+      condition for every point) is passed whole to every chunk.
 
   Returns:
     For "hessian" a `[N, D, D]` numpy array, else a `LogProbDerivatives` or `Spectrum` of numpy arrays; with
@@ -134,11 +141,13 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
   if not tf.executing_eagerly():
     raise RuntimeError("hessians_in_chunks is a Python loop over chunks: call it eagerly, not inside tf.function.")
   _check_what(what)
-  size = sweep.check_distribution(distribution)
-  dtype = tf.as_dtype(distribution.dtype)
-  if distribution.batch_shape.rank != 0:
-    raise ValueError(f"hessians_in_chunks needs a distribution of batch shape []; {distribution.name!r} has batch "
-                     f"shape {distribution.batch_shape}. Use `tfp_hessian.log_prob_hessian` for batched flows.")
+  resolved = private_api.resolve_deferred(distribution)
+  layout = sweep.check_distribution(resolved, kwargs)
+  size = layout.size
+  dtype = sweep.dtype_of(resolved)
+  if any(batch.rank != 0 for batch in tf.nest.flatten(resolved.batch_shape)):
+    raise ValueError(f"hessians_in_chunks needs a distribution of batch shape []; {resolved.name!r} has batch "
+                     f"shape {resolved.batch_shape}. Use `tfp_hessian.log_prob_hessian` for batched flows.")
   strategy = tf.distribute.get_strategy() if strategy is None else strategy
   if not isinstance(strategy, tf.distribute.Strategy):
     raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; got {type(strategy).__name__}.")
@@ -151,7 +160,7 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
     raise ValueError(f"`chunk_size` must be a multiple of the strategy's {replicas} replicas; got {chunk_size}.")
   if out is not None and not isinstance(out, (str, os.PathLike)):
     raise ValueError(f"`out` must be a directory path or None; got {type(out).__name__}.")
-  source = _source(distribution, points, size, dtype, count=out is not None)
+  source = _source(resolved, points, layout, dtype, kwargs, count=out is not None)
   if source.num_points == 0:
     raise ValueError("`points` holds no points.")
   if source.num_points is not None and chunk_size > source.num_points:
@@ -170,7 +179,7 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
   # Every worker must start at the same point: the chief's, which is the one that read `out`.
   start = _agree_on_start(strategy, output.start if output is not None else 0)
 
-  step = _step(distribution, what, strategy)
+  step = _step(distribution, what, strategy, source.columns)
   per_replica = chunk_size // replicas
   points_digest = hashlib.sha256()
   reader = _Rechunker(source.blocks(chunk_size))
@@ -191,7 +200,7 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
       points_digest.update(np.ascontiguousarray(chunk).tobytes())
       if output is not None:
         if done == start:
-          output.check_flow(_flow_digest(distribution))
+          output.check_flow(_flow_digest((distribution, source.columns.shared)))
         output.write(done, results, points_digest.hexdigest())
       done += len(chunk)
       bar.update(len(chunk))
@@ -226,11 +235,12 @@ def _assemble(what, arrays):
   return LogProbDerivatives(*arrays) if what == "derivatives" else Spectrum(*arrays)
 
 
-def _step(distribution, what, strategy):
+def _step(distribution, what, strategy, columns):
   """The per-chunk `tf.function`: each replica's share computed by `strategy.run`, gathered in point order."""
 
-  def compute(z):
-    derivatives = sweep.log_prob_and_derivatives(distribution, z)
+  def compute(rows):
+    z, kwargs = columns.split(rows)
+    derivatives = sweep.log_prob_and_derivatives(distribution, z, **kwargs)
     if what == "hessian":
       return (derivatives.hessian,)
     if what == "derivatives":
@@ -267,71 +277,141 @@ def _agree_on_start(strategy, start):
 
 # Points.
 
-class _ArraySource:
-  """`[N, D]` points in host memory (or memory-mapped), read in slices."""
+class _Columns:
+  """What a row of the points' `[N, n + m]` array holds: one point's flat event (`n`), then its own conditions.
 
-  def __init__(self, array):
-    self.array = array
-    self.num_points = len(array)
+  Conditions given per point (`[N, C]` beside `[N, *event]`) travel in the rows, so chunking, padding, resuming
+  and the points' digest treat them with the points; the other kwargs are `shared`, the same for every chunk.
+  """
+
+  def __init__(self, layout, kwargs, per_point):
+    self.layout = layout
+    self._kwargs = kwargs
+    leaves = tf.nest.flatten(kwargs)
+    self._per_point = [(index, tuple(np.shape(leaves[index])[1:])) for index in per_point]
+    self.shared = tf.nest.pack_sequence_as(kwargs, [None if i in per_point else leaf for i, leaf in enumerate(leaves)])
+
+  def split(self, rows):
+    """`(z, kwargs)` of a chunk's rows, `[c, n + m]`."""
+    leaves = tf.nest.flatten(self._kwargs)
+    offset = self.layout.size
+    for index, shape in self._per_point:
+      size = int(np.prod(shape, dtype=np.int64))
+      leaves[index] = tf.reshape(rows[:, offset:offset + size], (-1,) + shape)
+      offset += size
+    return self.layout.unflatten(rows[:, :self.layout.size]), tf.nest.pack_sequence_as(self._kwargs, leaves)
+
+
+def _per_point_conditions(kwargs, num_points, dtype):
+  """Indices of the kwargs' leaves that hold one condition per point (rank >= 2, `num_points` rows)."""
+  indices = []
+  for index, leaf in enumerate(tf.nest.flatten(kwargs)):
+    shape = np.shape(leaf) if hasattr(leaf, "shape") else ()
+    if len(shape) >= 2 and shape[0] == num_points:
+      if tf.as_dtype(leaf.dtype) != dtype:
+        raise TypeError(f"A per-point condition (kwargs leaf of shape {list(shape)}) must have the points' dtype "
+                        f"{dtype.name}; got dtype {tf.as_dtype(leaf.dtype).name}.")
+      indices.append(index)
+  return indices
+
+
+class _ArraySource:
+  """`[N, *event]` points (and per-point conditions) in host memory or memory-mapped, read in slices as rows."""
+
+  def __init__(self, arrays, columns):
+    self.arrays, self.columns = arrays, columns
+    self.num_points = len(arrays[0])
 
   def blocks(self, size):
     for begin in range(0, self.num_points, size):
-      yield np.asarray(self.array[begin:begin + size])
+      parts = [np.asarray(array[begin:begin + size]) for array in self.arrays]
+      if len(parts) == 1 and parts[0].ndim == 2:
+        yield parts[0]
+      else:
+        yield np.concatenate([part.reshape(len(part), -1) for part in parts], axis=1)
 
 
 class _DatasetSource:
-  """A `tf.data.Dataset` of `[D]` or `[b, D]` points, read in order."""
+  """A `tf.data.Dataset` of points or batches of points, read in order as `[b, n]` rows."""
 
-  def __init__(self, dataset, rank, num_points):
-    self.dataset, self.rank, self.num_points = dataset, rank, num_points
+  def __init__(self, dataset, batched, num_points, columns):
+    self.dataset, self.batched, self.num_points, self.columns = dataset, batched, num_points, columns
 
   def blocks(self, size):
-    dataset = self.dataset.batch(size) if self.rank == 1 else self.dataset
-    for block in dataset.prefetch(1):
+    dataset = self.dataset if self.batched else self.dataset.batch(size)
+    layout = self.columns.layout
+    # tf.data passes a tuple element as separate arguments.
+    flatten = lambda *element: layout.flatten(element[0] if len(element) == 1 else element)
+    for block in dataset.map(flatten).prefetch(1):
       yield block.numpy()
 
 
-def _source(distribution, points, size, dtype, count):
+def _source(distribution, points, layout, dtype, kwargs, count):
   """The points as an `_ArraySource` or `_DatasetSource`, validated before any Hessian is computed."""
   if isinstance(points, tf.data.Dataset):
-    return _dataset_source(points, size, dtype, count)
-  if isinstance(points, tf.Tensor):
-    points = points.numpy()
-  elif not hasattr(points, "dtype"):
-    points = np.asarray(points, dtype.as_numpy_dtype)
-  shape = tuple(getattr(points, "shape", ()))
-  if len(shape) != 2 or shape[1] != size:
-    raise ValueError(f"`points` must have shape [N, D] with D = {size} (the distribution's event size); got shape "
-                     f"{shape}.")
+    return _dataset_source(points, layout, dtype, kwargs, count)
+  parts = []
+  for part in layout.parts(points):
+    if isinstance(part, tf.Tensor):
+      part = part.numpy()
+    elif not hasattr(part, "dtype"):
+      part = np.asarray(part, dtype.as_numpy_dtype)
+    parts.append(part)
+  for part, shape in zip(parts, layout.shapes):
+    actual = tuple(getattr(part, "shape", ()))
+    if len(actual) != shape.rank + 1 or actual[1:] != tuple(shape.as_list()) or len(actual[:1]) != 1:
+      expected = (f"[N, D] with D = {shape[0]} (the distribution's event size)" if layout.is_vector else
+                  f"[N, {', '.join(str(d) for d in shape.as_list())}] (N points of the event {layout.describe()})")
+      raise ValueError(f"`points` must have shape {expected}; got shape {actual}.")
+  if len({len(part) for part in parts}) != 1:
+    raise ValueError(f"Every part of `points` must have the same number of rows; got {[len(p) for p in parts]}.")
   # The sweep's own checks of the dtype, on no points at all.
-  sweep._points(distribution, points[:0])  # pylint: disable=protected-access
-  return _ArraySource(points)
+  sweep.points(distribution, layout.pack([part[:0] for part in parts]), kwargs)
+  per_point = _per_point_conditions(kwargs, len(parts[0]), dtype)
+  leaves = tf.nest.flatten(kwargs)
+  arrays = parts + [np.asarray(leaves[index]) for index in per_point]
+  return _ArraySource(arrays, _Columns(layout, kwargs, per_point))
 
 
-def _dataset_source(dataset, size, dtype, count):
+def _dataset_source(dataset, layout, dtype, kwargs, count):
   spec = dataset.element_spec
-  if not isinstance(spec, tf.TensorSpec):
-    raise TypeError(f"A `points` dataset must yield single tensors of shape [D] or [b, D]; its elements are {spec}.")
-  if spec.dtype != dtype:
-    raise TypeError(f"The `points` dataset yields dtype {spec.dtype.name} but the distribution has dtype "
-                    f"{dtype.name}.")
-  if spec.shape.rank not in (1, 2) or spec.shape[-1] != size:
-    raise ValueError(f"A `points` dataset must yield elements of shape [D] or [b, D] with D = {size}; its elements "
-                     f"have shape {spec.shape}.")
+  what = "[D] or [b, D]" if layout.is_vector else f"one point or a batch of points of the event {layout.describe()}"
+  try:
+    specs = layout.parts(spec)
+  except ValueError:
+    specs = None
+  if specs is None or not all(isinstance(part, tf.TensorSpec) for part in specs):
+    raise TypeError(f"A `points` dataset must yield single tensors of shape {what}; its elements are {spec}."
+                    if layout.is_vector else f"A `points` dataset must yield {what}; its elements are {spec}.")
+  for part in specs:
+    if part.dtype != dtype:
+      raise TypeError(f"The `points` dataset yields dtype {part.dtype.name} but the distribution has dtype "
+                      f"{dtype.name}.")
+  extra = {part.shape.rank - shape.rank if part.shape.rank is not None else None
+           for part, shape in zip(specs, layout.shapes)}
+  if not extra <= {0, 1} or len(extra) != 1 or not all(
+      part.shape.rank is not None and part.shape[part.shape.rank - shape.rank:].is_compatible_with(shape)
+      for part, shape in zip(specs, layout.shapes)):
+    if layout.is_vector:
+      raise ValueError(f"A `points` dataset must yield elements of shape [D] or [b, D] with D = "
+                       f"{layout.shapes[0][0]}; its elements have shape {spec.shape}.")
+    raise ValueError(f"A `points` dataset must yield {what}; its elements are {spec}.")
+  batched = extra == {1}
   cardinality = int(dataset.cardinality())
   if cardinality == tf.data.INFINITE_CARDINALITY:
     raise ValueError("The `points` dataset is infinite; take a finite number of points (`dataset.take(N)`).")
-  if spec.shape.rank == 1 and cardinality != tf.data.UNKNOWN_CARDINALITY:
-    num_points = cardinality
-  elif spec.shape.rank == 2 and cardinality != tf.data.UNKNOWN_CARDINALITY and spec.shape[0] is not None:
-    num_points = cardinality * spec.shape[0]
+  rows_per_element = specs[0].shape[0] if batched else 1
+  if cardinality != tf.data.UNKNOWN_CARDINALITY and rows_per_element is not None:
+    num_points = cardinality * rows_per_element
   elif count:
-    rows = (lambda x: tf.constant(1, tf.int64)) if spec.shape.rank == 1 else (
-        lambda x: tf.shape(x, out_type=tf.int64)[0])
-    num_points = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, x: n + rows(x)))
+    if batched:
+      rows = lambda *element: tf.shape(tf.nest.flatten(element)[0], out_type=tf.int64)[0]
+    else:
+      rows = lambda *element: tf.constant(1, tf.int64)
+    num_points = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, *element: n + rows(*element)))
   else:
     num_points = None
-  return _DatasetSource(dataset, spec.shape.rank, num_points)
+  return _DatasetSource(dataset, batched, num_points, _Columns(layout, kwargs, []))
 
 
 class _Rechunker:

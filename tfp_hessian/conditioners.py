@@ -25,6 +25,8 @@ import tensorflow as tf
 import tf_keras
 from tensorflow_probability.python.bijectors import masked_autoregressive as maf_lib
 
+from tfp_hessian import private_api
+
 __all__ = [
     "ConditionerDerivatives",
     "DenseNetworkDerivatives",
@@ -171,13 +173,19 @@ class DenseNetworkDerivatives(ConditionerDerivatives):
 class AutodiffDerivatives(ConditionerDerivatives):
   """Any differentiable network `fn: [*batch, D] -> [*batch, P]`, by tapes on that network alone.
 
-  Points are independent, so Jacobians and Hessians of sums over the batch are per-point ones.
+  Points are independent, so Jacobians and Hessians of sums over the batch are per-point ones. Where `fn` gives
+  more points than `y` holds (a condition of its own batch), `y` is broadcast to them first, so that each point
+  keeps its own derivatives.
   """
 
   def __init__(self, fn, y):
     self._fn = fn
+    outputs = fn(y)
+    if outputs.shape[:-1] != y.shape[:-1]:
+      y = tf.broadcast_to(y, tf.concat([tf.broadcast_dynamic_shape(tf.shape(outputs)[:-1], tf.shape(y)[:-1]),
+                                        tf.shape(y)[-1:]], 0))
     self._y = tf.identity(y)
-    self._batch_axes = list(range(y.shape.rank - 1))
+    self._batch_axes = list(range(self._y.shape.rank - 1))
     with tf.GradientTape() as tape:
       tape.watch(self._y)
       self.outputs = fn(self._y)
@@ -254,33 +262,60 @@ class EmbeddedConditioner(ConditionerDerivatives):
     return [(self._pad(z, self._conditioning, z.shape.rank - 1), c) for z, c in factors]
 
 
-def made_layers(network):
+def made_layers(network, conditional_input=None):
   """The masked dense layers of a `tfb.AutoregressiveNetwork`, or None if it cannot be read from its kernels.
 
   The kernels are used as the network uses them: Keras keeps them masked through a constraint, and a kernel set
   by hand past its mask changes the network, and so `log_prob`, and so (exactly) its Hessian. Each activation
   computes in the dtype of its Keras layer, as the network itself does (float32 unless
   `tf_keras.backend.floatx()` is float64).
+
+  A conditional network (`conditional=True`) adds `c W_c` to the pre-activation of its first layer or of every
+  layer (`conditional_input_layers`): for a fixed condition `c` that is a per-point bias, so the layers come back
+  with biases `b + c W_c` of shape `[*batch, units]` and the derivatives with respect to `y` are those of an
+  unconditional network.
+
+  Args:
+    network: the conditioner of a `MaskedAutoregressiveFlow`.
+    conditional_input: the condition `[*batch, C]` (or `[C]`), required for a conditional network.
   """
-  if not isinstance(network, maf_lib.AutoregressiveNetwork) or network._conditional:  # pylint: disable=protected-access
+  if not isinstance(network, maf_lib.AutoregressiveNetwork):
     return None
-  if network._network is None:  # pylint: disable=protected-access
+  model = private_api.made_model(network)
+  if model is None:
     return None
-  keras_layers = network._network.layers  # pylint: disable=protected-access
-  dense = [layer for layer in keras_layers if isinstance(layer, tf_keras.layers.Dense)]
-  activations = [layer for layer in keras_layers if isinstance(layer, tf_keras.layers.Activation)]
+  conditional = private_api.made_is_conditional(network)
+  if conditional and conditional_input is None:
+    return None
+  condition_input = model.inputs[1] if conditional else None
+  dense, activations = [], []
+  for layer in model.layers:
+    if isinstance(layer, tf_keras.layers.Dense):
+      if condition_input is not None and layer.input is condition_input:
+        if not dense:
+          return None
+        dense[-1][1].append(layer)  # the condition's term of the autoregressive layer before it
+      else:
+        dense.append((layer, []))
+    elif isinstance(layer, tf_keras.layers.Activation):
+      activations.append(layer)
   if len(activations) != len(dense) - 1:
     return None
   layers = []
-  for k, layer in enumerate(dense):
+  for k, (layer, condition_layers) in enumerate(dense):
     kernel = tf.convert_to_tensor(layer.kernel)
+    bias = layer.bias if layer.use_bias else None
+    for condition_layer in condition_layers:
+      c = tf.cast(conditional_input, condition_layer.compute_dtype)
+      term = tf.cast(tf.tensordot(c, condition_layer.kernel, [[-1], [0]]), kernel.dtype)
+      bias = term if bias is None else bias + term
     activation = None
     if k < len(activations):
       derivatives = activation_derivatives(activations[k].activation)
       if derivatives is None:
         return None
       activation = _in_dtype(derivatives, activations[k].compute_dtype)
-    layers.append((kernel, layer.bias if layer.use_bias else None, activation))
+    layers.append((kernel, bias, activation))
   return layers
 
 
@@ -301,6 +336,8 @@ class DenseShiftAndLogScale(tf_keras.layers.Layer):
   Call it as RealNVP does, `(x0, output_units) -> (shift, log_scale)`; the output layer is built on first call
   for `2 · output_units` units. Any callable works as a RealNVP conditioner (by tapes on that network); this one
   makes the coupling layer's Hessian pullback a few batched matrix products, like an `AutoregressiveNetwork`'s.
+  A conditional RealNVP passes `conditional_input=c` (`[*batch, C]` or `[C]`) through `bijector_kwargs`: the
+  first layer then reads `[x0, c]`, and the condition stays a per-point bias of the analytic pullback.
 
   >>> coupling = tfb.RealNVP(num_masked=8, shift_and_log_scale_fn=DenseShiftAndLogScale([64, 64]))
 
@@ -322,16 +359,39 @@ class DenseShiftAndLogScale(tf_keras.layers.Layer):
     self._dense_kwargs = kwargs
     self._output = None
 
-  def call(self, x, output_units):
+  @property
+  def built_for_output(self):
+    """Whether the layer has been called (its output layer exists and its kernels can be read)."""
+    return self._output is not None
+
+  def call(self, x, output_units, conditional_input=None):
     if self._output is None:
       self._output = tf_keras.layers.Dense(2 * output_units, dtype=self.dtype, **self._dense_kwargs)
-    h = x
+    h = x if conditional_input is None else _with_condition(x, tf.cast(conditional_input, x.dtype))
     for layer in self._hidden + [self._output]:
       h = layer(h)
     return h[..., :output_units], h[..., output_units:]
 
-  def dense_layers(self):
-    """`[(kernel, bias, activation)]` as `DenseNetworkDerivatives` takes them (after the first call)."""
+  def dense_layers(self, conditional_input=None):
+    """`[(kernel, bias, activation)]` as `DenseNetworkDerivatives` takes them (after the first call).
+
+    With a condition `c`, the first layer reads `[x, c]`: its kernel's rows for `c` become the per-point bias
+    `b + c W_c`, and the kernel's rows for `x` the kernel.
+    """
     derivatives = _in_dtype(activation_derivatives(self._activation), self.compute_dtype)
-    return ([(layer.kernel, layer.bias, derivatives) for layer in self._hidden]
-            + [(self._output.kernel, self._output.bias, None)])
+    layers = [(layer.kernel, layer.bias, derivatives) for layer in self._hidden] + [
+        (self._output.kernel, self._output.bias, None)]
+    if conditional_input is not None:
+      kernel, bias, activation = layers[0]
+      size = kernel.shape[0] - conditional_input.shape[-1]
+      c = tf.cast(conditional_input, kernel.dtype)
+      layers[0] = (kernel[:size], tf.tensordot(c, kernel[size:], [[-1], [0]]) + bias, activation)
+    return layers
+
+
+def _with_condition(x, condition):
+  """`[x, c]` along the last axis, both broadcast to their common batch shape."""
+  batch = tf.broadcast_dynamic_shape(tf.shape(x)[:-1], tf.shape(condition)[:-1])
+  x = tf.broadcast_to(x, tf.concat([batch, tf.shape(x)[-1:]], 0))
+  condition = tf.broadcast_to(condition, tf.concat([batch, tf.shape(condition)[-1:]], 0))
+  return tf.concat([x, condition], axis=-1)

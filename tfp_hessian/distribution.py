@@ -15,10 +15,10 @@ class TransformedDistribution(tfp.distributions.TransformedDistribution):
   TensorShape([5, 3, 3])
   """
 
-  def log_prob_hessian(self, value, name="log_prob_hessian"):
-    """`[*batch, D, D]` Hessian of `log_prob` at `value` (`[*batch, D]`); see `tfp_hessian.log_prob_hessian`."""
-    return sweep.log_prob_hessian(self, value, name=name)
+  def log_prob_hessian(self, value, name="log_prob_hessian", **kwargs):
+    """`[*batch, n, n]` Hessian of `log_prob(value, **kwargs)`; see `tfp_hessian.log_prob_hessian`."""
+    return sweep.log_prob_hessian(self, value, name=name, **kwargs)
 
-  def log_prob_and_derivatives(self, value, name="log_prob_and_derivatives"):
-    """Value, gradient and Hessian of `log_prob` at `value`; see `tfp_hessian.log_prob_and_derivatives`."""
-    return sweep.log_prob_and_derivatives(self, value, name=name)
+  def log_prob_and_derivatives(self, value, name="log_prob_and_derivatives", **kwargs):
+    """Value, gradient and Hessian of `log_prob(value, **kwargs)`; see `tfp_hessian.log_prob_and_derivatives`."""
+    return sweep.log_prob_and_derivatives(self, value, name=name, **kwargs)

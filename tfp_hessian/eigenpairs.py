@@ -45,7 +45,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from tfp_hessian import hvp, sweep
+from tfp_hessian import compiled, hvp, private_api, sweep
 from tfp_hessian.spectrum import _largest_component_positive
 
 __all__ = ["Eigenpairs", "top_eigenpairs"]
@@ -79,16 +79,18 @@ Attributes:
 """
 
 
+@compiled.when_eager
 def top_eigenpairs(distribution, z, k, which="stiff", tolerance=None, max_iterations=None, seed=(0, 0),
-                   name="top_eigenpairs"):
+                   name="top_eigenpairs", **kwargs):
   """The `k` stiffest or sloppiest eigenpairs of `∇²_z log q(z)` per point, by Lanczos on Hessian–vector products.
 
-  Never forms a `D × D` matrix: memory is `O(D · max_iterations)` per point. Works eagerly and inside
-  `tf.function` (wrap it in one for speed: eagerly, every iteration is dispatched from Python).
+  Never forms a `D × D` matrix: memory is `O(D · max_iterations)` per point. Works eagerly (as one compiled
+  function, traced once per flow and input signature) and inside `tf.function`. Events of any structure are
+  taken over their flat event (`tfp_hessian.flatten_event`), of size `D`.
 
   Args:
-    distribution: a distribution over vectors, as in `tfp_hessian.log_prob_hessian`.
-    z: `[*batch, D]` points, of the distribution's dtype.
+    distribution: as in `tfp_hessian.log_prob_hessian`.
+    z: points, as `distribution.log_prob` takes them (`[*batch, D]` for vector events).
     k: number of eigenpairs, `1 <= k <= D`.
     which: "stiff" (largest `|λ|`) or "sloppy" (smallest `|λ|`; see the module docstring for indefinite
       Hessians).
@@ -98,6 +100,7 @@ def top_eigenpairs(distribution, z, k, which="stiff", tolerance=None, max_iterat
       whole space and the result exact up to rounding. Default `min(D, max(100, 20 k))`.
     seed: stateless seed (a pair of integers) of the random starting vectors.
     name: name scope of the ops.
+    **kwargs: as `distribution.log_prob` takes them (`bijector_kwargs`, `distribution_kwargs`).
 
   Returns:
     `Eigenpairs(eigenvalues [*batch, k], eigenvectors [*batch, D, k], residuals [*batch, k],
@@ -114,13 +117,12 @@ def top_eigenpairs(distribution, z, k, which="stiff", tolerance=None, max_iterat
   >>> pairs.eigenvalues.shape, pairs.eigenvectors.shape        # ([N, 10], [N, D, 10])
   """
   with tf.name_scope(name):
-    z = sweep._points(distribution, z)  # pylint: disable=protected-access
-    size = int(z.shape[-1])
+    size = sweep.points(private_api.resolve_deferred(distribution), z, kwargs)[1].size
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= size:
       raise ValueError(f"`k` must be an integer in [1, D] = [1, {size}]; got {k!r}.")
     if which not in WHICH:
       raise ValueError(f"`which` must be one of {WHICH}; got {which!r}.")
-    dtype = z.dtype
+    dtype = sweep.dtype_of(private_api.resolve_deferred(distribution))
     tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
     if not isinstance(tolerance, (float, int, np.floating, np.integer)) or not tolerance > 0:
       raise ValueError(f"`tolerance` must be a positive number; got {tolerance!r}.")
@@ -131,7 +133,7 @@ def top_eigenpairs(distribution, z, k, which="stiff", tolerance=None, max_iterat
     krylov = min(int(max_iterations), size)
 
     # The gradient is recorded once; each iteration is then one backward pass through it.
-    z, hessian_times = hvp.hessian_operator(distribution, z)
+    z, hessian_times = hvp.hessian_operator(distribution, z, **kwargs)
     shape = tf.shape(z)
     num_points = tf.reduce_prod(shape[:-1])
 

@@ -30,46 +30,47 @@ a `log_prob_hvp` call in the same measurements).
 
 import tensorflow as tf
 
-from tfp_hessian import sweep
+from tfp_hessian import compiled, sweep
 
 __all__ = ["hessian_operator", "log_prob_hvp"]
 
 
-def log_prob_hvp(distribution, z, v, name="log_prob_hvp"):
+@compiled.when_eager
+def log_prob_hvp(distribution, z, v, name="log_prob_hvp", **kwargs):
   """Hessian–vector products `∇²_z log q(z) · v` per point, never forming the Hessian.
 
   Args:
-    distribution: a distribution over vectors, as in `tfp_hessian.log_prob_hessian` (any bijector works: the
-      products are taken by autodiff of `distribution.log_prob`).
-    z: `[*batch, D]` points, of the distribution's dtype.
-    v: `[*batch, D]` vectors, one per point, of the same dtype; a shape that broadcasts to the points' shape
-      (e.g. `[D]`, one vector for every point) is accepted.
+    distribution: as in `tfp_hessian.log_prob_hessian` (any bijector works: the products are taken by autodiff
+      of `distribution.log_prob`).
+    z: points, as `distribution.log_prob` takes them (`[*batch, D]` for vector events).
+    v: `[*batch, n]` vectors over the flat event (`tfp_hessian.flatten_event`), one per point, of the same
+      dtype; a shape that broadcasts to the points' (e.g. `[n]`, one vector for every point) is accepted.
     name: name scope of the ops.
+    **kwargs: as `distribution.log_prob` takes them (`bijector_kwargs`, `distribution_kwargs`).
 
   Returns:
-    `[*batch, D]`: `[..., i] = Σ_j ∂² log q(z) / ∂z_i ∂z_j · v_j`, where `*batch` is the broadcast of `z`'s batch
-    shape and the distribution's (as for `log_prob_hessian`).
+    `[*batch, n]`: `[..., i] = Σ_j ∂² log q(z) / ∂z_i ∂z_j · v_j` over the flat event, where `*batch` is the
+    broadcast of `z`'s batch shape and the distribution's (as for `log_prob_hessian`).
 
   Raises:
     TypeError: if `z` or `v` is not of the distribution's dtype.
-    ValueError: if `z` is not `[*batch, D]`, or `v` does not broadcast to the points' shape `[*batch, D]`.
+    ValueError: if `z` is not of the distribution's events, or `v` does not broadcast to the flat points'
+      shape `[*batch, n]`.
 
   >>> flow = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(3)), tfb.Softplus())
   >>> log_prob_hvp(flow, flow.sample(5), tf.ones([5, 3])).shape
   TensorShape([5, 3])
   """
   with tf.name_scope(name):
-    z = sweep._points(distribution, z)  # pylint: disable=protected-access
-    v = tangents(z, v)
-    # A fresh tensor: TFP caches the inverse of tensors it sampled, which would cut `z` off the tape.
-    return reverse_over_reverse(distribution, tf.identity(z), v)
+    z, log_prob = sweep.flat_log_prob(distribution, z, kwargs)
+    return reverse_over_reverse(log_prob, z, tangents(z, v))
 
 
 def tangents(z, v):
   """`v` as a tensor of `z`'s dtype and shape `[*batch, D]` (broadcast if it must), or a clear error.
 
   Args:
-    z: validated `[*batch, D]` points (from `sweep._points`).
+    z: validated flat `[*batch, n]` points (from `sweep.flat_log_prob`).
     v: the vectors given by the user.
   """
   dtype = z.dtype
@@ -94,7 +95,7 @@ def tangents(z, v):
 def forward_over_reverse(distribution, z, v):
   """`H v` as `reverse_over_reverse`, by a `ForwardAccumulator` over the tape gradient (for the benchmark).
 
-  Every point must be its own (broadcast to the distribution's batch shape, as `sweep._points` does): the tape
+  Every point must be its own (broadcast to the distribution's batch shape, as `sweep.points` does): the tape
   differentiates the summed log density, which is per point only then. Fails inside `tf.function` on flows with a
   `tf.while_loop` in `log_prob` (see the module docstring).
   """
@@ -106,7 +107,7 @@ def forward_over_reverse(distribution, z, v):
   return accumulator.jvp(gradient, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def hessian_operator(distribution, z, name="hessian_operator"):
+def hessian_operator(distribution, z, name="hessian_operator", **kwargs):
   """The map `v ↦ ∇²_z log q(z) · v` at fixed points, linearized once for many products.
 
   `distribution.log_prob` and its gradient run once, here, on a persistent tape; each call of the returned
@@ -115,21 +116,21 @@ def hessian_operator(distribution, z, name="hessian_operator"):
 
   Args:
     distribution: as in `log_prob_hvp`.
-    z: `[*batch, D]` points, of the distribution's dtype.
+    z: points, as `distribution.log_prob` takes them.
     name: name scope of the ops.
+    **kwargs: as `distribution.log_prob` takes them.
 
   Returns:
-    `(points, matvec)`: the validated points `[*batch, D]` (broadcast against the distribution's batch shape),
-    and a function taking `v` of the points' shape and dtype to `H v`, `[*batch, D]`.
+    `(points, matvec)`: the validated flat points `[*batch, n]` (broadcast against the distribution's batch
+    shape), and a function taking `v` of the flat points' shape and dtype to `H v`, `[*batch, n]`.
   """
   with tf.name_scope(name):
-    z = sweep._points(distribution, z)  # pylint: disable=protected-access
-    z = tf.identity(z)  # TFP's cache of sampled tensors would cut `z` off the tape.
+    z, log_prob_fn = sweep.flat_log_prob(distribution, z, kwargs)
     with tf.GradientTape(persistent=True) as outer:
       outer.watch(z)
       with tf.GradientTape() as inner:
         inner.watch(z)
-        log_prob = distribution.log_prob(z)
+        log_prob = log_prob_fn(z)
       gradient = inner.gradient(log_prob, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
   def matvec(v):
@@ -139,13 +140,19 @@ def hessian_operator(distribution, z, name="hessian_operator"):
   return z, matvec
 
 
-def reverse_over_reverse(distribution, z, v):
-  """`H v` on validated points `z` and tangents `v`, `[*batch, D]`, by differentiating `∇ log q · v` again."""
+def reverse_over_reverse(log_prob_fn, z, v):
+  """`H v` at flat points `z` and tangents `v`, `[*batch, n]`, by differentiating `∇ log q · v` again.
+
+  Args:
+    log_prob_fn: `z [*batch, n] -> log q [*batch]` (`sweep.flat_log_prob`).
+    z: `[*batch, n]`, each point its own (broadcast against the distribution's batch shape).
+    v: `[*batch, n]`.
+  """
   with tf.GradientTape() as outer:
     outer.watch(z)
     with tf.GradientTape() as inner:
       inner.watch(z)
-      log_prob = distribution.log_prob(z)
+      log_prob = log_prob_fn(z)
     gradient = inner.gradient(log_prob, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     directional = tf.reduce_sum(gradient * v)
   return outer.gradient(directional, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)

@@ -34,9 +34,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tf_keras
+import tensorflow_probability as tfp
 from tensorflow.core.framework import summary_pb2
 
-from tfp_hessian import sampling, sweep
+from tfp_hessian import private_api, sampling, sweep
 from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
 
 __all__ = ["HessianSpectrumCallback", "Keras3HessianSpectrumCallback"]
@@ -48,7 +49,7 @@ class _HessianSpectrumMonitor:
   """The callbacks' implementation, independent of which Keras calls it (see `HessianSpectrumCallback`)."""
 
   def __init__(self, distribution, points=None, num_samples=None, every_n_epochs=1, seed=None, resample=False,
-               initial=True, log_dir=None, prefix="hessian/", keep_eigenvectors=True):
+               initial=True, log_dir=None, prefix="hessian/", keep_eigenvectors=True, log_prob_kwargs=None):
     super().__init__()
     if (points is None) == (num_samples is None):
       raise ValueError("Give exactly one of `points` (fixed points) and `num_samples` (fresh samples of the "
@@ -69,17 +70,20 @@ class _HessianSpectrumMonitor:
     self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0] >> 1)  # a non-negative int32
     self._writer = None
     self._before_training = False
-    get_distribution = distribution if callable(distribution) else lambda: distribution
+    log_prob_kwargs = dict(log_prob_kwargs or {})
+    is_distribution = isinstance(distribution, (tfp.distributions.Distribution, private_api.DeferredModule))
+    get_distribution = distribution if callable(distribution) and not is_distribution else lambda: distribution
     # Traced here, once: a misfit distribution or points raise the library's error now, not after an epoch,
     # and every epoch then runs the same graph. The stateless seed is an argument, so resampling never retraces.
     if points is None:
       def compute(seed):
-        _, hessian = sampling.sample_and_log_prob_hessian(get_distribution(), num_samples, seed=seed)
+        _, hessian = sampling.sample_and_log_prob_hessian(get_distribution(), num_samples, seed=seed,
+                                                          **log_prob_kwargs)
         return eigendecomposition(hessian)
     else:
       def compute(seed):
         del seed
-        return eigendecomposition(sweep.log_prob_hessian(get_distribution(), points))
+        return eigendecomposition(sweep.log_prob_hessian(get_distribution(), points, **log_prob_kwargs))
     self._compute = tf.function(compute, input_signature=[tf.TensorSpec([2], tf.int32)], autograph=False)
     self._compute.get_concrete_function()
 
@@ -200,8 +204,9 @@ _DOC = """Records the Hessian spectrum of a flow every `every_n_epochs` epochs o
       the number of epochs trained. Records accumulate over several `fit` calls.
 
   Args:
-    distribution: the flow being trained: a `tfd.Distribution` over vectors whose parameters are the model's
-      variables, or a zero-argument callable returning it. The callable is called inside the traced function,
+    distribution: the flow being trained: a `tfd.Distribution` (or `DeferredModule`) whose parameters are the
+      model's variables, or a zero-argument callable returning it. Events of any structure are taken over their
+      flat event (`tfp_hessian.flatten_event`), of size `D`. The callable is called inside the traced function,
       so it must build the distribution from the variables themselves (as a layer's `call` does), not return a
       snapshot of their values.
     points: `[*batch, D]` fixed points of the distribution's dtype, captured when the callback is constructed.
@@ -218,6 +223,8 @@ _DOC = """Records the Hessian spectrum of a flow every `every_n_epochs` epochs o
       installed to write them.
     prefix: prefix of the keys in `logs` and of the TensorBoard tags.
     keep_eigenvectors: keep the eigenvectors in `spectra` (`P · D²` numbers per record); False keeps None.
+    log_prob_kwargs: keyword arguments of `log_prob` (and `sample`), e.g. `{{"bijector_kwargs":
+      {{"conditional_input": c}}}}` for a conditional flow, fixed for the whole training.
 
   Raises:
     ValueError: unless exactly one of `points` and `num_samples` is given; if `every_n_epochs` or `num_samples`

@@ -130,7 +130,7 @@ def density_with_directions(distribution, points, hessians=None, ax=None, extent
     ValueError: if `distribution` is not over R² or `points`, `hessians` or `extent` have the wrong shape.
   """
   _, collections, lines = _matplotlib()
-  size = sweep.check_distribution(distribution)
+  size = sweep.check_distribution(distribution).size
   if size != 2 or distribution.batch_shape.rank != 0:
     raise ValueError(f"`distribution` must have event shape [2] and batch shape []; got event shape "
                      f"{distribution.event_shape}, batch shape {distribution.batch_shape}.")

@@ -14,7 +14,9 @@ cost the structure allows, together with its inverse map (``invert``), which ``I
 which bijector produced them, nor anything about chains.
 
 Shapes: points are ``[*batch, D]``; gradients ``[*batch, D]``; Hessians ``[*batch, D, D]``. Quantities that are
-the same for every point (an affine layer's matrix) keep a smaller batch shape and broadcast.
+the same for every point (an affine layer's matrix) keep a smaller batch shape and broadcast. Events of another
+rank or structure (``events.py``) are flat here: gradients and Hessians are over the flat event, and only ``x``,
+which the next bijector takes, keeps the event's own structure (``x_layout`` says how it flattens).
 """
 
 import abc
@@ -23,13 +25,15 @@ import copy
 import tensorflow as tf
 
 from tfp_hessian import conditioners
+from tfp_hessian.events import EventLayout
 
 __all__ = [
     "Pullback",
     "ElementwisePullback",
     "LinearPullback",
     "PermutationPullback",
-    "DensePullback",
+    "AutodiffPullback",
+    "BlockPullback",
     "InvertedPullback",
     "ComposedPullback",
     "ConditionedAffinePullback",
@@ -91,11 +95,6 @@ def _transpose_times(matrix, vector):
   return tf.reduce_sum(matrix * vector[..., tf.newaxis], axis=-2)
 
 
-def _contract(vector, tensor):
-  """`Σ_k v_k T[k]` for `T` of shape `[*batch, D, D, D]`."""
-  return tf.einsum("...k,...kij->...ij", vector, tensor)
-
-
 def _subtract_contraction(hess, conditioner, weights):
   """`hess - Σ_p w_p ∇²o_p` of a conditioner, through its factors where it has them."""
   factors = conditioner.factors(weights)
@@ -106,17 +105,42 @@ def _subtract_contraction(hess, conditioner, weights):
   return hess
 
 
+def _broadcast_batches(tensors, event_ndims):
+  """`tensors` broadcast to their common batch shape (all but the last `event_ndims` axes)."""
+  batches = [t.shape[:t.shape.rank - event_ndims] for t in tensors]
+  if batches[0].is_fully_defined() and all(batch == batches[0] for batch in batches):
+    return tensors
+  batch = tf.shape(tensors[0])[:-event_ndims]
+  for t in tensors[1:]:
+    batch = tf.broadcast_dynamic_shape(batch, tf.shape(t)[:-event_ndims])
+  return [tf.broadcast_to(t, tf.concat([batch, tf.shape(t)[-event_ndims:]], 0)) for t in tensors]
+
+
 class Pullback(abc.ABC):
   """Second-order local model of a bijector's inverse `x = h(y)` at a batch of points.
 
   Attributes:
-    x: `[*batch, D]`, the inverse image `h(y)`.
+    x: the inverse image `h(y)` as the bijector gives it: `[*batch, D]` for vector events, else a tensor or
+      structure of tensors of the event's layout `x_layout`.
     ildj: `[*batch]` (or broadcastable to it), `log|det ∂h/∂y|` at `y`.
+    x_layout: the `EventLayout` of `x`; the maps below take gradients and Hessians over its flat event.
   """
 
-  def __init__(self, x, ildj):
+  def __init__(self, x, ildj, x_layout=None):
     self.x = x
     self.ildj = ildj
+    self._x_layout = x_layout
+
+  @property
+  def x_layout(self):
+    if self._x_layout is None:
+      self._x_layout = EventLayout.vector(self.x.shape[-1])
+    return self._x_layout
+
+  @property
+  def flat_x(self):
+    """`x` as `[*batch, n_x]` (`x` itself for vector events)."""
+    return self.x_layout.flatten(self.x)
 
   @abc.abstractmethod
   def __call__(self, grad, hess):
@@ -126,32 +150,42 @@ class Pullback(abc.ABC):
   def invert(self, grad, hess):
     """The inverse map: `(∇G, ∇²G)` at `y` to `(∇F, ∇²F)` at `x`."""
 
+  def jacobian_transpose_times(self, matrix):
+    """`Jᵀ M` for `M` of shape `[*batch, n_x, k]`: `[*batch, n_y, k]`. Structured pullbacks do it cheaper."""
+    return tf.linalg.matmul(self.jacobian(), matrix, adjoint_a=True)
+
+  def jacobian_inverse_transpose_times(self, matrix):
+    """`J⁻ᵀ M` for `M` of shape `[*batch, n_y, k]` (square `J` only): `[*batch, n_x, k]`."""
+    return _solve_adjoint(self.jacobian(), matrix)
+
   def _basis_pullback(self):
     """`p(e_k, 0) - p(0, 0)` for every basis vector `e_k`, with `k` on a new leading axis.
 
     By the pullback formula this is `(Jᵀ e_k, Σ_m (e_k)_m ∇²h_m) = (J[k, :], ∇²h_k)`: the Jacobian and the
     second-derivative tensor of any pullback, structured or composed, from its map alone.
     """
-    x = self.x
+    x = self.flat_x
     d = tf.shape(x)[-1]
     ones = tf.ones([x.shape.rank - 1], tf.int32)
     basis = tf.reshape(tf.eye(d, dtype=x.dtype), tf.concat([[d], ones, [d]], 0))
     zero_hess = tf.zeros(tf.concat([[1], ones, [d, d]], 0), x.dtype)
     grad, hess = self(basis, zero_hess)
     grad0, hess0 = self(tf.zeros_like(x), zero_hess[0])
-    shape = tf.concat([[d], tf.shape(x)], 0)
-    grad = tf.broadcast_to(grad - grad0, shape)
-    hess = tf.broadcast_to(hess - hess0, tf.concat([shape, [d]], 0))
+    grad, hess = grad - grad0, hess - hess0
+    # [n_x, *batch, n_y]: the y side may be larger than the x side (a bijector that drops coordinates).
+    shape = tf.concat([[d], tf.shape(x)[:-1], tf.shape(grad)[-1:]], 0)
+    grad = tf.broadcast_to(grad, shape)
+    hess = tf.broadcast_to(hess, tf.concat([shape, tf.shape(hess)[-1:]], 0))
     rank = x.shape.rank
     return (tf.transpose(grad, list(range(1, rank)) + [0, rank]),
             tf.transpose(hess, list(range(1, rank)) + [0, rank, rank + 1]))
 
   def jacobian(self):
-    """`∂h/∂y`, shape `[*batch, D, D]`: `[..., k, i] = ∂x_k/∂y_i`."""
+    """`∂h/∂y`, shape `[*batch, n_x, n_y]`: `[..., k, i] = ∂x_k/∂y_i` over the flat events."""
     return self._basis_pullback()[0]
 
   def hessian(self):
-    """`∂²h/∂y²`, shape `[*batch, D, D, D]`: `[..., k, i, j] = ∂²x_k/∂y_i∂y_j`.
+    """`∂²h/∂y²`, shape `[*batch, n_x, n_y, n_y]`: `[..., k, i, j] = ∂²x_k/∂y_i∂y_j`.
 
     For inspection and tests: the sweep never forms this tensor.
     """
@@ -159,28 +193,42 @@ class Pullback(abc.ABC):
 
   def ildj_derivatives(self):
     """`(∇ ildj, ∇² ildj)` at `y`: the pullback of the zero density."""
-    zeros = tf.zeros_like(self.x)
+    zeros = tf.zeros_like(self.flat_x)
     return self(zeros, _outer(zeros, zeros))
 
 
 class ElementwisePullback(Pullback):
   """`h` acts coordinate by coordinate: `x_i = φ(y_i)`.
 
-  Every derivative is a vector of the points' shape; ``None`` states that a term is identically zero (or, for
-  ``d1``, one), so affine and shift layers skip the work.
+  Every derivative is given in the shape of `x` (or broadcasting to it: a scalar parameter gives a scalar);
+  ``None`` states that a term is identically zero (or, for ``d1``, one), so affine and shift layers skip the
+  work. For events that are not vectors the terms are flattened as `x` is, so the maps see one vector per point.
 
   Args:
-    x: `[*batch, D]`, `φ(y)`.
-    ildj: `Σ_i log|φ'(y_i)|`.
+    x: `φ(y)`, `[*batch, *event]`.
+    ildj: `Σ_i log|φ'(y_i)|` over the event.
     d1: `φ'(y)`. `None` means 1.
     d2: `φ''(y)`. `None` means 0.
     dlog1: `(log|φ'|)'(y) = φ''/φ'`. `None` means 0.
     dlog2: `(log|φ'|)''(y) = φ'''/φ' - (φ''/φ')²`. `None` means 0.
+    x_layout: the layout of `x` (one tensor of any event rank); None for a vector.
   """
 
-  def __init__(self, x, ildj, d1=None, d2=None, dlog1=None, dlog2=None):
-    super().__init__(x, ildj)
-    self.d1, self.d2, self.dlog1, self.dlog2 = d1, d2, dlog1, dlog2
+  def __init__(self, x, ildj, d1=None, d2=None, dlog1=None, dlog2=None, x_layout=None):
+    super().__init__(x, ildj, x_layout)
+    self.d1, self.d2, self.dlog1, self.dlog2 = (None if t is None else self._flat(t)
+                                                for t in (d1, d2, dlog1, dlog2))
+
+  def _flat(self, term):
+    """`term` in the shape of `x`, flat: rows and columns then scale alike whatever the term broadcast."""
+    x = self.x
+    if term.shape != x.shape:
+      shape = tf.broadcast_static_shape(term.shape, x.shape)
+      if shape.is_fully_defined():
+        term = tf.broadcast_to(term, shape)
+      else:
+        term = tf.broadcast_to(term, tf.broadcast_dynamic_shape(tf.shape(term), tf.shape(x)))
+    return self.x_layout.flatten(term)
 
   def _curvature(self, grad):
     """The diagonal `g ⊙ φ'' + (log|φ'|)''`, or None when it is zero."""
@@ -193,9 +241,11 @@ class ElementwisePullback(Pullback):
     curvature = self._curvature(grad)
     if self.d1 is not None:
       grad = grad * self.d1
-      # Row, then column: with one huge φ'_i the outer product φ'_i φ'_j would overflow, and 0 · inf is NaN
-      # in entries that are exactly zero.
-      hess = hess * self.d1[..., :, tf.newaxis] * self.d1[..., tf.newaxis, :]
+      # With one huge φ'_i the outer product φ'_i φ'_j overflows, and 0 · inf would be NaN in entries that are
+      # exactly zero; those stay zero, while a NaN φ' (a point outside the support) still makes its row NaN.
+      # (Scaling rows, then columns, would not do: in a graph grappler reorders the two products into this one.)
+      scale = _outer(self.d1, self.d1)
+      hess = tf.where(tf.math.is_nan(scale), scale, tf.math.multiply_no_nan(scale, hess))
     if self.dlog1 is not None:
       grad = grad + self.dlog1
     if curvature is not None:
@@ -214,65 +264,87 @@ class ElementwisePullback(Pullback):
       hess = hess / self.d1[..., :, tf.newaxis] / self.d1[..., tf.newaxis, :]
     return grad, hess
 
+  def jacobian_transpose_times(self, matrix):
+    return matrix if self.d1 is None else self.d1[..., :, tf.newaxis] * matrix
+
+  def jacobian_inverse_transpose_times(self, matrix):
+    return matrix if self.d1 is None else matrix / self.d1[..., :, tf.newaxis]
+
   def _vector(self, value, default):
-    return tf.broadcast_to(default if value is None else value, tf.shape(self.x))
+    return tf.broadcast_to(default if value is None else value, tf.shape(self.flat_x))
 
   def jacobian(self):
-    return tf.linalg.diag(self._vector(self.d1, tf.ones([], self.x.dtype)))
+    return tf.linalg.diag(self._vector(self.d1, tf.ones([], self.flat_x.dtype)))
 
   def hessian(self):
-    d2 = self._vector(self.d2, tf.zeros([], self.x.dtype))
-    eye = tf.eye(tf.shape(self.x)[-1], dtype=self.x.dtype)
+    x = self.flat_x
+    d2 = self._vector(self.d2, tf.zeros([], x.dtype))
+    eye = tf.eye(tf.shape(x)[-1], dtype=x.dtype)
     return tf.linalg.diag(d2)[..., tf.newaxis] * eye[:, tf.newaxis, :]
 
 
 class LinearPullback(Pullback):
   """`h` is affine: `x = M y + c` with one matrix `M` shared by the points (the layer's batch shape only).
 
-  The second-derivative terms vanish, so `∇G = Mᵀ ∇F` and `∇²G = Mᵀ ∇²F M`.
+  The second-derivative terms vanish, so `∇G = Mᵀ ∇F` and `∇²G = Mᵀ ∇²F M`. `M` may be rectangular (a bijector
+  between flat events of different sizes).
 
   Args:
-    x: `[*batch, D]`.
+    x: the inverse image, `[*batch, n_x]` or of layout `x_layout`.
     ildj: `log|det M|`.
-    matrix: `M = ∂x/∂y`, `[*layer_batch, D, D]`, formed once per call.
+    matrix: `M = ∂x/∂y`, `[*layer_batch, n_x, n_y]`, formed once per call.
     inverse_matrix: `M⁻¹`, the same shape; formed on first use by ``invert`` if not given.
+    x_layout: the layout of `x`; None for a vector.
   """
 
-  def __init__(self, x, ildj, matrix, inverse_matrix=None):
-    super().__init__(x, ildj)
+  def __init__(self, x, ildj, matrix, inverse_matrix=None, x_layout=None):
+    super().__init__(x, ildj, x_layout)
     self.matrix = matrix
     self._inverse_matrix = inverse_matrix
+
+  def _inverse(self):
+    if self._inverse_matrix is None:
+      self._inverse_matrix = tf.linalg.inv(self.matrix)
+    return self._inverse_matrix
 
   def __call__(self, grad, hess):
     m = self.matrix
     return _transpose_times(m, grad), tf.linalg.matmul(m, tf.linalg.matmul(hess, m), adjoint_a=True)
 
   def invert(self, grad, hess):
-    if self._inverse_matrix is None:
-      self._inverse_matrix = tf.linalg.inv(self.matrix)
-    m = self._inverse_matrix
+    m = self._inverse()
     return _transpose_times(m, grad), tf.linalg.matmul(m, tf.linalg.matmul(hess, m), adjoint_a=True)
 
+  def jacobian_transpose_times(self, matrix):
+    return tf.linalg.matmul(self.matrix, matrix, adjoint_a=True)
+
+  def jacobian_inverse_transpose_times(self, matrix):
+    return tf.linalg.matmul(self._inverse(), matrix, adjoint_a=True)
+
   def jacobian(self):
-    batch = tf.shape(self.x)[:-1]
+    batch = tf.shape(self.flat_x)[:-1]
     return tf.broadcast_to(self.matrix, tf.concat([batch, tf.shape(self.matrix)[-2:]], 0))
 
   def hessian(self):
-    d = tf.shape(self.x)[-1]
-    return tf.zeros(tf.concat([tf.shape(self.x), [d, d]], 0), self.x.dtype)
+    n_x, n_y = tf.shape(self.matrix)[-2], tf.shape(self.matrix)[-1]
+    return tf.zeros(tf.concat([tf.shape(self.flat_x)[:-1], [n_x, n_y, n_y]], 0), self.matrix.dtype)
 
 
 class PermutationPullback(Pullback):
   """`h` permutes coordinates: `x_i = y_{σ(i)}`; derivatives are gathered, at O(D²) per point.
 
+  Index bookkeeping between events of other layouts (`Reshape`, `Split`, `Restructure`, `Transpose`) is a
+  permutation of the flat events too.
+
   Args:
-    x: `[*batch, D]`.
+    x: `[*batch, D]`, or of layout `x_layout`.
     ildj: 0.
-    source: `σ` as an integer vector of length D, `x = gather(y, σ)`.
+    source: `σ` as an integer vector of length D, `x = gather(y, σ)` over the flat events.
+    x_layout: the layout of `x`; None for a vector.
   """
 
-  def __init__(self, x, ildj, source):
-    super().__init__(x, ildj)
+  def __init__(self, x, ildj, source, x_layout=None):
+    super().__init__(x, ildj, x_layout)
     self.source = source
     # ∂G/∂y_j = ∂F/∂x_{σ⁻¹(j)}.
     self._inverse_source = tf.math.invert_permutation(source)
@@ -292,50 +364,164 @@ class PermutationPullback(Pullback):
   def invert(self, grad, hess):
     return self._permute(grad, hess, self.source)
 
+  def jacobian_transpose_times(self, matrix):
+    return tf.gather(matrix, self._inverse_source, axis=-2)
+
+  def jacobian_inverse_transpose_times(self, matrix):
+    return tf.gather(matrix, self.source, axis=-2)
+
   def jacobian(self):
-    d = tf.shape(self.x)[-1]
-    matrix = tf.gather(tf.eye(d, dtype=self.x.dtype), self.source, axis=-2)
-    return tf.broadcast_to(matrix, tf.concat([tf.shape(self.x), [d]], 0))
+    x = self.flat_x
+    d = tf.shape(x)[-1]
+    matrix = tf.gather(tf.eye(d, dtype=x.dtype), self.source, axis=-2)
+    return tf.broadcast_to(matrix, tf.concat([tf.shape(x), [d]], 0))
 
   def hessian(self):
-    d = tf.shape(self.x)[-1]
-    return tf.zeros(tf.concat([tf.shape(self.x), [d, d]], 0), self.x.dtype)
+    x = self.flat_x
+    d = tf.shape(x)[-1]
+    return tf.zeros(tf.concat([tf.shape(x), [d, d]], 0), x.dtype)
 
 
-class DensePullback(Pullback):
-  """No structure: the full Jacobian and second-derivative tensor, O(D³) per point.
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+class AutodiffPullback(Pullback):
+  """Any differentiable `h`, given as a function of flat points, differentiated by nested tapes on it alone.
+
+  With `g` held fixed, the whole second-order term is the Hessian of one scalar,
+
+  .. math::
+
+      \\sum_k g_k ∇^2 h_k + ∇^2 ildj = ∇^2 (g \\cdot h + ildj),
+
+  so a call costs what nested tapes cost on this layer alone: its gradient and Jacobian from one recorded pass,
+  then `n_y` vectorised backward passes of that gradient. No `[n_x, n_y, n_y]` tensor is ever formed. The tapes
+  run when the pullback is applied, at the points broadcast against the incoming gradient's batch, so a
+  condition with more points than `y` gives each of its points its own derivatives.
 
   Args:
-    x: `[*batch, D]`.
+    fn: `y [*batch, n_y] -> (x [*batch, n_x], ildj [*batch])` on flat points, differentiable.
+    y: `[*batch, n_y]`, the flat points.
+    x: the inverse image as the bijector gives it (the next layer's input).
     ildj: `[*batch]`.
-    jacobian: `[*batch, D, D]`, `∂x_k/∂y_i`.
-    hessian: `[*batch, D, D, D]`, `∂²x_k/∂y_i∂y_j`.
-    ildj_gradient: `[*batch, D]`.
-    ildj_hessian: `[*batch, D, D]`.
+    x_layout: the layout of `x`; None for a vector.
   """
 
-  def __init__(self, x, ildj, jacobian, hessian, ildj_gradient, ildj_hessian):
-    super().__init__(x, ildj)
-    self._jacobian = jacobian
-    self._hessian = hessian
-    self._ildj_gradient = ildj_gradient
-    self._ildj_hessian = ildj_hessian
+  def __init__(self, fn, y, x, ildj, x_layout=None):
+    super().__init__(x, ildj, x_layout)
+    self._fn = fn
+    self._y = y
+    self._first = None  # (J, ∇ ildj) at y's own batch, for `invert` and inspection
+
+  def _derivatives(self, grad):
+    """`(Jᵀg + ∇ildj, J, ∇²(g·h + ildj))`, `[*batch, n_y]`, `[*batch, n_x, n_y]`, `[*batch, n_y, n_y]`."""
+    y, grad = _broadcast_batches([self._y, grad], 1)
+    batch_rank = y.shape.rank - 1
+    axes = list(range(batch_rank))
+    y = tf.identity(y)  # A fresh tensor: TFP's caches must not cut it off the tapes.
+    with tf.GradientTape() as outer:
+      outer.watch(y)
+      with tf.GradientTape(persistent=True) as inner:
+        inner.watch(y)
+        x, ildj = self._fn(y)
+        total = tf.reduce_sum(grad * x) + tf.reduce_sum(ildj)
+        x_summed = tf.reduce_sum(x, axis=axes)
+      gradient = inner.gradient(total, y, unconnected_gradients=_ZERO)
+      summed = tf.reduce_sum(gradient, axis=axes)
+    # Points are independent, so derivatives of sums over the batch are per-point ones.
+    hessian = _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
+    jacobian = _batch_first(inner.jacobian(x_summed, y, unconnected_gradients=_ZERO), batch_rank)
+    del inner
+    return gradient, jacobian, hessian
+
+  def _first_order(self):
+    if self._first is None:
+      gradient, jacobian, _ = self._derivatives(tf.zeros_like(self.flat_x))
+      self._first = jacobian, gradient
+    return self._first
 
   def __call__(self, grad, hess):
-    j = self._jacobian
-    return (_transpose_times(j, grad) + self._ildj_gradient,
-            tf.linalg.matmul(j, tf.linalg.matmul(hess, j), adjoint_a=True)
-            + _contract(grad, self._hessian) + self._ildj_hessian)
+    gradient, jacobian, curvature = self._derivatives(grad)
+    return gradient, tf.linalg.matmul(jacobian, tf.linalg.matmul(hess, jacobian), adjoint_a=True) + curvature
 
   def invert(self, grad, hess):
-    return _pull_forward(self._jacobian, grad - self._ildj_gradient, hess,
-                         lambda g: _contract(g, self._hessian) + self._ildj_hessian)
+    jacobian, ildj_gradient = self._first_order()
+    return _pull_forward(jacobian, grad - ildj_gradient, hess, lambda g: self._derivatives(g)[2])
 
   def jacobian(self):
-    return self._jacobian
+    return self._first_order()[0]
 
-  def hessian(self):
-    return self._hessian
+
+def _batch_first(jacobian, batch_rank):
+  """`[n, *batch, m]` (a jacobian of sums over the batch) to `[*batch, n, m]`."""
+  return tf.transpose(jacobian, list(range(1, batch_rank + 1)) + [0, batch_rank + 1])
+
+
+class BlockPullback(Pullback):
+  """Separate maps of disjoint blocks of coordinates (`JointMap`): a block-diagonal Jacobian.
+
+  Block `i` maps the flat coordinates `X_i` of `x` to `Y_i` of `y` by its own pullback `p_i` (Jacobian `J_i`).
+  The incoming Hessian may couple the blocks, so
+
+  .. math::
+
+      ∇G_{Y_i} = p_i(∇F_{X_i}), \\qquad ∇^2G_{Y_i Y_i} = p_i(∇F_{X_i}, ∇^2F_{X_i X_i}), \\qquad
+      ∇^2G_{Y_i Y_j} = J_i^T ∇^2F_{X_i X_j} J_j \\quad (i ≠ j).
+
+  Args:
+    blocks: the blocks' pullbacks, in the flat order of both events.
+    x: the inverse image, the structure of `x_layout`.
+    x_layout: its layout, the blocks' own layouts concatenated.
+    y_sizes: the flat size of each block on the `y` side.
+  """
+
+  def __init__(self, blocks, x, x_layout, y_sizes):
+    ildj = blocks[0].ildj
+    for block in blocks[1:]:
+      ildj = ildj + block.ildj
+    super().__init__(x, ildj, x_layout)
+    self.blocks = blocks
+    self._x_sizes = [block.x_layout.size for block in blocks]
+    self._y_sizes = list(y_sizes)
+
+  def _apply(self, grad, hess, sizes, diagonal, off_diagonal):
+    """Blocks `i` of `(grad, hess)` (of `sizes`) through `diagonal(p_i, g_i, H_ii)`, the cross blocks through
+    `off_diagonal(p_i, M)` on both sides."""
+    grads = tf.split(grad, sizes, axis=-1)
+    rows = [tf.split(row, sizes, axis=-1) for row in tf.split(hess, sizes, axis=-2)]
+    n = len(self.blocks)
+    out = [[None] * n for _ in range(n)]
+    out_grads = []
+    for i, block in enumerate(self.blocks):
+      g, out[i][i] = diagonal(block, grads[i], rows[i][i])
+      out_grads.append(g)
+    for i in range(n):
+      for j in range(i + 1, n):
+        cross = off_diagonal(self.blocks[i], rows[i][j])  # J_iᵀ H_ij
+        cross = off_diagonal(self.blocks[j], tf.linalg.matrix_transpose(cross))  # J_jᵀ H_ji J_i
+        out[j][i], out[i][j] = cross, tf.linalg.matrix_transpose(cross)
+    out_grads = _broadcast_batches(out_grads, 1)
+    flat = _broadcast_batches([block for row in out for block in row], 2)
+    rows = [tf.concat(flat[i * n:(i + 1) * n], axis=-1) for i in range(n)]
+    return tf.concat(out_grads, axis=-1), tf.concat(rows, axis=-2)
+
+  def __call__(self, grad, hess):
+    return self._apply(grad, hess, self._x_sizes, lambda block, g, h: block(g, h),
+                       lambda block, m: block.jacobian_transpose_times(m))
+
+  def invert(self, grad, hess):
+    return self._apply(grad, hess, self._y_sizes, lambda block, g, h: block.invert(g, h),
+                       lambda block, m: block.jacobian_inverse_transpose_times(m))
+
+  def jacobian_transpose_times(self, matrix):
+    parts = tf.split(matrix, self._x_sizes, axis=-2)
+    return tf.concat(_broadcast_batches([b.jacobian_transpose_times(p) for b, p in zip(self.blocks, parts)], 2),
+                     axis=-2)
+
+  def jacobian_inverse_transpose_times(self, matrix):
+    parts = tf.split(matrix, self._y_sizes, axis=-2)
+    return tf.concat(_broadcast_batches(
+        [b.jacobian_inverse_transpose_times(p) for b, p in zip(self.blocks, parts)], 2), axis=-2)
 
 
 class InvertedPullback(Pullback):
@@ -348,10 +534,11 @@ class InvertedPullback(Pullback):
   Args:
     inner: the pullback of `b` at `v`; its `x` is `u`.
     x: `v`, the point this pullback maps to.
+    x_layout: the layout of `v`; None for a vector.
   """
 
-  def __init__(self, inner, x):
-    super().__init__(x, -inner.ildj)
+  def __init__(self, inner, x, x_layout=None):
+    super().__init__(x, -inner.ildj, x_layout)
     self.inner = inner
 
   def __call__(self, grad, hess):
@@ -359,6 +546,12 @@ class InvertedPullback(Pullback):
 
   def invert(self, grad, hess):
     return self.inner(grad, hess)
+
+  def jacobian_transpose_times(self, matrix):
+    return self.inner.jacobian_inverse_transpose_times(matrix)
+
+  def jacobian_inverse_transpose_times(self, matrix):
+    return self.inner.jacobian_transpose_times(matrix)
 
 
 def _fuse_permutations(layers):
@@ -370,7 +563,8 @@ def _fuse_permutations(layers):
   """
   fused = []
   for layer in layers:
-    if (isinstance(layer, PermutationPullback) and fused
+    # Only a permutation between vectors: one into another layout (a `Reshape`) changes what `x` is.
+    if (isinstance(layer, PermutationPullback) and fused and layer.x_layout.is_vector
         and getattr(fused[-1], "permute_output", None) is not None):
       fused[-1] = fused[-1].permute_output(layer.source)
     else:
@@ -390,7 +584,7 @@ class ComposedPullback(Pullback):
     ildj = layers[0].ildj
     for layer in layers[1:]:
       ildj = ildj + layer.ildj  # Shapes differ: constant-Jacobian layers give a scalar.
-    super().__init__(layers[-1].x, ildj)
+    super().__init__(layers[-1].x, ildj, layers[-1].x_layout)
     self.layers = layers
 
   def __call__(self, grad, hess):
@@ -402,6 +596,16 @@ class ComposedPullback(Pullback):
     for layer in self.layers:
       grad, hess = layer.invert(grad, hess)
     return grad, hess
+
+  def jacobian_transpose_times(self, matrix):
+    for layer in reversed(self.layers):
+      matrix = layer.jacobian_transpose_times(matrix)
+    return matrix
+
+  def jacobian_inverse_transpose_times(self, matrix):
+    for layer in self.layers:
+      matrix = layer.jacobian_inverse_transpose_times(matrix)
+    return matrix
 
 
 class ConditionedAffinePullback(Pullback):

@@ -1,21 +1,38 @@
 """Which pullback rule serves which bijector.
 
-A *rule* is a function `rule(bijector, y) -> Pullback` (see `pullback.py`) for one TFP bijector class. Rules are
-registered against TFP's own classes, so a trained, stock `tfb.Softplus` needs no rebuilding; the subclasses in
-`tfp_hessian.bijectors` find the same rules through their method resolution order.
+A *rule* is a function `rule(bijector, y, layout, kwargs) -> Pullback` (see `pullback.py`) for one TFP bijector
+class: `y` the points (a tensor or structure of tensors of the event layout `layout`, `events.py`) and `kwargs`
+the keyword arguments `bijector.inverse` takes (a condition). Rules are registered against TFP's own classes, so
+a trained, stock `tfb.Softplus` needs no rebuilding; the subclasses in `tfp_hessian.bijectors` find the same rules
+through their method resolution order.
 
-A *forward rule* `rule(bijector, x) -> Pullback` gives the pullback of `Invert(bijector)` at `x` from the
-bijector's forward direction directly. `Invert` prefers it to running the inverse rule backwards: it needs no
-point `bijector.forward(x)` to be inverted again, which keeps full precision at the edges of the support.
+Each rule says which events it serves (`events`):
+
+- `"vector"`: one vector per point, `[*batch, D]`: coupling, autoregressive and matrix layers;
+- `"coordinatewise"`: one tensor of any event rank: bijectors acting on each coordinate alone;
+- `"any"`: any layout, structures included: index bookkeeping, `JointMap`, `Chain`, `Invert`.
+
+A bijector applied to an event its rule does not serve (a matrix layer on matrix events), or without a rule,
+gets the autodiff fallback: exact, at the cost of nested tapes on that layer alone.
+
+A *forward rule* `forward(bijector, x, layout, kwargs) -> Pullback` gives the pullback of `Invert(bijector)` at
+`x` from the bijector's forward direction directly. `Invert` prefers it to running the inverse rule backwards: it
+needs no point `bijector.forward(x)` to be inverted again, which keeps full precision at the edges of the support.
 
 A subclass inherits its ancestor's rule only if it leaves the ancestor's math alone: a user's `tfb.Softplus`
 subclass that overrides `_inverse` gets the autodiff fallback, never a silently wrong analytic rule. A bijector
-can also carry its own rule as a `_hessian_pullback(y)` method.
+of vector events can also carry its own rule as a `_hessian_pullback(y, **kwargs)` method.
 """
+
+import dataclasses
+from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfp_hessian.events import EventLayout
+
 __all__ = [
+    "Rule",
     "register",
     "register_forward",
     "register_fallback",
@@ -28,44 +45,73 @@ __all__ = [
     "validate",
 ]
 
+_EVENTS = ("vector", "coordinatewise", "any")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """How one bijector class is served.
+
+  Attributes:
+    pullback: `(bijector, y, layout, kwargs) -> Pullback` at points `y`; None if only `forward` is known.
+    events: which event layouts `pullback` serves: "vector", "coordinatewise" or "any" (module docstring).
+    forward: `(bijector, x, layout, kwargs) -> Pullback` of `Invert(bijector)` at `x`, or None.
+    applies: `(bijector, layout) -> bool`; where False the bijector gets the fallback instead. None: always.
+    validate: `(bijector, layout, kwargs) -> None`, raising from static information only if the rule cannot
+      serve this bijector at this event with these kwargs; the sweep calls it for every layer before any runs.
+  """
+
+  pullback: Optional[Callable] = None
+  events: str = "vector"
+  forward: Optional[Callable] = None
+  applies: Optional[Callable] = None
+  validate: Optional[Callable] = None
+
+  def serves(self, bijector, layout):
+    if self.pullback is None or (self.applies is not None and not self.applies(bijector, layout)):
+      return False
+    if self.events == "vector":
+      return layout.is_vector
+    if self.events == "coordinatewise":
+      return layout.is_single
+    return True
+
+
 _RULES = {}
-_FORWARD_RULES = {}
-_APPLIES = {}
-_VALIDATORS = {}
 _FALLBACK = []
 
 # The methods whose override changes a bijector's math (and so voids an inherited rule).
 _MATH_METHODS = ("_forward", "_inverse", "_forward_log_det_jacobian", "_inverse_log_det_jacobian")
 
 
-def register(*bijector_classes, applies=None, validate=None):
-  """Decorator: registers `rule(bijector, y) -> Pullback` for the given TFP bijector classes.
+def register(*bijector_classes, events="vector", applies=None, validate=None):
+  """Decorator: registers `rule(bijector, y, layout, kwargs) -> Pullback` for the given TFP bijector classes.
 
   Args:
     *bijector_classes: the TFP classes the rule serves (and their subclasses that keep their math).
-    applies: optional `bijector -> bool`; where it is False the bijector gets the fallback instead.
-    validate: optional `bijector -> None` that raises, from static information only, if the rule cannot
-      serve this bijector; the sweep calls it for every layer before any computation starts.
+    events: the event layouts the rule serves: "vector", "coordinatewise" or "any".
+    applies: optional `(bijector, layout) -> bool`; where it is False the bijector gets the fallback instead.
+    validate: optional `(bijector, layout, kwargs) -> None` that raises, from static information only, if the
+      rule cannot serve this bijector; the sweep calls it for every layer before any computation starts.
   """
+  if events not in _EVENTS:
+    raise ValueError(f"`events` must be one of {_EVENTS}; got {events!r}.")
 
   def decorate(rule):
     for cls in bijector_classes:
-      _RULES[cls] = rule
-      if applies is not None:
-        _APPLIES[cls] = applies
-      if validate is not None:
-        _VALIDATORS[cls] = validate
+      _RULES[cls] = dataclasses.replace(_RULES.get(cls, Rule()), pullback=rule, events=events, applies=applies,
+                                        validate=validate)
     return rule
 
   return decorate
 
 
 def register_forward(*bijector_classes):
-  """Decorator: registers `rule(bijector, x) -> Pullback` of `Invert(bijector)` at `x`."""
+  """Decorator: registers `rule(bijector, x, layout, kwargs) -> Pullback` of `Invert(bijector)` at `x`."""
 
   def decorate(rule):
     for cls in bijector_classes:
-      _FORWARD_RULES[cls] = rule
+      _RULES[cls] = dataclasses.replace(_RULES.get(cls, Rule()), forward=rule)
     return rule
 
   return decorate
@@ -77,65 +123,83 @@ def register_fallback(rule):
   return rule
 
 
-def _find(table, bijector):
-  """The entry for the nearest registered ancestor of `bijector`'s class, if the class keeps its math."""
+def _find(bijector):
+  """The `Rule` of the nearest registered ancestor of `bijector`'s class, if the class keeps its math."""
   cls = type(bijector)
   for ancestor in cls.__mro__:
-    if ancestor in table:
+    if ancestor in _RULES:
       keeps_math = all(getattr(cls, m, None) is getattr(ancestor, m, None) for m in _MATH_METHODS)
-      return ancestor if keeps_math else None
+      return _RULES[ancestor] if keeps_math else None
   return None
 
 
-def _analytic_rule(bijector):
+def _own_rule(bijector):
+  """A `_hessian_pullback(y, **kwargs)` method on the bijector itself, as a rule of vector events."""
   own = getattr(bijector, "_hessian_pullback", None)
-  if own is not None:
-    return lambda _, y: own(y)
-  ancestor = _find(_RULES, bijector)
-  if ancestor is None or not _APPLIES.get(ancestor, lambda _: True)(bijector):
+  if own is None:
     return None
-  return _RULES[ancestor]
+  return Rule(pullback=lambda _, y, layout, kwargs: own(y, **kwargs), events="vector")
 
 
-def validate(bijector):
-  """Raises if `bijector`'s rule cannot serve it (e.g. a batch-dependent layer); static checks only."""
-  ancestor = _find(_VALIDATORS, bijector)
-  if ancestor is not None:
-    _VALIDATORS[ancestor](bijector)
+def _analytic_rule(bijector, layout):
+  rule = _own_rule(bijector) or _find(bijector)
+  return rule if rule is not None and rule.serves(bijector, layout) else None
 
 
-def has_analytic_rule(bijector):
-  """True if `bijector` is served by an analytic rule rather than the autodiff fallback."""
-  return _analytic_rule(bijector) is not None
+_VECTOR = EventLayout.vector(1)  # Any vector: rules tell vectors apart by layout kind, never by size.
 
 
-def forward_rule(bijector):
-  """The forward rule of `bijector` (for `Invert(bijector)`), or None."""
-  ancestor = _find(_FORWARD_RULES, bijector)
-  return None if ancestor is None else _FORWARD_RULES[ancestor]
+def validate(bijector, layout, kwargs):
+  """Raises if `bijector` cannot be served at `layout` with `kwargs` (static checks only)."""
+  rule = _analytic_rule(bijector, layout)
+  if rule is not None and rule.validate is not None:
+    rule.validate(bijector, layout, kwargs)
 
 
-def fallback(bijector, y):
+def has_analytic_rule(bijector, layout=None):
+  """True if `bijector` (at events of `layout`, a vector by default) is served by an analytic rule."""
+  return _analytic_rule(bijector, _VECTOR if layout is None else layout) is not None
+
+
+def forward_rule(bijector, layout=None):
+  """The forward rule of `bijector` (for `Invert(bijector)`) at events of `layout` (a vector by default), or None."""
+  rule = _find(bijector)
+  if rule is None or rule.forward is None:
+    return None
+  return rule.forward if dataclasses.replace(rule, pullback=rule.forward).serves(
+      bijector, _VECTOR if layout is None else layout) else None
+
+
+def fallback(bijector, y, layout, kwargs):
   """The autodiff pullback of `bijector` at `y`, whatever rules it has."""
   if not _FALLBACK:
     raise NotImplementedError(
         f"No Hessian rule for bijector {bijector.name!r} ({type(bijector).__name__}). Implement "
         "`_hessian_pullback(y)` on it, or register a rule with `tfp_hessian.registry.register`.")
-  return _FALLBACK[0](bijector, y)
+  return _FALLBACK[0](bijector, y, layout, kwargs)
 
 
-def lookup(bijector):
-  """The rule for `bijector`: its analytic rule if it has one, else the autodiff fallback."""
-  return _analytic_rule(bijector) or fallback
+def lookup(bijector, layout=None):
+  """The rule function for `bijector` at `layout` (a vector by default): its analytic rule, else the fallback."""
+  rule = _analytic_rule(bijector, _VECTOR if layout is None else layout)
+  return fallback if rule is None else rule.pullback
 
 
-def pullback(bijector, y):
-  """The pullback of `bijector` at points `y` (`[*batch, D]`), by whichever rule serves it."""
+def pullback(bijector, y, layout, kwargs=None):
+  """The pullback of `bijector` at points `y` of event layout `layout`, by whichever rule serves it.
+
+  Args:
+    bijector: the layer.
+    y: its points, `[*batch, *event]` or a structure of such tensors, as `layout` describes.
+    layout: the `EventLayout` of `y`.
+    kwargs: the keyword arguments of `bijector.inverse` (a `dict`; None for none).
+  """
+  kwargs = {} if kwargs is None else kwargs
   # The name scope puts the bijector's name into the node names a graph-mode error reports; eagerly, an
   # error raised inside (a `validate_args` assertion) is given the bijector's name here.
   with tf.name_scope(f"{bijector.name}_pullback"):
     try:
-      return lookup(bijector)(bijector, y)
+      return lookup(bijector, layout)(bijector, y, layout, kwargs)
     except tf.errors.InvalidArgumentError as error:
       raise type(error)(error.node_def, error.op, f"{error.message}\n  raised by bijector {bijector.name!r} "
                         f"({type(bijector).__name__}) at its inverse") from error
@@ -143,4 +207,4 @@ def pullback(bijector, y):
 
 def analytic_bijectors():
   """Names of the TFP bijector classes with an analytic rule, sorted."""
-  return sorted({cls.__name__.lstrip("_") for cls in _RULES})
+  return sorted({cls.__name__.lstrip("_") for cls, rule in _RULES.items() if rule.pullback is not None})

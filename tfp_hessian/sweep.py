@@ -14,6 +14,11 @@ A flow `TransformedDistribution(base, f)` with inverse `h = f⁻¹` written as a
 
 `(g_K, H_K)` are the gradient and Hessian of `log q` at `z`. Which structured map each layer applies is the
 registry's business (`registry.py`); the sweep only composes them.
+
+Events of any rank or structure are flat here (`events.py`): gradients and Hessians are over the flat event,
+while each layer takes and gives its points in their own structure. Keyword arguments go where
+`distribution.log_prob(z, **kwargs)` sends them: each `TransformedDistribution` splits them into its bijector's
+(`bijector_kwargs`) and its base's (`distribution_kwargs`), a `Chain` passes its members theirs by name.
 """
 
 import collections
@@ -21,154 +26,141 @@ import collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.distributions import transformed_distribution as td_lib
 
-from tfp_hessian import bases, registry
-from tfp_hessian.bijectors import autodiff
+from tfp_hessian import bases, compiled, events, private_api, registry
 
 tfd = tfp.distributions
 
 __all__ = ["LogProbDerivatives", "log_prob_and_derivatives", "log_prob_hessian"]
 
-# TFP builds this private base (not the public subclass) when a member is not a CompositeTensor.
-_TRANSFORMED = td_lib._TransformedDistribution  # pylint: disable=protected-access
-
 LogProbDerivatives = collections.namedtuple("LogProbDerivatives", ["log_prob", "gradient", "hessian"])
-LogProbDerivatives.__doc__ = """Value `[*batch]`, gradient `[*batch, D]` and Hessian `[*batch, D, D]` of log q(z)."""
+LogProbDerivatives.__doc__ = """Value `[*batch]`, gradient `[*batch, n]` and Hessian `[*batch, n, n]` of log q(z)."""
 
 
-def _unwrap(distribution):
-  """`(bijectors, base)`: the flow's bijectors from the `z` side, and the base its sweep starts from."""
-  bijectors = []
-  while isinstance(distribution, _TRANSFORMED) and not bases.has_closed_form(distribution):
-    bijectors.append(distribution.bijector)
-    distribution = distribution.distribution
-  return bijectors, distribution
+def _unwrap(distribution, kwargs):
+  """`(layers, base, base_kwargs)`: the flow's `(bijector, its kwargs)` from the `z` side, the base and its kwargs."""
+  layers = []
+  while isinstance(distribution, private_api.TRANSFORMED) and not bases.has_closed_form(distribution):
+    distribution_kwargs, bijector_kwargs = private_api.kwargs_split(distribution, kwargs)
+    layers.append((distribution.bijector, dict(bijector_kwargs or {})))
+    kwargs = dict(distribution_kwargs or {})
+    distribution = private_api.resolve_deferred(distribution.distribution)
+  return layers, distribution, kwargs
 
 
-def _event_size(distribution):
+def check_distribution(distribution, kwargs=None):
+  """The `EventLayout` of a distribution the sweep supports, or a clear error before any computation.
+
+  Checks the dtype, the event shapes, and every layer with its kwargs (a condition of the wrong shape, a
+  `bijector_kwargs` name that is no bijector's) from static information only.
+  """
   if not isinstance(distribution, tfd.Distribution):
-    raise TypeError(f"`distribution` must be a tfp.distributions.Distribution; got {type(distribution).__name__}.")
-  event_shape = distribution.event_shape
-  if not isinstance(event_shape, tf.TensorShape) or event_shape.rank != 1 or event_shape[0] is None:
-    raise ValueError(
-        "tfp_hessian supports distributions over vectors (static event shape [D]); "
-        f"{distribution.name!r} has event shape {event_shape}. Wrap a scalar base in "
-        "`tfd.Independent(..., reinterpreted_batch_ndims=1)` or `tfd.Sample(..., D)`.")
-  return int(event_shape[0])
+    raise TypeError(f"`distribution` must be a tfp.distributions.Distribution (or a DeferredModule building one); "
+                    f"got {type(distribution).__name__}.")
+  for dtype in tf.nest.flatten(distribution.dtype):
+    if tf.as_dtype(dtype) not in (tf.float32, tf.float64):
+      names = tf.nest.map_structure(lambda d: tf.as_dtype(d).name, distribution.dtype)
+      raise TypeError(f"tfp_hessian supports float32 and float64 distributions; {distribution.name!r} has dtype "
+                      f"{names}.")
+  if len({tf.as_dtype(dtype) for dtype in tf.nest.flatten(distribution.dtype)}) != 1:
+    raise TypeError(f"tfp_hessian needs one dtype across the event's parts; {distribution.name!r} has dtypes "
+                    f"{distribution.dtype}.")
+  layout = events.layout_of_distribution(distribution)
+  layers, _, _ = _unwrap(distribution, {} if kwargs is None else kwargs)
+  static = layout
+  for bijector, bijector_kwargs in layers:
+    if static is None:
+      break
+    registry.validate(bijector, static, bijector_kwargs)
+    static = events.bijector_layout(bijector, static)
+  return layout
 
 
-def _check_structure(distribution, size):
-  """Raises before any computation if a layer or the base is outside what the sweep supports."""
-  bijectors, base = _unwrap(distribution)
-  event = tf.TensorShape([size])
-  for bijector in bijectors:
-    registry.validate(bijector)
-    min_ndims = bijector.forward_min_event_ndims
-    if not isinstance(min_ndims, (int, np.integer)) or min_ndims > 1:
-      raise NotImplementedError(
-          f"Bijector {bijector.name!r} ({type(bijector).__name__}) acts on events of rank "
-          f"{min_ndims}; tfp_hessian supports bijectors of vector events (rank 0 or 1) only.")
-    if bijector.inverse_event_shape(event) != event:
-      raise NotImplementedError(
-          f"Bijector {bijector.name!r} ({type(bijector).__name__}) changes the event shape "
-          f"{event} to {bijector.inverse_event_shape(event)}; tfp_hessian supports shape-preserving "
-          "bijectors of vector events only.")
-  _event_size(base)
+def dtype_of(distribution):
+  """The (single) floating dtype of `distribution`'s events."""
+  return tf.as_dtype(tf.nest.flatten(distribution.dtype)[0])
 
 
-def check_distribution(distribution):
-  """The event size D of a distribution the sweep supports, or a clear error before any computation."""
-  size = _event_size(distribution)
-  dtype = tf.as_dtype(distribution.dtype)
-  if dtype not in (tf.float32, tf.float64):
-    raise TypeError(f"tfp_hessian supports float32 and float64 distributions; {distribution.name!r} has dtype "
-                    f"{dtype.name}.")
-  _check_structure(distribution, size)
-  return size
+def points(distribution, z, kwargs=None):
+  """`(z, layout)`: `z` as tensors of the distribution's dtype and event layout, broadcast to `[*batch, *event]`.
+
+  `*batch` is the broadcast of `z`'s batch shape and the distribution's; a clear error for anything else.
+  """
+  layout = check_distribution(distribution, kwargs)
+  dtype = dtype_of(distribution)
+  parts = []
+  for part, shape in zip(layout.parts(z), layout.shapes):
+    # Arrays and tensors keep their own dtype (a hint would silently cast float64, int and bool arrays); only
+    # Python numbers and lists, which state none, take the distribution's.
+    part = tf.convert_to_tensor(part, dtype_hint=None if hasattr(part, "dtype") else dtype, name="z")
+    if not part.dtype.is_floating:
+      raise TypeError(f"`z` must be a floating-point tensor of dtype {dtype.name}; got dtype {part.dtype.name}.")
+    if part.dtype != dtype:
+      raise TypeError(f"`z` has dtype {part.dtype.name} but the distribution has dtype {dtype.name}.")
+    if layout.is_vector:
+      if part.shape.rank is None or part.shape.rank < 1:
+        raise ValueError(f"`z` must have shape [*batch, D] with D = {shape[0]}; got shape {part.shape}.")
+      if not part.shape[-1:].is_compatible_with(shape):
+        raise ValueError(f"`z` must have event size D = {shape[0]} (the distribution's event shape); got shape "
+                         f"{part.shape}, event size {part.shape[-1]}.")
+    elif part.shape.rank is None or part.shape.rank < shape.rank or (
+        shape.rank and not part.shape[-shape.rank:].is_compatible_with(shape)):
+      what = "`z`" if layout.is_single else f"part {len(parts)} of `z` (in tf.nest.flatten order)"
+      expected = f"[*batch, {', '.join(str(d) for d in shape.as_list())}]" if shape.rank else "[*batch]"
+      raise ValueError(f"{what} must have shape {expected} (the distribution's event {layout.describe()}); got "
+                       f"shape {part.shape}.")
+    if shape.rank:
+      part = tf.ensure_shape(part, part.shape[:-shape.rank].concatenate(shape))
+    parts.append(part)
+  z = layout.pack(parts)
+  return _broadcast_to_batch(distribution, z, layout), layout
 
 
-def _points(distribution, z):
-  """`z` as a tensor of the distribution's dtype and shape `[*batch, D]`, or a clear error."""
-  size = check_distribution(distribution)
-  dtype = tf.as_dtype(distribution.dtype)
-  # Arrays and tensors keep their own dtype (a hint would silently cast float64, int and bool arrays); only
-  # Python numbers and lists, which state none, take the distribution's.
-  z = tf.convert_to_tensor(z, dtype_hint=None if hasattr(z, "dtype") else dtype, name="z")
-  if not z.dtype.is_floating:
-    raise TypeError(f"`z` must be a floating-point tensor of dtype {dtype.name}; got dtype {z.dtype.name}.")
-  if z.dtype != dtype:
-    raise TypeError(f"`z` has dtype {z.dtype.name} but the distribution has dtype {dtype.name}.")
-  if z.shape.rank is None or z.shape.rank < 1:
-    raise ValueError(f"`z` must have shape [*batch, D] with D = {size}; got shape {z.shape}.")
-  if z.shape[-1] is not None and z.shape[-1] != size:
-    raise ValueError(f"`z` must have event size D = {size} (the distribution's event shape); got shape "
-                     f"{z.shape}, event size {z.shape[-1]}.")
-  z = tf.ensure_shape(z, z.shape[:-1].concatenate([size]))
-  return _broadcast_to_batch(distribution, z)
+def _batch_shapes(distribution):
+  batch = distribution.batch_shape
+  return tf.nest.flatten(batch) if tf.nest.is_nested(distribution.dtype) else [batch]
 
 
-def _broadcast_to_batch(distribution, z):
-  """`z` broadcast to `[*batch, D]`, `*batch` the broadcast of its batch shape and the distribution's.
+def _broadcast_to_batch(distribution, z, layout):
+  """`z` broadcast to `[*batch, *event]`, `*batch` the broadcast of its batch shape and the distribution's.
 
   The autodiff paths (fallback layers, bases without a closed form) differentiate sums over the points, which
   gives per-point derivatives only if every point is its own: a point shared by several batch members of the
   distribution would collect all their derivatives. So every point is made its own before the sweep.
   """
-  batch = z.shape[:-1]
+  batch = layout.batch_shape(z)
+  static = batch
   try:
-    static = tf.broadcast_static_shape(batch, distribution.batch_shape)
+    for distribution_batch in _batch_shapes(distribution):
+      static = tf.broadcast_static_shape(static, distribution_batch)
   except ValueError:
-    raise ValueError(f"`z` of shape {z.shape} has batch shape {batch}, which does not broadcast against "
-                     f"the distribution's batch shape {distribution.batch_shape}.") from None
-  if static.is_fully_defined() and batch.is_fully_defined():
-    if static == batch:
-      return z
-    return tf.broadcast_to(z, static.concatenate(z.shape[-1:]))
-  shape = tf.broadcast_dynamic_shape(tf.shape(z)[:-1], distribution.batch_shape_tensor())
-  return tf.ensure_shape(tf.broadcast_to(z, tf.concat([shape, tf.shape(z)[-1:]], 0)),
-                         static.concatenate(z.shape[-1:]))
+    raise ValueError(f"`z` has batch shape {batch}, which does not broadcast against the distribution's batch "
+                     f"shape {distribution.batch_shape}.") from None
+  if static.is_fully_defined() and all(part.shape[:part.shape.rank - shape.rank] == static
+                                       for part, shape in zip(layout.parts(z), layout.shapes)):
+    return z
+  dynamic = None
+  if not static.is_fully_defined():
+    dynamic = layout.batch_shape_tensor(z)
+    for distribution_batch in tf.nest.flatten(distribution.batch_shape_tensor()):
+      dynamic = tf.broadcast_dynamic_shape(dynamic, distribution_batch)
+  return layout.broadcast(z, static, dynamic)
 
 
-def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives"):
-  """Value, gradient and Hessian of `distribution.log_prob` at `z`, from one sweep.
-
-  Args:
-    distribution: a `tfd.TransformedDistribution` (stock or `tfp_hessian.TransformedDistribution`, nested
-      ones included) over vectors, or any distribution with event shape `[D]`.
-    z: `[*batch, D]` points, of the distribution's dtype.
-    name: name scope of the ops.
-
-  Returns:
-    `LogProbDerivatives(log_prob [*batch], gradient [*batch, D], hessian [*batch, D, D])`, where `*batch` is
-    the broadcast of `z`'s batch shape and the distribution's. The Hessian is exactly symmetric.
-
-  Points outside the flow's support give NaN or inf, as `distribution.log_prob` does; with `validate_args=True`
-  on the offending bijector, TFP's `InvalidArgumentError` is raised instead.
-  """
-  with tf.name_scope(name):
-    z = _points(distribution, z)
-    # A fresh tensor: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
-    return sweep(distribution, tf.identity(z))
-
-
-def sweep(distribution, z):
-  """The sweep itself, on validated points `z`.
+def sweep(distribution, z, layout, kwargs=None):
+  """The sweep itself, on validated points `z` of event layout `layout`.
 
   TFP's bijector caches apply: where `z` came out of `distribution`'s own forward pass, every layer's inverse
   is looked up, not recomputed (so an IAF's sequential inverse is never run). Values are then exact, but the
   cached inverses are constants to autodiff: differentiate `log_prob_and_derivatives`, not this.
   """
-  bijectors, base = _unwrap(distribution)
-  # Before any layer runs: the dense autodiff layers' [*batch, D + 1, D, D] tensors against the memory limit.
-  for bijector in bijectors:
-    autodiff.check_dense_memory(bijector, z.shape[:-1], z.shape[-1], z.dtype)
+  layers, base, base_kwargs = _unwrap(distribution, {} if kwargs is None else kwargs)
   y = z
   pullbacks = []
-  for bijector in bijectors:
-    pullbacks.append(registry.pullback(bijector, y))
-    y = pullbacks[-1].x
-  log_prob, grad, hess = bases.log_prob_derivatives(base, y)
+  for bijector, bijector_kwargs in layers:
+    pullbacks.append(registry.pullback(bijector, y, layout, bijector_kwargs))
+    y, layout = pullbacks[-1].x, pullbacks[-1].x_layout
+  log_prob, grad, hess = bases.log_prob_derivatives(base, y, layout, base_kwargs)
   for pullback in reversed(pullbacks):
     grad, hess = pullback(grad, hess)
     log_prob = log_prob + pullback.ildj
@@ -176,19 +168,69 @@ def sweep(distribution, z):
   return LogProbDerivatives(log_prob, grad, hess)
 
 
-def log_prob_hessian(distribution, z, name="log_prob_hessian"):
-  """The Hessian of `distribution.log_prob` with respect to `z`, per point.
+@compiled.when_eager
+def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives", **kwargs):
+  """Value, gradient and Hessian of `distribution.log_prob(z, **kwargs)` with respect to `z`, from one sweep.
+
+  Args:
+    distribution: what `log_prob` is called on: a `tfd.TransformedDistribution` (stock or
+      `tfp_hessian.TransformedDistribution`, nested ones included), a JointDistribution, a `DeferredModule`
+      building one (`tfp.experimental.vi` surrogate posteriors), or any distribution with float events.
+    z: points, as `distribution.log_prob` takes them: `[*batch, *event]` of the distribution's dtype, or a
+      structure of such tensors (a dict for a `JointDistributionNamed`).
+    name: name scope of the ops.
+    **kwargs: passed on exactly as `log_prob` passes them: `bijector_kwargs` (a `Chain`'s keyed by its members'
+      names), `distribution_kwargs`. A condition `c` is held fixed: `[*batch, C]` beside `[*batch, *event]`
+      points, or `[C]` for all of them.
+
+  Returns:
+    `LogProbDerivatives(log_prob [*batch], gradient [*batch, n], hessian [*batch, n, n])`, over the flat event
+    (`tfp_hessian.flatten_event`: parts in `tf.nest.flatten` order, each row-major; `n = D` for vector events).
+    `*batch` is the broadcast of `z`'s batch shape and the distribution's. The Hessian is exactly symmetric.
+
+  Points outside the flow's support give NaN or inf, as `distribution.log_prob` does; with `validate_args=True`
+  on the offending bijector, TFP's `InvalidArgumentError` is raised instead.
+  """
+  with tf.name_scope(name):
+    distribution = private_api.resolve_deferred(distribution)
+    z, layout = points(distribution, z, kwargs)
+    # Fresh tensors: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
+    return sweep(distribution, tf.nest.map_structure(tf.identity, z), layout, kwargs)
+
+
+def log_prob_hessian(distribution, z, name="log_prob_hessian", **kwargs):
+  """The Hessian of `distribution.log_prob(z, **kwargs)` with respect to `z`, per point.
 
   Args:
     distribution: as in `log_prob_and_derivatives`.
-    z: `[*batch, D]` points.
+    z: points `[*batch, *event]` (or a structure of them), as `distribution.log_prob` takes them.
     name: name scope of the ops.
+    **kwargs: as `distribution.log_prob` takes them (`bijector_kwargs`, `distribution_kwargs`).
 
   Returns:
-    `[*batch, D, D]`: `[..., i, j] = ∂² log q(z) / ∂z_i ∂z_j`, exactly symmetric.
+    `[*batch, n, n]`: `[..., i, j] = ∂² log q(z) / ∂z_i ∂z_j` over the flat event (`n = D` for vectors),
+    exactly symmetric.
 
   >>> flow = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(3)), tfb.Softplus())
   >>> log_prob_hessian(flow, flow.sample(5)).shape
   TensorShape([5, 3, 3])
   """
-  return log_prob_and_derivatives(distribution, z, name=name).hessian
+  with tf.name_scope(name):
+    # Eagerly this is the very compiled function `log_prob_and_derivatives` runs: the same Hessian, bit for bit.
+    return log_prob_and_derivatives(distribution, z, **kwargs).hessian
+
+
+def flat_log_prob(distribution, z, kwargs=None):
+  """`(flat, log_prob)`: validated points as `[*batch, n]`, and `flat ↦ distribution.log_prob` of them.
+
+  For the autodiff entry points (`log_prob_hvp`, `top_eigenpairs`), which differentiate `log_prob` itself.
+  """
+  distribution = private_api.resolve_deferred(distribution)
+  kwargs = {} if kwargs is None else kwargs
+  z, layout = points(distribution, z, kwargs)
+
+  def log_prob(flat):
+    return distribution.log_prob(layout.unflatten(flat), **kwargs)
+
+  # A fresh tensor: TFP's cache of sampled tensors would cut it off the tapes.
+  return tf.identity(layout.flatten(z)), log_prob

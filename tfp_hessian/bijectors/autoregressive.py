@@ -8,14 +8,21 @@ conditioner's derivatives come from its kernels for a `tfb.AutoregressiveNetwork
 `conditioners.DenseShiftAndLogScale` (RealNVP), from nested tapes on the network alone for any other callable.
 `Invert` of either (IAF) runs that pullback backwards.
 
+Conditional layers take their condition as TFP does, through the keyword arguments of `inverse`
+(`flow.log_prob(z, bijector_kwargs={"conditional_input": c})`): a conditional `AutoregressiveNetwork` and a
+`DenseShiftAndLogScale` called with `conditional_input` stay analytic (the condition is a per-point bias of their
+layers), and any other conditioner is called with the kwargs under its tapes. The Hessian is with respect to `y`
+with the condition held fixed.
+
 Layers built with `bijector_fn` (any elementwise bijector per coordinate, e.g. a spline) get the autodiff
 fallback.
 """
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow_probability.python.bijectors import masked_autoregressive as maf_lib
 
-from tfp_hessian import conditioners, registry
+from tfp_hessian import conditioners, private_api, registry
 from tfp_hessian.pullback import ConditionedAffinePullback, CouplingPullback
 
 tfb = tfp.bijectors
@@ -25,7 +32,8 @@ def _shift_and_log_scale_fn(bijector):
   return bijector.parameters.get("shift_and_log_scale_fn")
 
 
-def _has_shift_and_log_scale_fn(bijector):
+def _has_shift_and_log_scale_fn(bijector, layout):
+  del layout
   return _shift_and_log_scale_fn(bijector) is not None
 
 
@@ -35,8 +43,11 @@ def _as_pair(params, like):
     shift, log_scale = tf.unstack(params, num=2, axis=-1)
   else:
     shift, log_scale = params
-  zeros = tf.zeros_like(like)
-  return (zeros if shift is None else shift), (zeros if log_scale is None else log_scale)
+  if shift is None and log_scale is None:
+    return tf.zeros_like(like), tf.zeros_like(like)
+  # An absent half is zero in the other's shape (a condition may give both more points than `like` has).
+  return (tf.zeros_like(log_scale) if shift is None else shift), (
+      tf.zeros_like(shift) if log_scale is None else log_scale)
 
 
 def _check_output_shape(bijector, outputs, y):
@@ -49,28 +60,56 @@ def _check_output_shape(bijector, outputs, y):
           f"dimension to match the event size of y, {expected}.")
 
 
-def _made_derivatives(network, y):
+def _made_derivatives(network, y, kwargs):
   """Analytic derivatives of an `AutoregressiveNetwork` with 2 params, outputs reordered to `[m, s]`."""
-  layers = conditioners.made_layers(network)
-  if layers is None or network.params != 2:
+  if not isinstance(network, maf_lib.AutoregressiveNetwork) or network.params != 2:
+    return None
+  layers = conditioners.made_layers(network, kwargs.get("conditional_input"))
+  if layers is None:
     return None
   kernel, bias, activation = layers[-1]
   # The network's output unit 2i + p is parameter p of coordinate i; reorder the last layer's columns to
   # [shift_0..shift_{D-1}, log_scale_0..log_scale_{D-1}] once, instead of every derivative afterwards.
   d = y.shape[-1]
   order = tf.concat([tf.range(0, 2 * d, 2), tf.range(1, 2 * d, 2)], axis=0)
-  layers[-1] = (tf.gather(kernel, order, axis=1), None if bias is None else tf.gather(bias, order), activation)
+  layers[-1] = (tf.gather(kernel, order, axis=1), None if bias is None else tf.gather(bias, order, axis=-1),
+                activation)
   return conditioners.DenseNetworkDerivatives(layers, y)
 
 
-@registry.register(tfb.MaskedAutoregressiveFlow, applies=_has_shift_and_log_scale_fn)
-def masked_autoregressive_flow_rule(bijector, y):
+def _validate_condition(bijector, layout, kwargs):
+  """A conditional `AutoregressiveNetwork` needs `conditional_input` of its size and dtype; checked statically."""
+  network = _shift_and_log_scale_fn(bijector)
+  if not isinstance(network, maf_lib.AutoregressiveNetwork) or not private_api.made_is_conditional(network):
+    return
+  what = f"MaskedAutoregressiveFlow {bijector.name!r} (a conditional AutoregressiveNetwork)"
+  if "conditional_input" not in kwargs:
+    raise ValueError(
+        f"{what} needs its condition: pass `bijector_kwargs={{'conditional_input': c}}` (inside a Chain, keyed by "
+        f"this bijector's name: `bijector_kwargs={{{bijector.name!r}: {{'conditional_input': c}}}}`); got kwargs "
+        f"{sorted(kwargs)}.")
+  _check_condition(what, kwargs["conditional_input"], private_api.made_conditional_size(network), network.dtype)
+
+
+def _check_condition(what, condition, size, dtype):
+  condition = tf.convert_to_tensor(condition, dtype_hint=dtype)
+  if dtype is not None and condition.dtype != tf.as_dtype(dtype):
+    raise TypeError(f"{what} takes `conditional_input` of dtype {tf.as_dtype(dtype).name}; got dtype "
+                    f"{condition.dtype.name}.")
+  if condition.shape.rank is not None and (condition.shape.rank < 1 or condition.shape[-1] not in (None, size)):
+    raise ValueError(f"{what} takes `conditional_input` of shape [*batch, {size}] (or [{size}], one condition for "
+                     f"every point); got shape {condition.shape}.")
+
+
+@registry.register(tfb.MaskedAutoregressiveFlow, applies=_has_shift_and_log_scale_fn, validate=_validate_condition)
+def masked_autoregressive_flow_rule(bijector, y, layout, kwargs):
+  del layout
   fn = _shift_and_log_scale_fn(bijector)
-  derivatives = _made_derivatives(fn, y)
+  derivatives = _made_derivatives(fn, y, kwargs)
   if derivatives is None:
 
     def shift_and_log_scale(points):
-      pair = _as_pair(fn(points), points)
+      pair = _as_pair(fn(points, **kwargs), points)
       _check_output_shape(bijector, pair, points)
       return tf.concat(pair, axis=-1)
 
@@ -80,28 +119,27 @@ def masked_autoregressive_flow_rule(bijector, y):
 
 def _coupling_split(bijector, d):
   """`(conditioning, transformed)` coordinate ranges of a RealNVP layer on events of size `d`."""
-  masked = bijector._masked_size  # pylint: disable=protected-access
+  masked = private_api.real_nvp_masked_size(bijector, d)
   if masked < 0:  # A reversed mask conditions on the last |masked| coordinates.
     return slice(d + masked, d), slice(0, d + masked)
   return slice(0, masked), slice(masked, d)
 
 
 @registry.register(tfb.RealNVP, applies=_has_shift_and_log_scale_fn)
-def real_nvp_rule(bijector, y):
+def real_nvp_rule(bijector, y, layout, kwargs):
+  del layout
   fn = _shift_and_log_scale_fn(bijector)
-  bijector._cache_input_depth(y)  # pylint: disable=protected-access  # `_masked_size` needs it
   conditioning, transformed = _coupling_split(bijector, y.shape[-1])
-  y_c = y[..., conditioning]
-  if isinstance(fn, conditioners.DenseShiftAndLogScale) and fn._output is not None:  # pylint: disable=protected-access
-    derivatives = conditioners.DenseNetworkDerivatives(fn.dense_layers(), y_c)
+  if isinstance(fn, conditioners.DenseShiftAndLogScale) and fn.built_for_output:
+    derivatives = conditioners.DenseNetworkDerivatives(fn.dense_layers(**kwargs), y[..., conditioning])
   else:
     units = transformed.stop - transformed.start
     like = y[..., transformed]
 
     def shift_and_log_scale(points):
-      pair = _as_pair(fn(points, units), like)
+      pair = _as_pair(fn(points, units, **kwargs), like)
       _check_output_shape(bijector, pair, like)
       return tf.concat(pair, axis=-1)
 
-    derivatives = conditioners.AutodiffDerivatives(shift_and_log_scale, y_c)
+    derivatives = conditioners.AutodiffDerivatives(shift_and_log_scale, y[..., conditioning])
   return CouplingPullback(y, conditioning, transformed, derivatives)

@@ -28,7 +28,8 @@ from tfp_hessian.pullback import ElementwisePullback
 tfb = tfp.bijectors
 
 
-def _check_inference_mode(bijector):
+def _check_inference_mode(bijector, layout=None, kwargs=None):
+  del layout, kwargs
   # `_training` is the constructor's `training` argument; TFP exposes no public accessor. A tensor or variable
   # could turn True later, so only a static False passes.
   training = bijector._training  # pylint: disable=protected-access
@@ -71,20 +72,22 @@ def _scale(bijector, dtype):
 
 
 @registry.register(tfb.BatchNormalization, validate=_check_inference_mode)
-def batch_normalization_rule(bijector, y):
+def batch_normalization_rule(bijector, y, layout, kwargs):
   """`x = γ (y - μ)/√(σ² + ε) + β` per coordinate; refuses training mode (module docstring)."""
+  del layout
   _check_inference_mode(bijector)
   _check_event_axis(bijector, y.shape.rank)
-  x = bijector.inverse(y)  # Builds the layer on first use, so its statistics exist below.
-  ildj = bijector.inverse_log_det_jacobian(y, event_ndims=1)
+  x = bijector.inverse(y, **kwargs)  # Builds the layer on first use, so its statistics exist below.
+  ildj = bijector.inverse_log_det_jacobian(y, event_ndims=1, **kwargs)
   return ElementwisePullback(x, ildj, d1=_scale(bijector, y.dtype))
 
 
 @registry.register_forward(tfb.BatchNormalization)
-def batch_normalization_forward_rule(bijector, x):
+def batch_normalization_forward_rule(bijector, x, layout, kwargs):
   """`y = (x - β) √(σ² + ε)/γ + μ` per coordinate, the pullback of `Invert(bijector)`."""
+  del layout
   _check_inference_mode(bijector)
   _check_event_axis(bijector, x.shape.rank)
-  y = bijector.forward(x)
-  fldj = bijector.forward_log_det_jacobian(x, event_ndims=1)
+  y = bijector.forward(x, **kwargs)
+  fldj = bijector.forward_log_det_jacobian(x, event_ndims=1, **kwargs)
   return ElementwisePullback(y, fldj, d1=tf.math.reciprocal(_scale(bijector, x.dtype)))

@@ -1,25 +1,73 @@
-"""Rule for `tfb.Chain`: its bijectors' pullbacks, composed."""
+"""Rules for compositions: `tfb.Chain` (its bijectors' pullbacks, composed) and `tfb.JointMap` (one per part).
+
+Both pass keyword arguments to their members as TFP does, by member name: `Chain([maf1, maf2])` takes
+`{"maf1": {"conditional_input": c}, …}`. A name that is no member's is refused before any layer runs: TFP would
+drop it silently, and the layer that needed it would fail or, worse, run unconditioned.
+"""
 
 import tensorflow as tf
-from tensorflow_probability.python.bijectors import chain as chain_lib
 
-from tfp_hessian import registry
-from tfp_hessian.pullback import ComposedPullback, ElementwisePullback
-
-
-# `_Chain` is the base of `tfb.Chain` that TFP builds when a member is not a CompositeTensor.
-def _validate_members(bijector):
-  for member in bijector.bijectors:
-    registry.validate(member)
+from tfp_hessian import events, private_api, registry
+from tfp_hessian.pullback import BlockPullback, ComposedPullback, ElementwisePullback
 
 
-@registry.register(chain_lib._Chain, validate=_validate_members)  # pylint: disable=protected-access
-def chain_rule(bijector, y):
+def member_kwargs(bijector, kwargs):
+  """`{member: its kwargs}` of a `Chain` or `JointMap` for `kwargs` keyed by member name; refuses unknown names."""
+  members = tf.nest.flatten(bijector.bijectors)
+  names = [member.name for member in members]
+  unknown = sorted(set(kwargs) - set(names))
+  if unknown:
+    raise ValueError(
+        f"bijector_kwargs for {type(bijector).__name__.lstrip('_')} {bijector.name!r} name {unknown}, which are not among its "
+        f"bijectors {names}. TFP passes a composition's kwargs to its members by name: e.g. "
+        f"`bijector_kwargs={{{names[0]!r}: {{'conditional_input': c}}}}`" if names else
+        f"bijector_kwargs for the empty {type(bijector).__name__.lstrip('_')} {bijector.name!r} name {unknown}.")
+  return [kwargs.get(member.name, {}) for member in members]
+
+
+def _validate_chain(bijector, layout, kwargs):
+  for member, member_kw in zip(bijector.bijectors, member_kwargs(bijector, kwargs)):
+    if layout is None:
+      return
+    registry.validate(member, layout, member_kw)
+    layout = events.bijector_layout(member, layout)
+
+
+@registry.register(private_api.CHAIN, events="any", validate=_validate_chain)
+def chain_rule(bijector, y, layout, kwargs):
   # `Chain([b1, b2]).inverse(y) = b2.inverse(b1.inverse(y))`: the first bijector sits on the `y` side.
   layers = []
-  for member in bijector.bijectors:
-    layers.append(registry.pullback(member, y))
-    y = layers[-1].x
+  for member, member_kw in zip(bijector.bijectors, member_kwargs(bijector, kwargs)):
+    layers.append(registry.pullback(member, y, layout, member_kw))
+    y, layout = layers[-1].x, layers[-1].x_layout
   if not layers:  # An empty chain is the identity.
-    return ElementwisePullback(y, tf.zeros([], y.dtype))
+    return ElementwisePullback(y, tf.zeros([], tf.nest.flatten(y)[0].dtype), x_layout=layout)
   return ComposedPullback(layers)
+
+
+def part_layouts(bijector, layout):
+  """Each member's event layout in `layout`, in flat order (a member's part may be a structure itself)."""
+  shapes = private_api.flatten_up_to(bijector.bijectors, layout.pack(layout.shapes))
+  ranks = private_api.flatten_up_to(bijector.bijectors, layout.ranks)
+  return [events.EventLayout(r if tf.nest.is_nested(r) else None, tf.nest.flatten(s) if tf.nest.is_nested(r) else [s])
+          for s, r in zip(shapes, ranks)]
+
+
+def _validate_joint_map(bijector, layout, kwargs):
+  for member, part, member_kw in zip(tf.nest.flatten(bijector.bijectors), part_layouts(bijector, layout),
+                                     member_kwargs(bijector, kwargs)):
+    registry.validate(member, part, member_kw)
+
+
+@registry.register(private_api.JOINT_MAP, events="any", validate=_validate_joint_map)
+def joint_map_rule(bijector, y, layout, kwargs):
+  """One pullback per part, each by its own member's rule; the Jacobian is block diagonal over the parts."""
+  members = tf.nest.flatten(bijector.bijectors)
+  parts = private_api.flatten_up_to(bijector.bijectors, y)
+  blocks = [registry.pullback(member, part, part_layout, member_kw) for member, part, part_layout, member_kw in
+            zip(members, parts, part_layouts(bijector, layout), member_kwargs(bijector, kwargs))]
+  x = tf.nest.pack_sequence_as(bijector.bijectors, [block.x for block in blocks])
+  x_layout = events.EventLayout(
+      tf.nest.pack_sequence_as(bijector.bijectors, [block.x_layout.structure for block in blocks]),
+      [shape for block in blocks for shape in block.x_layout.shapes])
+  return BlockPullback(blocks, x, x_layout, y_sizes=[part.size for part in part_layouts(bijector, layout)])

@@ -29,6 +29,9 @@ tfb = tfp.bijectors
 def elementwise_rule(*bijector_classes, support=None):
   """Registers `derivatives(bijector, y, x) -> (φ', φ'', (log|φ'|)', (log|φ'|)'')` of the inverse at `y`.
 
+  The rule serves events of any rank: the derivatives are elementwise in the points' own shape, and the log-det
+  is reduced over the event's dimensions.
+
   Args:
     *bijector_classes: the TFP classes the rule serves.
     support: optional `(bijector, y) -> assertions` that `y` lies in the inverse's domain, for bijectors whose
@@ -38,16 +41,16 @@ def elementwise_rule(*bijector_classes, support=None):
 
   def decorate(derivatives):
 
-    @registry.register(*bijector_classes)
-    def rule(bijector, y):
-      x = bijector.inverse(y)
-      ildj = bijector.inverse_log_det_jacobian(y, event_ndims=1)
+    @registry.register(*bijector_classes, events="coordinatewise")
+    def rule(bijector, y, layout, kwargs):
+      x = bijector.inverse(y, **kwargs)
+      ildj = bijector.inverse_log_det_jacobian(y, event_ndims=layout.ranks, **kwargs)
       terms = derivatives(bijector, y, x)
       if support is not None and bijector.validate_args:
         with tf.control_dependencies(support(bijector, y)):
           ildj = tf.identity(ildj)
           terms = [None if t is None else tf.identity(t) for t in terms]
-      return ElementwisePullback(x, ildj, *terms)
+      return ElementwisePullback(x, ildj, *terms, x_layout=layout)
 
     return derivatives
 
@@ -60,10 +63,10 @@ def elementwise_forward_rule(*bijector_classes):
   def decorate(derivatives):
 
     @registry.register_forward(*bijector_classes)
-    def rule(bijector, x):
-      y = bijector.forward(x)
-      fldj = bijector.forward_log_det_jacobian(x, event_ndims=1)
-      return ElementwisePullback(y, fldj, *derivatives(bijector, x, y))
+    def rule(bijector, x, layout, kwargs):
+      y = bijector.forward(x, **kwargs)
+      fldj = bijector.forward_log_det_jacobian(x, event_ndims=layout.ranks, **kwargs)
+      return ElementwisePullback(y, fldj, *derivatives(bijector, x, y), x_layout=layout)
 
     return derivatives
 

@@ -1,35 +1,36 @@
 """Second-order derivatives of a bijector's inverse, for any bijector with vector events.
 
 The functions take a stock TFP bijector (served through the registry); `HessianBijector` puts the same
-functions on a bijector as methods. Points `y` are `[*batch, D]`.
+functions on a bijector as methods. Points `y` are `[*batch, D]` (or `[*batch, *event]` with `event_ndims`
+event dimensions, flattened row-major); keyword arguments are those of `bijector.inverse` (a condition).
 """
 
 import tensorflow as tf
 
-from tfp_hessian import memory, registry
+from tfp_hessian import events, memory, registry
 
 
-def _pullback(bijector, y, name, check=None):
+def _pullback(bijector, y, name, event_ndims, kwargs, check=None):
   with tf.name_scope(name):
     y = tf.convert_to_tensor(y, dtype_hint=bijector.dtype, name="y")
-    if y.shape.rank is None or y.shape.rank < 1:
-      raise ValueError(f"`y` must have shape [*batch, D] (rank >= 1); got shape {y.shape}.")
+    if y.shape.rank is None or y.shape.rank < event_ndims:
+      raise ValueError(f"`y` must have rank >= event_ndims = {event_ndims}; got shape {y.shape}.")
     if check is not None:
       check(y)
-    return registry.pullback(bijector, y)
+    return registry.pullback(bijector, y, events.layout_of(y, event_ndims), kwargs)
 
 
-def hessian_pullback(bijector, y):
+def hessian_pullback(bijector, y, event_ndims=1, **kwargs):
   """The `Pullback` of `bijector` at `y`: the map `(∇F, ∇²F)` at `x = h(y)` ↦ `(∇G, ∇²G)` at `y`."""
-  return _pullback(bijector, y, "hessian_pullback")
+  return _pullback(bijector, y, "hessian_pullback", event_ndims, kwargs)
 
 
-def inverse_jacobian(bijector, y):
+def inverse_jacobian(bijector, y, event_ndims=1, **kwargs):
   """`∂x/∂y` of `x = bijector.inverse(y)`, shape `[*batch, D, D]`, `[..., k, i] = ∂x_k/∂y_i`."""
-  return _pullback(bijector, y, "inverse_jacobian").jacobian()
+  return _pullback(bijector, y, "inverse_jacobian", event_ndims, kwargs).jacobian()
 
 
-def inverse_hessian(bijector, y):
+def inverse_hessian(bijector, y, event_ndims=1, **kwargs):
   """`∂²x/∂y²` of `x = bijector.inverse(y)`, shape `[*batch, D, D, D]`, `[..., k, i, j] = ∂²x_k/∂y_i∂y_j`.
 
   For inspection and tests: it holds D³ numbers per point, which the Hessian sweep never forms. Its size is
@@ -37,23 +38,24 @@ def inverse_hessian(bijector, y):
   """
 
   def check(y):
+    size = events.layout_of(y, event_ndims).size
     memory.check_memory(
         f"`inverse_hessian` of bijector {bijector.name!r} ({type(bijector).__name__})",
-        y.shape.concatenate([y.shape[-1], y.shape[-1]]), y.dtype,
+        y.shape[:y.shape.rank - event_ndims].concatenate([size] * 3), y.dtype,
         "For the Hessian of a flow's log density use `tfp_hessian.log_prob_hessian`, which never forms this "
         "tensor; or pass fewer points per call.")
 
-  return _pullback(bijector, y, "inverse_hessian", check).hessian()
+  return _pullback(bijector, y, "inverse_hessian", event_ndims, kwargs, check).hessian()
 
 
-def inverse_log_det_jacobian_gradient(bijector, y):
+def inverse_log_det_jacobian_gradient(bijector, y, event_ndims=1, **kwargs):
   """`∇_y log|det ∂x/∂y|`, shape `[*batch, D]`."""
-  return _pullback(bijector, y, "inverse_log_det_jacobian_gradient").ildj_derivatives()[0]
+  return _pullback(bijector, y, "inverse_log_det_jacobian_gradient", event_ndims, kwargs).ildj_derivatives()[0]
 
 
-def inverse_log_det_jacobian_hessian(bijector, y):
+def inverse_log_det_jacobian_hessian(bijector, y, event_ndims=1, **kwargs):
   """`∇²_y log|det ∂x/∂y|`, shape `[*batch, D, D]`."""
-  return _pullback(bijector, y, "inverse_log_det_jacobian_hessian").ildj_derivatives()[1]
+  return _pullback(bijector, y, "inverse_log_det_jacobian_hessian", event_ndims, kwargs).ildj_derivatives()[1]
 
 
 class HessianBijector:
@@ -69,22 +71,22 @@ class HessianBijector:
   `_hessian_pullback(self, y)` returning a `tfp_hessian.pullback.Pullback`.
   """
 
-  def hessian_pullback(self, y):
+  def hessian_pullback(self, y, event_ndims=1, **kwargs):
     """See `tfp_hessian.bijectors.hessian_pullback`."""
-    return hessian_pullback(self, y)
+    return hessian_pullback(self, y, event_ndims, **kwargs)
 
-  def inverse_jacobian(self, y):
+  def inverse_jacobian(self, y, event_ndims=1, **kwargs):
     """See `tfp_hessian.bijectors.inverse_jacobian`."""
-    return inverse_jacobian(self, y)
+    return inverse_jacobian(self, y, event_ndims, **kwargs)
 
-  def inverse_hessian(self, y):
+  def inverse_hessian(self, y, event_ndims=1, **kwargs):
     """See `tfp_hessian.bijectors.inverse_hessian`."""
-    return inverse_hessian(self, y)
+    return inverse_hessian(self, y, event_ndims, **kwargs)
 
-  def inverse_log_det_jacobian_gradient(self, y):
+  def inverse_log_det_jacobian_gradient(self, y, event_ndims=1, **kwargs):
     """See `tfp_hessian.bijectors.inverse_log_det_jacobian_gradient`."""
-    return inverse_log_det_jacobian_gradient(self, y)
+    return inverse_log_det_jacobian_gradient(self, y, event_ndims, **kwargs)
 
-  def inverse_log_det_jacobian_hessian(self, y):
+  def inverse_log_det_jacobian_hessian(self, y, event_ndims=1, **kwargs):
     """See `tfp_hessian.bijectors.inverse_log_det_jacobian_hessian`."""
-    return inverse_log_det_jacobian_hessian(self, y)
+    return inverse_log_det_jacobian_hessian(self, y, event_ndims, **kwargs)

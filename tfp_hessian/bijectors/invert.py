@@ -2,64 +2,81 @@
 
 In order of preference:
 
-- `Invert(Chain([b_1, …, b_n]))` is `Chain([Invert(b_n), …, Invert(b_1)])`, and each member is inverted alone;
+- `Invert(Chain([b_1, …, b_n]))` is `Chain([Invert(b_n), …, Invert(b_1)])`, and each member is inverted alone
+  (likewise `Invert(JointMap(bs))` is the `JointMap` of the inverted members);
 - `Invert(Invert(c))` is `c`;
 - `b`'s forward rule, where it has one: derivatives of `b.forward` at the point itself, exact to the last digit
   at the edges of the support;
 - `b`'s own pullback, taken at `v = b.forward(y)` and run backwards (`InvertedPullback`): exact, but at a
   rounded `v` where the support ends;
 - with none of these, `Invert(b)` is served by the autodiff fallback.
+
+Keyword arguments go where TFP sends them: `Invert(b).inverse(y, **kw)` is `b.forward(y, **kw)`.
 """
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.bijectors import chain as chain_lib
-from tensorflow_probability.python.bijectors import invert as invert_lib
 
-from tfp_hessian import registry
-from tfp_hessian.pullback import ComposedPullback, ElementwisePullback, InvertedPullback
+from tfp_hessian import events, private_api, registry
+from tfp_hessian.bijectors.chain import member_kwargs, part_layouts
+from tfp_hessian.pullback import BlockPullback, ComposedPullback, ElementwisePullback, InvertedPullback
 
 tfb = tfp.bijectors
 
-# TFP builds these private bases (not the public subclasses) when a member is not a CompositeTensor.
-_CHAIN = chain_lib._Chain  # pylint: disable=protected-access
-_INVERT = invert_lib._Invert  # pylint: disable=protected-access
 
-
-def _invertible_analytically(bijector):
-  # Chains and double inversions are structure: their members find their own rules (or fallbacks).
-  if isinstance(bijector, (_CHAIN, _INVERT)):
+def _invertible_analytically(bijector, layout):
+  # Compositions and double inversions are structure: their members find their own rules (or fallbacks).
+  if isinstance(bijector, (private_api.CHAIN, private_api.INVERT, private_api.JOINT_MAP)):
     return True
-  return registry.forward_rule(bijector) is not None or registry.has_analytic_rule(bijector)
+  if registry.forward_rule(bijector, layout) is not None:
+    return True
+  forward = events.bijector_layout(bijector, layout, "forward")
+  return forward is not None and registry.has_analytic_rule(bijector, forward)
 
 
-def inverted_pullback(bijector, y):
-  """The pullback of `Invert(bijector)` at `y`."""
-  if isinstance(bijector, _CHAIN):
+def inverted_pullback(bijector, y, layout, kwargs):
+  """The pullback of `Invert(bijector)` at `y` (event layout `layout`)."""
+  if isinstance(bijector, private_api.CHAIN):
     layers = []
-    for member in reversed(bijector.bijectors):
-      layers.append(inverted_pullback(member, y))
-      y = layers[-1].x
-    return ComposedPullback(layers) if layers else ElementwisePullback(y, tf.zeros([], y.dtype))
-  if isinstance(bijector, _INVERT):
-    return registry.pullback(bijector.bijector, y)
-  rule = registry.forward_rule(bijector)
+    for member, member_kw in reversed(list(zip(bijector.bijectors, member_kwargs(bijector, kwargs)))):
+      layers.append(inverted_pullback(member, y, layout, member_kw))
+      y, layout = layers[-1].x, layers[-1].x_layout
+    if not layers:
+      return ElementwisePullback(y, tf.zeros([], tf.nest.flatten(y)[0].dtype), x_layout=layout)
+    return ComposedPullback(layers)
+  if isinstance(bijector, private_api.JOINT_MAP):
+    members = tf.nest.flatten(bijector.bijectors)
+    parts = private_api.flatten_up_to(bijector.bijectors, y)
+    layouts = part_layouts(bijector, layout)
+    blocks = [inverted_pullback(member, part, part_layout, member_kw) for member, part, part_layout, member_kw
+              in zip(members, parts, layouts, member_kwargs(bijector, kwargs))]
+    x = tf.nest.pack_sequence_as(bijector.bijectors, [block.x for block in blocks])
+    x_layout = events.EventLayout(
+        tf.nest.pack_sequence_as(bijector.bijectors, [block.x_layout.structure for block in blocks]),
+        [shape for block in blocks for shape in block.x_layout.shapes])
+    return BlockPullback(blocks, x, x_layout, y_sizes=[part.size for part in layouts])
+  if isinstance(bijector, private_api.INVERT):
+    return registry.pullback(bijector.bijector, y, layout, kwargs)
+  rule = registry.forward_rule(bijector, layout)
   if rule is not None:
-    return rule(bijector, y)
-  if registry.has_analytic_rule(bijector):
-    v = bijector.forward(y)
-    return InvertedPullback(registry.pullback(bijector, v), v)
-  return registry.fallback(tfb.Invert(bijector), y)
+    return rule(bijector, y, layout, kwargs)
+  v = bijector.forward(y, **kwargs)
+  v_layout = events.layout_of(v, bijector.forward_event_ndims(layout.ranks, **kwargs))
+  if registry.has_analytic_rule(bijector, v_layout):
+    return InvertedPullback(registry.pullback(bijector, v, v_layout, kwargs), v, v_layout)
+  return registry.fallback(tfb.Invert(bijector), y, layout, kwargs)
 
 
-def _inner_invertible_analytically(bijector):
-  return _invertible_analytically(bijector.bijector)
+def _applies(bijector, layout):
+  return _invertible_analytically(bijector.bijector, layout)
 
 
-def _validate_inner(bijector):
-  registry.validate(bijector.bijector)
+def _validate_inner(bijector, layout, kwargs):
+  forward = events.bijector_layout(bijector.bijector, layout, "forward")
+  if forward is not None:
+    registry.validate(bijector.bijector, forward, kwargs)
 
 
-@registry.register(_INVERT, applies=_inner_invertible_analytically, validate=_validate_inner)
-def invert_rule(bijector, y):
-  return inverted_pullback(bijector.bijector, y)
+@registry.register(private_api.INVERT, events="any", applies=_applies, validate=_validate_inner)
+def invert_rule(bijector, y, layout, kwargs):
+  return inverted_pullback(bijector.bijector, y, layout, kwargs)

@@ -1,20 +1,27 @@
-"""Rule for `tfb.Permute` along the event axis: derivatives are gathered, never multiplied."""
+"""Rule for bijectors that only move coordinates: derivatives are gathered, never multiplied.
+
+`Permute` (along any axis), `Reshape`, `Split`, `Restructure` and `Transpose` rearrange the entries of an event
+without changing them, so over the flat events (`events.py`) each is a permutation `x_flat = y_flat[σ]`, with a
+zero log-det. `σ` is read off the bijector itself: its inverse applied to the flat positions `0, 1, …, n - 1`,
+laid out as an event of `y`, puts each position where that entry goes. One small call per sweep, and nothing to
+write per bijector.
+"""
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_hessian import registry
+from tfp_hessian import events, registry
 from tfp_hessian.pullback import PermutationPullback
 
 tfb = tfp.bijectors
 
 
-@registry.register(tfb.Permute)
-def permute_rule(bijector, y):
-  axis = tf.get_static_value(tf.convert_to_tensor(bijector.axis))
-  if axis is None or int(axis) != -1:
-    raise NotImplementedError(
-        f"tfp_hessian supports Permute along the event axis (axis=-1) only; bijector {bijector.name!r} has "
-        f"axis={bijector.axis}.")
-  source = tf.math.invert_permutation(tf.convert_to_tensor(bijector.permutation))
-  return PermutationPullback(bijector.inverse(y), tf.zeros([], y.dtype), source=source)
+@registry.register(tfb.Permute, tfb.Reshape, tfb.Split, tfb.Restructure, tfb.Transpose, events="any")
+def index_map_rule(bijector, y, layout, kwargs):
+  x = bijector.inverse(y, **kwargs)
+  x_layout = events.layout_of(x, bijector.inverse_event_ndims(layout.ranks, **kwargs))
+  # Positions as floats (exact below 2^24 even in float32) of the bijector's dtype, one event without a batch.
+  dtype = tf.nest.flatten(y)[0].dtype
+  positions = layout.unflatten(tf.range(layout.size, dtype=dtype))
+  source = tf.cast(x_layout.flatten(bijector.inverse(positions, **kwargs)), tf.int32)
+  return PermutationPullback(x, tf.zeros([], dtype), source=source, x_layout=x_layout)

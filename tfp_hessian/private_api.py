@@ -1,0 +1,88 @@
+"""Every private name of TensorFlow Probability and tf-keras this package uses, in one place.
+
+Checked against TensorFlow Probability 0.25 and tf-keras 2.21 (`tests/test_private_api.py` fails loudly when a
+release renames one of them). Where a public form exists it is used instead, elsewhere.
+"""
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow.python.util import nest as tf_nest  # pylint: disable=g-direct-tensorflow-import
+from tensorflow_probability.python.bijectors import chain as chain_lib
+from tensorflow_probability.python.bijectors import invert as invert_lib
+from tensorflow_probability.python.bijectors import joint_map as joint_map_lib
+from tensorflow_probability.python.distributions import independent as independent_lib
+from tensorflow_probability.python.distributions import sample as sample_lib
+from tensorflow_probability.python.distributions import transformed_distribution as td_lib
+
+__all__ = [
+    "CHAIN",
+    "INDEPENDENT",
+    "INVERT",
+    "JOINT_MAP",
+    "SAMPLE",
+    "TRANSFORMED",
+    "DeferredModule",
+    "flatten_up_to",
+    "kwargs_split",
+    "made_conditional_size",
+    "made_is_conditional",
+    "made_model",
+    "real_nvp_masked_size",
+    "resolve_deferred",
+]
+
+# TFP builds these private bases (not the public subclasses) when a member is not a CompositeTensor: an
+# `isinstance` test against the public class misses them.
+CHAIN = chain_lib._Chain  # pylint: disable=protected-access
+INVERT = invert_lib._Invert  # pylint: disable=protected-access
+JOINT_MAP = joint_map_lib._JointMap  # pylint: disable=protected-access
+TRANSFORMED = td_lib._TransformedDistribution  # pylint: disable=protected-access
+INDEPENDENT = independent_lib._Independent  # pylint: disable=protected-access
+SAMPLE = sample_lib._Sample  # pylint: disable=protected-access
+
+DeferredModule = tfp.experimental.util.DeferredModule
+
+
+def kwargs_split(distribution, kwargs):
+  """`(distribution_kwargs, bijector_kwargs)` of a `TransformedDistribution`, split as its `log_prob` splits them."""
+  return distribution._kwargs_split_fn(kwargs)  # pylint: disable=protected-access
+
+
+def resolve_deferred(distribution):
+  """The distribution a `DeferredModule` builds now (with its variables' current values), else `distribution`.
+
+  `tfp.experimental.vi` surrogate posteriors are `DeferredModule`s: every method call builds the distribution
+  afresh from its variables. Building it inside a `tf.function` reads the variables when the function runs.
+  """
+  while isinstance(distribution, DeferredModule):
+    distribution = distribution._build_module()  # pylint: disable=protected-access
+  return distribution
+
+
+def flatten_up_to(shallow, value):
+  """`value`'s sub-structures at the leaves of `shallow`, in flatten order (TF's `nest.flatten_up_to`)."""
+  return tf_nest.flatten_up_to(shallow, value, check_types=False)
+
+
+def made_model(network):
+  """The Keras model inside a built `tfb.AutoregressiveNetwork` (None before its first call)."""
+  return network._network  # pylint: disable=protected-access
+
+
+def made_is_conditional(network):
+  """Whether a `tfb.AutoregressiveNetwork` takes a `conditional_input`."""
+  return bool(network._conditional)  # pylint: disable=protected-access
+
+
+def made_conditional_size(network):
+  """The size `C` of a conditional `tfb.AutoregressiveNetwork`'s condition (its `conditional_event_shape`)."""
+  return network._conditional_size  # pylint: disable=protected-access
+
+
+def real_nvp_masked_size(bijector, event_size):
+  """The number of coordinates a `tfb.RealNVP` conditions on for events of `event_size` (negative: the last ones).
+
+  `fraction_masked` is resolved against the event size only when the layer first runs; this resolves it now.
+  """
+  bijector._cache_input_depth(tf.TensorSpec([event_size]))  # pylint: disable=protected-access
+  return bijector._masked_size  # pylint: disable=protected-access
