@@ -14,6 +14,7 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfp_hessian.conditioners import DenseShiftAndLogScale
+from tfp_hessian.examples import BoxMap, Shear  # noqa: F401  (user-written bijectors, without rules)
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -280,7 +281,6 @@ BIJECTORS = {
     "Power(python scalar)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Power(_scalar(dtype, 3.)), edges=(1e-3, 1e3),
                                          structure="elementwise", domain=lambda dtype, _: tfb.Exp()),
     # Linear bijectors without an analytic formula of their own: the matrix from the basis vectors, once per call.
-    "Cumsum": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Cumsum(), structure="linear"),
     "DiscreteCosineTransform": BijectorCase(lambda dtype, rng, dim=DIM: tfb.DiscreteCosineTransform(),
                                             structure="linear"),
     "ScaleMatvecDiag": BijectorCase(lambda dtype, rng, dim=DIM: tfb.ScaleMatvecDiag(_signed_vec(rng, dtype, size=dim)),
@@ -470,58 +470,3 @@ def assert_close(actual, expected, rtol, event_ndims=2, what="Hessian"):
   assert error[worst] <= rtol, (
       f"{what}: worst entry {worst}: {actual[worst]!r} vs {expected[worst]!r}, error "
       f"{error[worst]:.3g} of the point's largest entry > rtol {rtol:g}")
-
-
-class BoxMap(tfb.Bijector):
-  """A user's map of R^D onto a box `(low, high)`, written as research code writes it: vector events, no rule.
-
-  `forward(x) = low + (high - low) (tanh(x) + 1)/2` coordinate by coordinate, but declared with
-  `forward_min_event_ndims=1`, as hand-written bijectors usually are: the sweep must take it as a layer of vector
-  events (the fallback), and not be slower than nested tapes on it.
-  """
-
-  def __init__(self, low, high, name="box"):
-    parameters = dict(locals())
-    self._low, self._high = low, high
-    super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
-
-  def _forward(self, x):
-    return self._low + (self._high - self._low) * (tf.tanh(x) + 1) / 2
-
-  def _inverse(self, y):
-    return tf.atanh(2 * (y - self._low) / (self._high - self._low) - 1)
-
-  def _forward_log_det_jacobian(self, x):
-    # log((high - low)/2 · sech²x), with log sech²x = 2(log 2 - x - softplus(-2x)).
-    log_sech2 = 2 * (np.log(2.) - x - tf.nn.softplus(-2 * x))
-    return tf.reduce_sum(tf.math.log((self._high - self._low) / 2) + log_sech2, axis=-1)
-
-
-class Shear(tfb.Bijector):
-  """A user's volume-preserving map that mixes coordinates: `y_i = x_i + tanh(Σ_{j<i} L_ij x_j)`.
-
-  Its Jacobian is unit lower triangular (log-det zero) but not constant; its inverse is a loop over the
-  coordinates. A layer of vector events with no rule, that no coordinatewise path can serve.
-  """
-
-  def __init__(self, weights, name="shear"):
-    parameters = dict(locals())
-    self._weights = weights  # [D, D], only the strictly lower triangle is used
-    super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
-
-  def _mask(self):
-    return tf.linalg.band_part(self._weights, -1, 0) - tf.linalg.band_part(self._weights, 0, 0)
-
-  def _forward(self, x):
-    return x + tf.tanh(tf.linalg.matvec(self._mask(), x))
-
-  def _inverse(self, y):
-    weights = self._mask()
-    xs = []
-    for i in range(y.shape[-1]):
-      shift = tf.reduce_sum(tf.stack(xs, -1) * weights[i, :i], -1) if xs else tf.zeros_like(y[..., 0])
-      xs.append(y[..., i] - tf.tanh(shift))
-    return tf.stack(xs, axis=-1)
-
-  def _inverse_log_det_jacobian(self, y):
-    return tf.zeros_like(y[..., 0])

@@ -108,7 +108,7 @@ def test_nothing_is_kept_alive_after_the_flow_is_gone():
   del flow
   gc.collect()
   assert reference_to_flow() is None
-  assert key not in compiled._FUNCTIONS  # pylint: disable=protected-access
+  assert key not in compiled._FUNCTIONS and key not in compiled._CONCRETE  # pylint: disable=protected-access
 
 
 def test_inside_a_users_function_nothing_is_compiled_again():

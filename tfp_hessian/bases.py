@@ -7,8 +7,9 @@ Closed forms for the usual bases:
     \\text{MVN}(μ, SSᵀ):\\quad ∇ = -S^{-T} S^{-1} (x - μ), \\qquad ∇² = -S^{-T} S^{-1}
 
 (the precision is formed once per call from the scale operator's structure), and for coordinatewise bases
-(`Independent` or `Sample` of a scalar distribution, over events of any rank) a diagonal Hessian: closed form for
-`Normal`, two elementwise autodiff passes for any other scalar distribution. Any other base (a
+(a scalar distribution, `Independent` or `Sample` of one, over events of any rank) a diagonal Hessian: closed form
+for `Normal`, two elementwise autodiff passes for any other scalar distribution. A `JointDistributionNamed` or
+`JointDistributionSequential` of independent parts is block diagonal, each block its part's. Any other base (a
 `JointDistribution` whose parts depend on each other, a multivariate Student t, a conditional base called with
 `distribution_kwargs`) is differentiated by nested tapes on its `log_prob` over the flat event (`events.py`), with
 every cross term.
@@ -17,7 +18,7 @@ every cross term.
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_hessian import private_api
+from tfp_hessian import events, private_api
 
 tfd = tfp.distributions
 
@@ -78,8 +79,13 @@ def _scalar_derivatives(scalar_distribution, x):
 
 def _coordinatewise(distribution, x, layout):
   """`Independent(scalar, r)` or `Sample(scalar, shape)`: a diagonal Hessian over the flat event."""
-  inner = distribution.distribution
   rank = layout.shapes[0].rank
+  if rank == 0:
+    d1, d2 = _scalar_derivatives(distribution, x)
+    d1 = tf.broadcast_to(d1, tf.broadcast_dynamic_shape(tf.shape(d1), tf.shape(x)))
+    d2 = tf.broadcast_to(d2, tf.shape(d1))
+    return distribution.log_prob(x), d1[..., tf.newaxis], d2[..., tf.newaxis, tf.newaxis]
+  inner = distribution.distribution
   if isinstance(distribution, _SAMPLE) and rank:
     # The sample axes are the event axes; the scalar distribution's batch axes come before them in `x` but
     # after them in the layout it broadcasts against.
@@ -95,6 +101,10 @@ def _coordinatewise(distribution, x, layout):
 
 
 def _is_coordinatewise(distribution):
+  if tf.nest.is_nested(distribution.dtype):
+    return False
+  if distribution.event_shape.rank == 0 and not isinstance(distribution, private_api.TRANSFORMED):
+    return True  # a scalar distribution (a flow of one is unwrapped instead): its own single coordinate
   if isinstance(distribution, _INDEPENDENT):
     return (distribution.distribution.event_shape.rank == 0
             and tf.get_static_value(distribution.reinterpreted_batch_ndims) is not None)
@@ -120,6 +130,34 @@ def _autodiff(distribution, x, layout, kwargs):
   return log_prob, grad, hess
 
 
+def _independent_parts(distribution):
+  """The parts of a `JointDistributionNamed`/`Sequential` none of which depends on another, else None."""
+  if not isinstance(distribution, (tfd.JointDistributionNamed, tfd.JointDistributionSequential)) or isinstance(
+      distribution, (tfd.JointDistributionNamedAutoBatched, tfd.JointDistributionSequentialAutoBatched)):
+    return None
+  model = distribution.model
+  parts = tf.nest.flatten(model) if isinstance(model, dict) else list(model)
+  if not all(isinstance(part, tfd.Distribution) for part in parts):
+    return None  # a callable is a part that depends on others
+  if isinstance(model, dict):
+    parts = [model[key] for key in sorted(model)]  # `tf.nest.flatten` order, as the event's layout
+  return parts
+
+
+def _joint(distribution, x, layout):
+  """Independent parts: each part's own derivatives, a block-diagonal Hessian."""
+  parts = _independent_parts(distribution)
+  values = layout.parts(x)
+  results = [log_prob_derivatives(part, value, events.EventLayout(None, [shape]))
+             for part, value, shape in zip(parts, values, layout.shapes)]
+  log_prob = tf.add_n([r[0] for r in results]) if len(results) > 1 else results[0][0]
+  batch = tf.shape(log_prob)
+  grads = [tf.broadcast_to(r[1], tf.concat([batch, tf.shape(r[1])[-1:]], 0)) for r in results]
+  hessians = [tf.linalg.LinearOperatorFullMatrix(tf.broadcast_to(r[2], tf.concat([batch, tf.shape(r[2])[-2:]], 0)))
+              for r in results]
+  return log_prob, tf.concat(grads, axis=-1), tf.linalg.LinearOperatorBlockDiag(hessians).to_dense()
+
+
 def has_closed_form(distribution):
   """True if `distribution`'s derivatives have a closed form here (so a flow stops unwrapping at it)."""
   return isinstance(distribution, tfd.MultivariateNormalLinearOperator) or _is_coordinatewise(distribution)
@@ -140,4 +178,6 @@ def log_prob_derivatives(distribution, x, layout, kwargs=None):
       return _mvn(distribution, x)
     if not kwargs and layout.is_single and _is_coordinatewise(distribution):
       return _coordinatewise(distribution, x, layout)
+    if not kwargs and not layout.is_single and _independent_parts(distribution) is not None:
+      return _joint(distribution, x, layout)
     return _autodiff(distribution, x, layout, kwargs)

@@ -190,12 +190,17 @@ def _same_structure(a, b):
   return True
 
 
-def _paths(structure):
+def _paths(structure, prefix=""):
   """Key paths of the leaves of `structure` (`"a"`, `"0"`, `"a/b"`), in flatten order; `""` for a single tensor."""
-  if structure is None:
-    return [""]
-  leaves = tf.nest.map_structure(lambda _: 0, structure)
-  return [path for path, _ in tf.nest.flatten_with_joined_string_paths(leaves)]
+  if isinstance(structure, dict):
+    items = [(str(key), structure[key]) for key in sorted(structure)]
+  elif hasattr(structure, "_fields"):  # a namedtuple (a JointDistributionCoroutine's parts): by field name
+    items = list(zip(structure._fields, structure))
+  elif isinstance(structure, (list, tuple)):
+    items = [(str(index), item) for index, item in enumerate(structure)]
+  else:
+    return [prefix]
+  return [path for key, item in items for path in _paths(item, f"{prefix}/{key}" if prefix else key)]
 
 
 def _describe_shapes(value):

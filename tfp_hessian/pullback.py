@@ -35,6 +35,7 @@ __all__ = [
     "AutodiffPullback",
     "BlockPullback",
     "InvertedPullback",
+    "block_pullback",
     "ComposedPullback",
     "ConditionedAffinePullback",
     "CouplingPullback",
@@ -219,6 +220,13 @@ class ElementwisePullback(Pullback):
     self.d1, self.d2, self.dlog1, self.dlog2 = (None if t is None else self._flat(t)
                                                 for t in (d1, d2, dlog1, dlog2))
 
+  @classmethod
+  def from_flat(cls, x, ildj, terms, x_layout):
+    """The pullback from terms `(d1, d2, dlog1, dlog2)` already flat, `[*batch, n]` (or None)."""
+    pullback = cls(x, ildj, x_layout=x_layout)
+    pullback.d1, pullback.d2, pullback.dlog1, pullback.dlog2 = terms
+    return pullback
+
   def _flat(self, term):
     """`term` in the shape of `x`, flat: rows and columns then scale alike whatever the term broadcast."""
     x = self.x
@@ -388,16 +396,18 @@ _ZERO = tf.UnconnectedGradients.ZERO
 class AutodiffPullback(Pullback):
   """Any differentiable `h`, given as a function of flat points, differentiated by nested tapes on it alone.
 
-  With `g` held fixed, the whole second-order term is the Hessian of one scalar,
+  The whole pullback of `(g, H)` is the Hessian of one scalar. With `x₀ = h(y₀)` held fixed,
 
   .. math::
 
-      \\sum_k g_k ∇^2 h_k + ∇^2 ildj = ∇^2 (g \\cdot h + ildj),
+      φ(y) = g \cdot h(y) + ildj(y) + \tfrac12 (h(y) - x_0)^T H (h(y) - x_0), \qquad
+      ∇φ(y_0) = J^T g + ∇ ildj, \qquad ∇^2φ(y_0) = J^T H J + \sum_k g_k ∇^2 h_k + ∇^2 ildj,
 
-  so a call costs what nested tapes cost on this layer alone: its gradient and Jacobian from one recorded pass,
-  then `n_y` vectorised backward passes of that gradient. No `[n_x, n_y, n_y]` tensor is ever formed. The tapes
-  run when the pullback is applied, at the points broadcast against the incoming gradient's batch, so a
-  condition with more points than `y` gives each of its points its own derivatives.
+  since `h(y₀) - x₀ = 0` removes every other term. So a call costs what nested tapes cost on this layer alone:
+  one recorded pass and `n_y` vectorised backward passes of its gradient, with no Jacobian taken apart and no
+  `[n_x, n_y, n_y]` tensor formed. The tapes run when the pullback is applied, at the points broadcast against
+  the incoming gradient's batch, so a condition with more points than `y` gives each of its points its own
+  derivatives.
 
   Args:
     fn: `y [*batch, n_y] -> (x [*batch, n_x], ildj [*batch])` on flat points, differentiable.
@@ -413,40 +423,46 @@ class AutodiffPullback(Pullback):
     self._y = y
     self._first = None  # (J, ∇ ildj) at y's own batch, for `invert` and inspection
 
-  def _derivatives(self, grad):
-    """`(Jᵀg + ∇ildj, J, ∇²(g·h + ildj))`, `[*batch, n_y]`, `[*batch, n_x, n_y]`, `[*batch, n_y, n_y]`."""
-    y, grad = _broadcast_batches([self._y, grad], 1)
+  def _pulled_back(self, grad, hess):
+    """`(∇φ, ∇²φ)` at every point (class docstring); `hess=None` leaves out the quadratic term."""
+    tensors = [self._y, grad] if hess is None else [self._y, grad, hess[..., 0]]
+    y, grad = _broadcast_batches(tensors, 1)[:2]
     batch_rank = y.shape.rank - 1
-    axes = list(range(batch_rank))
     y = tf.identity(y)  # A fresh tensor: TFP's caches must not cut it off the tapes.
     with tf.GradientTape() as outer:
       outer.watch(y)
-      with tf.GradientTape(persistent=True) as inner:
+      with tf.GradientTape() as inner:
         inner.watch(y)
         x, ildj = self._fn(y)
         total = tf.reduce_sum(grad * x) + tf.reduce_sum(ildj)
-        x_summed = tf.reduce_sum(x, axis=axes)
+        if hess is not None:
+          moved = x - tf.stop_gradient(x)  # zero, with derivative J
+          total += 0.5 * tf.reduce_sum(moved * tf.linalg.matvec(hess, moved))
       gradient = inner.gradient(total, y, unconnected_gradients=_ZERO)
-      summed = tf.reduce_sum(gradient, axis=axes)
+      summed = tf.reduce_sum(gradient, axis=list(range(batch_rank)))
     # Points are independent, so derivatives of sums over the batch are per-point ones.
-    hessian = _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
-    jacobian = _batch_first(inner.jacobian(x_summed, y, unconnected_gradients=_ZERO), batch_rank)
-    del inner
-    return gradient, jacobian, hessian
+    return gradient, _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
 
   def _first_order(self):
+    """`(J, ∇ ildj)` by one tape, for `invert` and inspection."""
     if self._first is None:
-      gradient, jacobian, _ = self._derivatives(tf.zeros_like(self.flat_x))
-      self._first = jacobian, gradient
+      y = tf.identity(self._y)
+      batch_rank = y.shape.rank - 1
+      with tf.GradientTape(persistent=True) as tape:
+        tape.watch(y)
+        x, ildj = self._fn(y)
+        x_summed = tf.reduce_sum(x, axis=list(range(batch_rank)))
+      jacobian = _batch_first(tape.jacobian(x_summed, y, unconnected_gradients=_ZERO), batch_rank)
+      self._first = jacobian, tape.gradient(ildj, y, unconnected_gradients=_ZERO)
+      del tape
     return self._first
 
   def __call__(self, grad, hess):
-    gradient, jacobian, curvature = self._derivatives(grad)
-    return gradient, tf.linalg.matmul(jacobian, tf.linalg.matmul(hess, jacobian), adjoint_a=True) + curvature
+    return self._pulled_back(grad, hess)
 
   def invert(self, grad, hess):
     jacobian, ildj_gradient = self._first_order()
-    return _pull_forward(jacobian, grad - ildj_gradient, hess, lambda g: self._derivatives(g)[2])
+    return _pull_forward(jacobian, grad - ildj_gradient, hess, lambda g: self._pulled_back(g, None)[1])
 
   def jacobian(self):
     return self._first_order()[0]
@@ -522,6 +538,39 @@ class BlockPullback(Pullback):
     parts = tf.split(matrix, self._y_sizes, axis=-2)
     return tf.concat(_broadcast_batches(
         [b.jacobian_inverse_transpose_times(p) for b, p in zip(self.blocks, parts)], 2), axis=-2)
+
+
+def block_pullback(blocks, x, x_layout, y_sizes):
+  """The pullback of separate maps of consecutive blocks of coordinates, in its cheapest form.
+
+  All blocks elementwise (`JointMap` of constraining bijectors): one `ElementwisePullback` of the concatenated
+  derivatives. All permutations (`JointMap` of `Reshape`s): one permutation. Otherwise a `BlockPullback`.
+
+  Args:
+    blocks: the blocks' pullbacks, in the flat order of both events.
+    x: the inverse image, the structure of `x_layout`.
+    x_layout: its layout, the blocks' own layouts concatenated.
+    y_sizes: the flat size of each block on the `y` side.
+  """
+  ildj = blocks[0].ildj
+  for block in blocks[1:]:
+    ildj = ildj + block.ildj
+  if all(isinstance(block, ElementwisePullback) for block in blocks):
+    terms = []
+    for name, default in (("d1", 1.), ("d2", 0.), ("dlog1", 0.), ("dlog2", 0.)):
+      values = [getattr(block, name) for block in blocks]
+      if all(value is None for value in values):
+        terms.append(None)
+        continue
+      values = [tf.fill(tf.shape(block.flat_x), tf.constant(default, block.flat_x.dtype)) if value is None else value
+                for block, value in zip(blocks, values)]
+      terms.append(tf.concat(_broadcast_batches(values, 1), axis=-1))
+    return ElementwisePullback.from_flat(x, ildj, terms, x_layout)
+  if all(isinstance(block, PermutationPullback) for block in blocks):
+    offsets = [sum(y_sizes[:i]) for i in range(len(blocks))]
+    source = tf.concat([block.source + offset for block, offset in zip(blocks, offsets)], axis=0)
+    return PermutationPullback(x, ildj, source, x_layout)
+  return BlockPullback(blocks, x, x_layout, y_sizes)
 
 
 class InvertedPullback(Pullback):

@@ -70,7 +70,7 @@ def _batch_shape(bijector, layout):
   return tf.TensorShape(bijector.experimental_batch_shape(y_event_ndims=layout.ranks))
 
 
-@registry.register(tfb.ScaleMatvecLinearOperatorBlock, tfb.Cumsum, tfb.DiscreteCosineTransform, events="any")
+@registry.register(tfb.ScaleMatvecLinearOperatorBlock, tfb.DiscreteCosineTransform, events="any")
 def linear_rule(bijector, y, layout, kwargs):
   """A linear bijector of any event layout: `∂x/∂y` is its inverse at the basis vectors, formed once per call.
 

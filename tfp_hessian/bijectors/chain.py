@@ -8,7 +8,7 @@ drop it silently, and the layer that needed it would fail or, worse, run uncondi
 import tensorflow as tf
 
 from tfp_hessian import events, private_api, registry
-from tfp_hessian.pullback import BlockPullback, ComposedPullback, ElementwisePullback
+from tfp_hessian.pullback import ComposedPullback, ElementwisePullback, block_pullback
 
 
 def member_kwargs(bijector, kwargs):
@@ -70,4 +70,4 @@ def joint_map_rule(bijector, y, layout, kwargs):
   x_layout = events.EventLayout(
       tf.nest.pack_sequence_as(bijector.bijectors, [block.x_layout.structure for block in blocks]),
       [shape for block in blocks for shape in block.x_layout.shapes])
-  return BlockPullback(blocks, x, x_layout, y_sizes=[part.size for part in part_layouts(bijector, layout)])
+  return block_pullback(blocks, x, x_layout, y_sizes=[part.size for part in part_layouts(bijector, layout)])

@@ -19,7 +19,7 @@ import tensorflow_probability as tfp
 
 from tfp_hessian import events, private_api, registry
 from tfp_hessian.bijectors.chain import member_kwargs, part_layouts
-from tfp_hessian.pullback import BlockPullback, ComposedPullback, ElementwisePullback, InvertedPullback
+from tfp_hessian.pullback import ComposedPullback, ElementwisePullback, InvertedPullback, block_pullback
 
 tfb = tfp.bijectors
 
@@ -54,7 +54,7 @@ def inverted_pullback(bijector, y, layout, kwargs):
     x_layout = events.EventLayout(
         tf.nest.pack_sequence_as(bijector.bijectors, [block.x_layout.structure for block in blocks]),
         [shape for block in blocks for shape in block.x_layout.shapes])
-    return BlockPullback(blocks, x, x_layout, y_sizes=[part.size for part in layouts])
+    return block_pullback(blocks, x, x_layout, y_sizes=[part.size for part in layouts])
   if isinstance(bijector, private_api.INVERT):
     return registry.pullback(bijector.bijector, y, layout, kwargs)
   rule = registry.forward_rule(bijector, layout)

@@ -7,11 +7,12 @@ laid out as an event of `y`, puts each position where that entry goes. One small
 write per bijector.
 """
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_hessian import events, registry
-from tfp_hessian.pullback import PermutationPullback
+from tfp_hessian.pullback import ElementwisePullback, PermutationPullback
 
 tfb = tfp.bijectors
 
@@ -24,4 +25,8 @@ def index_map_rule(bijector, y, layout, kwargs):
   dtype = tf.nest.flatten(y)[0].dtype
   positions = layout.unflatten(tf.range(layout.size, dtype=dtype))
   source = tf.cast(x_layout.flatten(bijector.inverse(positions, **kwargs)), tf.int32)
+  static = tf.get_static_value(source)
+  if static is not None and np.array_equal(static, np.arange(layout.size)):
+    # Bookkeeping that keeps the flat order (`Reshape`, a `Restructure` of the same order): nothing to do.
+    return ElementwisePullback(x, tf.zeros([], dtype), x_layout=x_layout)
   return PermutationPullback(x, tf.zeros([], dtype), source=source, x_layout=x_layout)
