@@ -203,8 +203,9 @@ def _named_posterior():
 
 
 @pytest.mark.parametrize("z, match", [
-    (dict(scale=tf.ones([4], tf.float64)), r"Expected a value of the event's structure \{'scale': \[\], 'w': \[2, 3\]\}; "
-                                           r"got \{'scale': a tensor of shape \[4\]\}"),
+    (dict(scale=tf.ones([4], tf.float64)),
+     r"Expected a value of the event's structure \{'scale': \[\], 'w': \[2, 3\]\}; got \{'scale': a tensor of "
+     r"shape \[4\]\}"),
     ([tf.ones([4], tf.float64), tf.ones([4, 2, 3], tf.float64)], r"Expected a value of the event's structure"),
     (dict(scale=tf.ones([4], tf.float64), w=tf.ones([4, 3, 2], tf.float64)),
      r"part 1 of `z` \(in tf.nest.flatten order\) must have shape \[\*batch, 2, 3\] \(the distribution's event "

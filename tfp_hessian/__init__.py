@@ -4,7 +4,7 @@
 >>> hessian = tfp_hessian.log_prob_hessian(flow, z)   # [*batch, D, D]
 """
 
-from tfp_hessian import bijectors, plots, reference, registry
+from tfp_hessian import bijectors, examples, plots, reference, registry
 from tfp_hessian.chunked import default_chunk_size, hessians_in_chunks
 from tfp_hessian.distribution import TransformedDistribution
 from tfp_hessian.eigenpairs import Eigenpairs, top_eigenpairs
@@ -31,6 +31,7 @@ __all__ = [
     "decades",
     "default_chunk_size",
     "event_names",
+    "examples",
     "flatten_event",
     "get_memory_limit",
     "hessians_in_chunks",

@@ -17,7 +17,8 @@ and never inside a trace, where such tensors would be captured by the graph and 
 - variables are read when the function runs, so a flow that is still training is seen as it is now; a
   `DeferredModule` is rebuilt inside the function for the same reason.
 
-Inside a user's `tf.function` nothing changes: the entry point runs as written, in the user's graph.
+Inside a user's `tf.function` nothing changes: the entry point runs as written, in the user's graph (and is not
+converted by AutoGraph: the package's code is graph code as it stands).
 
 Errors: static misuse is raised while tracing, with the same type and message as an uncompiled call. A value
 error raised by the running graph (`validate_args` assertions) is raised again by running the call uncompiled,
@@ -87,7 +88,9 @@ def when_eager(entry_point):
       return entry_point(distribution, *args, **kwargs)
 
   call.uncompiled = entry_point
-  return call
+  # Inside a user's `tf.function` AutoGraph would convert the package's code, which is graph code already (its
+  # own functions are traced with `autograph=False`) and which AutoGraph mis-converts in places.
+  return tf.autograph.experimental.do_not_convert(call)
 
 
 def _signature(value):

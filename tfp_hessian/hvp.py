@@ -107,6 +107,7 @@ def forward_over_reverse(distribution, z, v):
   return accumulator.jvp(gradient, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)
 def hessian_operator(distribution, z, name="hessian_operator", **kwargs):
   """The map `v ↦ ∇²_z log q(z) · v` at fixed points, linearized once for many products.
 

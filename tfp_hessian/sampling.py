@@ -14,6 +14,7 @@ from tfp_hessian import sweep as sweep_lib
 __all__ = ["sample_and_log_prob_derivatives", "sample_and_log_prob_hessian"]
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)
 def sample_and_log_prob_derivatives(distribution, sample_shape=(), seed=None, name="sample_and_log_prob_derivatives",
                                     **kwargs):
   """Draws `z ~ distribution` and returns `(z, LogProbDerivatives)` at it, from the sampling pass.
@@ -45,6 +46,7 @@ def _sample_and_sweep(distribution, sample_shape, seed, name, **kwargs):
     return z, sweep_lib.sweep(distribution, z, layout, kwargs)
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)
 def sample_and_log_prob_hessian(distribution, sample_shape=(), seed=None, name="sample_and_log_prob_hessian",
                                 **kwargs):
   """Draws `z ~ distribution` and returns `(z, hessian)`, the `[*sample_shape, *batch, n, n]` Hessians at `z`.

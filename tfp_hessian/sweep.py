@@ -23,7 +23,6 @@ while each layer takes and gives its points in their own structure. Keyword argu
 
 import collections
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -198,6 +197,7 @@ def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives", *
     return sweep(distribution, tf.nest.map_structure(tf.identity, z), layout, kwargs)
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)
 def log_prob_hessian(distribution, z, name="log_prob_hessian", **kwargs):
   """The Hessian of `distribution.log_prob(z, **kwargs)` with respect to `z`, per point.
 

@@ -17,11 +17,13 @@ def member_kwargs(bijector, kwargs):
   names = [member.name for member in members]
   unknown = sorted(set(kwargs) - set(names))
   if unknown:
+    what = f"{type(bijector).__name__.lstrip('_')} {bijector.name!r}"
+    if not names:
+      raise ValueError(f"bijector_kwargs for the empty {what} name {unknown}.")
     raise ValueError(
-        f"bijector_kwargs for {type(bijector).__name__.lstrip('_')} {bijector.name!r} name {unknown}, which are not among its "
-        f"bijectors {names}. TFP passes a composition's kwargs to its members by name: e.g. "
-        f"`bijector_kwargs={{{names[0]!r}: {{'conditional_input': c}}}}`" if names else
-        f"bijector_kwargs for the empty {type(bijector).__name__.lstrip('_')} {bijector.name!r} name {unknown}.")
+        f"bijector_kwargs for {what} name {unknown}, which are not among its bijectors {names}. TFP passes a "
+        f"composition's kwargs to its members by name: e.g. `bijector_kwargs={{{names[0]!r}: "
+        "{'conditional_input': c}}`")
   return [kwargs.get(member.name, {}) for member in members]
 
 
@@ -59,15 +61,24 @@ def _validate_joint_map(bijector, layout, kwargs):
     registry.validate(member, part, member_kw)
 
 
-@registry.register(private_api.JOINT_MAP, events="any", validate=_validate_joint_map)
-def joint_map_rule(bijector, y, layout, kwargs):
-  """One pullback per part, each by its own member's rule; the Jacobian is block diagonal over the parts."""
-  members = tf.nest.flatten(bijector.bijectors)
-  parts = private_api.flatten_up_to(bijector.bijectors, y)
-  blocks = [registry.pullback(member, part, part_layout, member_kw) for member, part, part_layout, member_kw in
-            zip(members, parts, part_layouts(bijector, layout), member_kwargs(bijector, kwargs))]
+def joint_map_pullback(bijector, y, layout, kwargs, member_pullback):
+  """The pullback of a `JointMap` at `y`, each part's by `member_pullback(member, part, layout, kwargs)`.
+
+  The Jacobian is block diagonal over the parts (`pullback.block_pullback`); `Invert` passes its own per-part
+  rule, since `Invert(JointMap(bs))` is the `JointMap` of the inverted members.
+  """
+  layouts = part_layouts(bijector, layout)
+  blocks = [member_pullback(member, part, part_layout, member_kw) for member, part, part_layout, member_kw in
+            zip(tf.nest.flatten(bijector.bijectors), private_api.flatten_up_to(bijector.bijectors, y), layouts,
+                member_kwargs(bijector, kwargs))]
   x = tf.nest.pack_sequence_as(bijector.bijectors, [block.x for block in blocks])
   x_layout = events.EventLayout(
       tf.nest.pack_sequence_as(bijector.bijectors, [block.x_layout.structure for block in blocks]),
       [shape for block in blocks for shape in block.x_layout.shapes])
-  return block_pullback(blocks, x, x_layout, y_sizes=[part.size for part in part_layouts(bijector, layout)])
+  return block_pullback(blocks, x, x_layout, y_sizes=[part.size for part in layouts])
+
+
+@registry.register(private_api.JOINT_MAP, events="any", validate=_validate_joint_map)
+def joint_map_rule(bijector, y, layout, kwargs):
+  """One pullback per part, each by its own member's rule."""
+  return joint_map_pullback(bijector, y, layout, kwargs, registry.pullback)

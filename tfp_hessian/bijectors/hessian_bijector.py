@@ -1,8 +1,9 @@
 """Second-order derivatives of a bijector's inverse, for any bijector with vector events.
 
 The functions take a stock TFP bijector (served through the registry); `HessianBijector` puts the same
-functions on a bijector as methods. Points `y` are `[*batch, D]` (or `[*batch, *event]` with `event_ndims`
-event dimensions, flattened row-major); keyword arguments are those of `bijector.inverse` (a condition).
+functions on a bijector as methods. Points `y` are `[*batch, D]` (or, with `event_ndims` as TFP takes it, events
+of any rank or structure, flattened as `tfp_hessian.flatten_event` does); keyword arguments are those of
+`bijector.inverse` (a condition). Shapes below are for vectors; for other events `D` is the flat size.
 """
 
 import tensorflow as tf
@@ -12,12 +13,15 @@ from tfp_hessian import events, memory, registry
 
 def _pullback(bijector, y, name, event_ndims, kwargs, check=None):
   with tf.name_scope(name):
-    y = tf.convert_to_tensor(y, dtype_hint=bijector.dtype, name="y")
-    if y.shape.rank is None or y.shape.rank < event_ndims:
-      raise ValueError(f"`y` must have rank >= event_ndims = {event_ndims}; got shape {y.shape}.")
+    dtype = tf.nest.flatten(bijector.dtype)[0] if bijector.dtype is not None else None
+    y = tf.nest.map_structure(lambda part: tf.convert_to_tensor(part, dtype_hint=dtype, name="y"), y)
+    for part, rank in zip(tf.nest.flatten(y), tf.nest.flatten(event_ndims)):
+      if part.shape.rank is None or part.shape.rank < rank:
+        raise ValueError(f"`y` must have rank >= event_ndims = {rank}; got shape {part.shape}.")
+    layout = events.layout_of(y, event_ndims)
     if check is not None:
-      check(y)
-    return registry.pullback(bijector, y, events.layout_of(y, event_ndims), kwargs)
+      check(y, layout)
+    return registry.pullback(bijector, y, layout, kwargs)
 
 
 def hessian_pullback(bijector, y, event_ndims=1, **kwargs):
@@ -37,11 +41,10 @@ def inverse_hessian(bijector, y, event_ndims=1, **kwargs):
   checked against `tfp_hessian.get_memory_limit()`, from `y`'s static shape, before anything is computed.
   """
 
-  def check(y):
-    size = events.layout_of(y, event_ndims).size
+  def check(y, layout):
     memory.check_memory(
         f"`inverse_hessian` of bijector {bijector.name!r} ({type(bijector).__name__})",
-        y.shape[:y.shape.rank - event_ndims].concatenate([size] * 3), y.dtype,
+        layout.batch_shape(y).concatenate([layout.size] * 3), tf.nest.flatten(y)[0].dtype,
         "For the Hessian of a flow's log density use `tfp_hessian.log_prob_hessian`, which never forms this "
         "tensor; or pass fewer points per call.")
 

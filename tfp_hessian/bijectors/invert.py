@@ -18,8 +18,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_hessian import events, private_api, registry
-from tfp_hessian.bijectors.chain import member_kwargs, part_layouts
-from tfp_hessian.pullback import ComposedPullback, ElementwisePullback, InvertedPullback, block_pullback
+from tfp_hessian.bijectors.chain import joint_map_pullback, member_kwargs
+from tfp_hessian.pullback import ComposedPullback, ElementwisePullback, InvertedPullback
 
 tfb = tfp.bijectors
 
@@ -45,16 +45,7 @@ def inverted_pullback(bijector, y, layout, kwargs):
       return ElementwisePullback(y, tf.zeros([], tf.nest.flatten(y)[0].dtype), x_layout=layout)
     return ComposedPullback(layers)
   if isinstance(bijector, private_api.JOINT_MAP):
-    members = tf.nest.flatten(bijector.bijectors)
-    parts = private_api.flatten_up_to(bijector.bijectors, y)
-    layouts = part_layouts(bijector, layout)
-    blocks = [inverted_pullback(member, part, part_layout, member_kw) for member, part, part_layout, member_kw
-              in zip(members, parts, layouts, member_kwargs(bijector, kwargs))]
-    x = tf.nest.pack_sequence_as(bijector.bijectors, [block.x for block in blocks])
-    x_layout = events.EventLayout(
-        tf.nest.pack_sequence_as(bijector.bijectors, [block.x_layout.structure for block in blocks]),
-        [shape for block in blocks for shape in block.x_layout.shapes])
-    return block_pullback(blocks, x, x_layout, y_sizes=[part.size for part in layouts])
+    return joint_map_pullback(bijector, y, layout, kwargs, inverted_pullback)
   if isinstance(bijector, private_api.INVERT):
     return registry.pullback(bijector.bijector, y, layout, kwargs)
   rule = registry.forward_rule(bijector, layout)
