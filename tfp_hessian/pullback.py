@@ -460,6 +460,42 @@ class AutodiffPullback(Pullback):
   def __call__(self, grad, hess):
     return self._pulled_back(grad, hess)
 
+  def then(self, layers):
+    """The autodiff pullback of this layer followed by `layers` (autodiff layers and permutations), as one."""
+    functions = [self._fn]
+    ildj = self.ildj
+    for layer in layers:
+      if isinstance(layer, PermutationPullback):
+        functions.append(lambda x, source=layer.source: (tf.gather(x, source, axis=-1), 0.))
+      else:
+        functions.append(layer._fn)  # pylint: disable=protected-access
+        ildj = ildj + layer.ildj
+
+    def composed(y):
+      total = 0.
+      for function in functions:
+        y, log_det = function(y)
+        total += log_det
+      return y, total
+
+    return AutodiffPullback(composed, self._y, layers[-1].x, ildj, layers[-1].x_layout)
+
+  def log_prob_derivatives(self, log_prob_fn):
+    """`(G, ∇G, ∇²G)` of `G(y) = F(h(y)) + ildj(y)` at every point, `F = log_prob_fn` on the flat `x`, by nested
+    tapes on the composition: where the layer next to the base has no rule, it is differentiated with the base,
+    as nested tapes on `log_prob` would (the base's own Hessian is then never formed)."""
+    y = tf.identity(self._y)
+    batch_rank = y.shape.rank - 1
+    with tf.GradientTape() as outer:
+      outer.watch(y)
+      with tf.GradientTape() as inner:
+        inner.watch(y)
+        x, ildj = self._fn(y)
+        value = log_prob_fn(x) + ildj
+      gradient = inner.gradient(value, y, unconnected_gradients=_ZERO)
+      summed = tf.reduce_sum(gradient, axis=list(range(batch_rank)))
+    return value, gradient, _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
+
   def invert(self, grad, hess):
     jacobian, ildj_gradient = self._first_order()
     return _pull_forward(jacobian, grad - ildj_gradient, hess, lambda g: self._pulled_back(g, None)[1])
@@ -603,6 +639,26 @@ class InvertedPullback(Pullback):
     return self.inner.jacobian_transpose_times(matrix)
 
 
+def _merge_autodiff(layers):
+  """`layers` with each run of autodiff layers (permutations between them included) merged into one.
+
+  Nested tapes on a run of layers cost what they cost on each layer, minus the products with the Jacobians between
+  them: a flow of user-written layers then costs what nested tapes on it cost, never more.
+  """
+  merged = []
+  pending = []  # permutations after the last autodiff layer, waiting to see whether another one follows
+  for layer in layers:
+    if isinstance(layer, AutodiffPullback) and merged and isinstance(merged[-1], AutodiffPullback):
+      merged[-1] = merged[-1].then(pending + [layer])
+      pending = []
+    elif isinstance(layer, PermutationPullback) and merged and isinstance(merged[-1], AutodiffPullback):
+      pending.append(layer)
+    else:
+      merged += pending + [layer]
+      pending = []
+  return merged + pending
+
+
 def _fuse_permutations(layers):
   """`layers` with each permutation folded into the layer on its `y` side, where that layer can take it.
 
@@ -629,7 +685,9 @@ class ComposedPullback(Pullback):
   """
 
   def __init__(self, layers):
-    layers = _fuse_permutations(layers)
+    # Compositions of compositions are one composition: the fusions below then see across nested `Chain`s.
+    layers = [inner for layer in layers for inner in (layer.layers if isinstance(layer, ComposedPullback) else [layer])]
+    layers = _fuse_permutations(_merge_autodiff(layers))
     ildj = layers[0].ildj
     for layer in layers[1:]:
       ildj = ildj + layer.ildj  # Shapes differ: constant-Jacobian layers give a scalar.

@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_hessian import bases, compiled, events, private_api, registry
+from tfp_hessian.pullback import AutodiffPullback, ComposedPullback
 
 tfd = tfp.distributions
 
@@ -108,7 +109,7 @@ def points(distribution, z, kwargs=None):
       expected = f"[*batch, {', '.join(str(d) for d in shape.as_list())}]" if shape.rank else "[*batch]"
       raise ValueError(f"{what} must have shape {expected} (the distribution's event {layout.describe()}); got "
                        f"shape {part.shape}.")
-    if shape.rank:
+    if shape.rank and not part.shape[-shape.rank:].is_fully_defined():
       part = tf.ensure_shape(part, part.shape[:-shape.rank].concatenate(shape))
     parts.append(part)
   z = layout.pack(parts)
@@ -159,7 +160,15 @@ def sweep(distribution, z, layout, kwargs=None):
   for bijector, bijector_kwargs in layers:
     pullbacks.append(registry.pullback(bijector, y, layout, bijector_kwargs))
     y, layout = pullbacks[-1].x, pullbacks[-1].x_layout
-  log_prob, grad, hess = bases.log_prob_derivatives(base, y, layout, base_kwargs)
+  # One composition across the nested distributions, so that its fusions (`ComposedPullback`) see every layer.
+  pullbacks = ComposedPullback(pullbacks).layers if pullbacks else []
+  if pullbacks and isinstance(pullbacks[-1], AutodiffPullback) and not base_kwargs:
+    # A layer without a rule next to the base: differentiated together with the base's log density.
+    x_layout = pullbacks[-1].x_layout
+    log_prob, grad, hess = pullbacks.pop().log_prob_derivatives(
+        lambda x: base.log_prob(x_layout.unflatten(x)))
+  else:
+    log_prob, grad, hess = bases.log_prob_derivatives(base, y, layout, base_kwargs)
   for pullback in reversed(pullbacks):
     grad, hess = pullback(grad, hess)
     log_prob = log_prob + pullback.ildj
@@ -193,8 +202,10 @@ def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives", *
   with tf.name_scope(name):
     distribution = private_api.resolve_deferred(distribution)
     z, layout = points(distribution, z, kwargs)
-    # Fresh tensors: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
-    return sweep(distribution, tf.nest.map_structure(tf.identity, z), layout, kwargs)
+    if isinstance(distribution, private_api.TRANSFORMED):
+      # Fresh tensors: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
+      z = tf.nest.map_structure(tf.identity, z)
+    return sweep(distribution, z, layout, kwargs)
 
 
 @tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)
