@@ -6,7 +6,8 @@ that device memory holds one chunk's working set however large `N` is:
 - the points are a `[N, D]` array or tensor, or a `tf.data.Dataset` of `[D]` or `[b, D]` elements;
 - each chunk is one call of one `tf.function`, traced once: every chunk has the same shape, the last one padded
   with copies of its own last point (a point in the flow's support, so padding never raises under
-  `validate_args=True`), and the padding's results dropped;
+  `validate_args=True`), and the padding's results dropped. The function is kept with the flow (weakly), so
+  another call on the same flow, strategy and chunk shape reuses its trace;
 - with `out`, results go chunk by chunk into memory-mapped `.npy` files, flushed, and a small `progress.json`
   records how many points are done. An interrupted run keeps what it finished; the same call again resumes
   after the last finished chunk, and a call that asks for something else is refused;
@@ -43,6 +44,7 @@ import hashlib
 import json
 import os
 import pathlib
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -179,7 +181,7 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
   # Every worker must start at the same point: the chief's, which is the one that read `out`.
   start = _agree_on_start(strategy, output.start if output is not None else 0)
 
-  step = _step(distribution, what, strategy, source.columns)
+  step, remember_step = _step(distribution, what, strategy, source.columns)
   per_replica = chunk_size // replicas
   points_digest = hashlib.sha256()
   reader = _Rechunker(source.blocks(chunk_size))
@@ -196,8 +198,10 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
       values = strategy.experimental_distribute_values_from_function(
           lambda context, padded=padded: padded[context.replica_id_in_sync_group * per_replica:
                                                 (context.replica_id_in_sync_group + 1) * per_replica])
-      results = [result.numpy()[:len(chunk)] for result in step(values)]
+      results = [result.numpy()[:len(chunk)] for result in step(values, source.columns.shared)]
       points_digest.update(np.ascontiguousarray(chunk).tobytes())
+      if done == start:
+        remember_step()
       if output is not None:
         if done == start:
           output.check_flow(_flow_digest((distribution, source.columns.shared)))
@@ -235,12 +239,47 @@ def _assemble(what, arrays):
   return LogProbDerivatives(*arrays) if what == "derivatives" else Spectrum(*arrays)
 
 
-def _step(distribution, what, strategy, columns):
-  """The per-chunk `tf.function`: each replica's share computed by `strategy.run`, gathered in point order."""
+# The per-chunk `tf.function`s of earlier calls, by flow, then strategy, then `(what, row layout)`: another call on
+# the same flow reuses the trace. Weak keys, and steps that hold their flow and strategy only weakly, so that the
+# cache never keeps a flow (or its variables' memory) alive.
+_STEPS = weakref.WeakKeyDictionary()
 
-  def compute(rows):
-    z, kwargs = columns.split(rows)
-    derivatives = sweep.log_prob_and_derivatives(distribution, z, **kwargs)
+
+def _step(distribution, what, strategy, columns):
+  """The per-chunk `tf.function` of this flow, strategy, `what` and row layout: an earlier call's if the flow is
+  the same as when that one ran, else a new one.
+
+  A trace bakes in what the flow holds by value (tensors, numbers, the structure) and reads its variables when it
+  runs, so "the same" is `_flow_digest` with variables by identity: training the flow's variables keeps the trace,
+  a tensor replaced in its parameters or in a conditioner's closure does not.
+
+  Returns:
+    `(step, remember)`, `step(values, shared_kwargs)`; call `remember()` once the step has run: a flow whose Keras
+    layers are built on first use is fingerprinted as built, as the next call will find it.
+  """
+  steps = _STEPS.setdefault(distribution, weakref.WeakKeyDictionary()).setdefault(strategy, {})
+  key = (what, columns.signature)
+  cached = steps.get(key)
+  if cached is not None and cached[0] == _flow_digest(distribution, variable_values=False):
+    return cached[1], lambda: None
+  step = _new_step(weakref.ref(distribution), what, weakref.ref(strategy), columns.signature)
+
+  def remember():
+    steps[key] = (_flow_digest(distribution, variable_values=False), step)
+
+  return step, remember
+
+
+def _new_step(distribution_ref, what, strategy_ref, signature):
+  """The per-chunk `tf.function`: each replica's share computed by `strategy.run`, gathered in point order.
+
+  The flow and strategy are dereferenced only while tracing, inside a call of `hessians_in_chunks` that holds
+  them; the shared kwargs are arguments, not captures, so a cached step never computes with another call's.
+  """
+
+  def compute(rows, shared):
+    z, kwargs = _Columns.split(signature, rows, shared)
+    derivatives = sweep.log_prob_and_derivatives(distribution_ref(), z, **kwargs)
     if what == "hessian":
       return (derivatives.hessian,)
     if what == "derivatives":
@@ -250,8 +289,9 @@ def _step(distribution, what, strategy, columns):
     return eigenvalues, eigenvectors, tf.cast(finite, tf.int32)
 
   @tf.function(autograph=False)
-  def step(values):
-    results = strategy.run(compute, args=(values,))
+  def step(values, shared):
+    strategy = strategy_ref()
+    results = strategy.run(lambda rows: compute(rows, shared), args=(values,))
     # One gather per tensor: `strategy.gather` of a nested structure returns the first replica's values only
     # (TF 2.21, MirroredStrategy), silently.
     results = [strategy.gather(result, axis=0) for result in results]
@@ -281,25 +321,29 @@ class _Columns:
   """What a row of the points' `[N, n + m]` array holds: one point's flat event (`n`), then its own conditions.
 
   Conditions given per point (`[N, C]` beside `[N, *event]`) travel in the rows, so chunking, padding, resuming
-  and the points' digest treat them with the points; the other kwargs are `shared`, the same for every chunk.
+  and the points' digest treat them with the points; the other kwargs are `shared`, the same for every chunk
+  (`None` where a per-point condition goes). `signature` is the rest, without any values: what a trace of
+  `split` depends on besides its arguments.
   """
 
   def __init__(self, layout, kwargs, per_point):
     self.layout = layout
-    self._kwargs = kwargs
     leaves = tf.nest.flatten(kwargs)
-    self._per_point = [(index, tuple(np.shape(leaves[index])[1:])) for index in per_point]
+    per_point_shapes = tuple((index, tuple(np.shape(leaves[index])[1:])) for index in per_point)
     self.shared = tf.nest.pack_sequence_as(kwargs, [None if i in per_point else leaf for i, leaf in enumerate(leaves)])
+    self.signature = (layout, per_point_shapes)
 
-  def split(self, rows):
-    """`(z, kwargs)` of a chunk's rows, `[c, n + m]`."""
-    leaves = tf.nest.flatten(self._kwargs)
-    offset = self.layout.size
-    for index, shape in self._per_point:
+  @staticmethod
+  def split(signature, rows, shared):
+    """`(z, kwargs)` of a chunk's rows, `[c, n + m]`: the per-point conditions put into `shared`'s `None`s."""
+    layout, per_point = signature
+    leaves = tf.nest.flatten(shared)
+    offset = layout.size
+    for index, shape in per_point:
       size = int(np.prod(shape, dtype=np.int64))
       leaves[index] = tf.reshape(rows[:, offset:offset + size], (-1,) + shape)
       offset += size
-    return self.layout.unflatten(rows[:, :self.layout.size]), tf.nest.pack_sequence_as(self._kwargs, leaves)
+    return layout.unflatten(rows[:, :layout.size]), tf.nest.pack_sequence_as(shared, leaves)
 
 
 def _per_point_conditions(kwargs, num_points, dtype):
@@ -574,10 +618,11 @@ class _FileOutput:
     return [np.load(path, mmap_mode="r") for path in self._paths]
 
 
-def _flow_digest(distribution):
+def _flow_digest(distribution, variable_values=True):
   """sha256 of a flow's structure and parameters: its distributions', bijectors' and linear operators' classes and
   `parameters`, with the values of tensors, variables (Keras layers' included) and of what callables close over.
 
+  With `variable_values=False` a variable counts by its identity, dtype and shape only: what a trace depends on.
   Called after the flow has run once, so that lazily built layers and conditioners have their weights.
   """
   digest = hashlib.sha256()
@@ -594,6 +639,10 @@ def _flow_digest(distribution):
       for key in sorted(value.parameters):
         digest.update(key.encode())
         visit(value.parameters[key])
+    elif not variable_values and (isinstance(value, tf.Variable) or (
+        hasattr(value, "assign") and hasattr(value, "shape") and hasattr(value, "dtype"))):
+      seen[id(value)] = value
+      digest.update(f"variable {id(value)} {value.dtype}{tuple(value.shape)}".encode())
     elif isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, int, float, complex)) or (
         hasattr(value, "__array__") and hasattr(value, "shape")):
       array = np.asarray(value)
