@@ -10,7 +10,9 @@ that device memory holds one chunk's working set however large `N` is:
   another call on the same flow, strategy and chunk shape reuses its trace;
 - with `out`, results go chunk by chunk into memory-mapped `.npy` files, flushed, and a small `progress.json`
   records how many points are done. An interrupted run keeps what it finished; the same call again resumes
-  after the last finished chunk, and a call that asks for something else is refused;
+  after the last finished chunk, and a call that asks for something else is refused. What is on disk is
+  checked against the record (headers, sizes, a checksum per chunk) before it is resumed or returned, and a
+  damaged file is refused, never passed on as results (`tfp_hessian.results_directory`);
 - with `strategy` (a `tf.distribute.Strategy`), each chunk is split across the replicas in order
   (`experimental_distribute_values_from_function`), computed by `strategy.run` and gathered back in point order
   (`strategy.gather`). Under `MultiWorkerMirroredStrategy` every worker reads the same points, computes its
@@ -41,7 +43,6 @@ keeps the progress bar and the resume points frequent when `D` is small.
 """
 
 import hashlib
-import json
 import os
 import pathlib
 import weakref
@@ -52,7 +53,7 @@ import tqdm
 from tensorflow_probability.python.bijectors import bijector as bijector_lib
 from tensorflow_probability.python.distributions import distribution as distribution_lib
 
-from tfp_hessian import private_api, sweep
+from tfp_hessian import private_api, results_directory, sweep
 from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
 from tfp_hessian.sweep import LogProbDerivatives
 
@@ -68,8 +69,6 @@ _FIELDS = {
     "derivatives": LogProbDerivatives._fields,
     "spectrum": Spectrum._fields,
 }
-PROGRESS_FILE = "progress.json"
-_FORMAT = "tfp_hessian.hessians_in_chunks/1"
 
 
 def default_chunk_size(event_size, dtype, what="hessian"):
@@ -120,7 +119,8 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
       to `<field>.npy` (e.g. `hessian.npy`; `eigenvalues.npy`, `eigenvectors.npy`, `finite.npy`) as chunks
       finish, with `progress.json` recording the points done. If the directory holds an unfinished run of the
       same request, it resumes after that run's last finished chunk (the chunk size may differ); a finished one
-      is returned as it is.
+      is returned as it is. Either way the files are verified first against the checksums `progress.json`
+      records, and the chunks written by this call again before they are returned.
     progress: whether to show a tqdm progress bar (points done, points/s) on stderr.
     strategy: a `tf.distribute.Strategy` splitting each chunk across its replicas; default: the current one
       (`tf.distribute.get_strategy()`, the default strategy outside any `strategy.scope()`).
@@ -136,7 +136,10 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
 
   Raises:
     ValueError: if `what`, `chunk_size`, `out` or the points' shape is not as described (naming the argument),
-      if there are no points, or if `out` holds a run of another request (naming the file and what differs).
+      if there are no points, if `out` holds a run of another request (naming the file and what differs), or
+      if a file in `out` does not hold what `progress.json` records, or the record cannot be trusted itself
+      (naming the file, what is wrong, and how to recover: `tfp_hessian.keep_verified_chunks(out)` to
+      recompute from the last good chunk, or removing `out` to start over).
     TypeError: if the distribution or the points are of an unsupported type or dtype.
     RuntimeError: if called inside `tf.function` (this is a Python loop over chunks).
   """
@@ -174,8 +177,9 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
   if out is None:
     output = _MemoryOutput(fields)
   elif strategy.extended.should_checkpoint:
-    output = _FileOutput(pathlib.Path(out), fields, request, _shapes(what, size, source.num_points),
-                         _dtypes(what, dtype))
+    output = results_directory.ResultsDirectory(pathlib.Path(out), fields, request,
+                                                _shapes(what, size, source.num_points), _dtypes(what, dtype),
+                                                chunk_size)
   else:
     output = None
   # Every worker must start at the same point: the chief's, which is the one that read `out`.
@@ -183,11 +187,10 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
 
   step, remember_step = _step(distribution, what, strategy, source.columns)
   per_replica = chunk_size // replicas
-  points_digest = hashlib.sha256()
   reader = _Rechunker(source.blocks(chunk_size))
-  reader.skip(start, points_digest)
+  reader.skip(start, output.consume_points_done if output is not None else lambda rows: None)
   if output is not None:
-    output.check_points(points_digest.hexdigest())
+    output.check_points()
   done = start
   with tqdm.tqdm(total=source.num_points, initial=start, unit=" points", desc=what,
                  disable=not progress or not strategy.extended.should_checkpoint) as bar:
@@ -199,13 +202,12 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
           lambda context, padded=padded: padded[context.replica_id_in_sync_group * per_replica:
                                                 (context.replica_id_in_sync_group + 1) * per_replica])
       results = [result.numpy()[:len(chunk)] for result in step(values, source.columns.shared)]
-      points_digest.update(np.ascontiguousarray(chunk).tobytes())
       if done == start:
         remember_step()
       if output is not None:
         if done == start:
           output.check_flow(_flow_digest((distribution, source.columns.shared)))
-        output.write(done, results, points_digest.hexdigest())
+        output.write(done, results, chunk)
       done += len(chunk)
       bar.update(len(chunk))
   if done == 0:
@@ -484,13 +486,14 @@ class _Rechunker:
     self._pending, self._rows = ([rest] if len(rest) else []), len(rest)
     return taken
 
-  def skip(self, count, digest):
-    """Reads the first `count` rows into `digest` (sha256) without handing them out."""
+  def skip(self, count, consume):
+    """Reads the first `count` rows, passing them to `consume` in order, without handing them out."""
+    total = count
     while count:
       rows = self._take(min(count, _MAX_CHUNK))
       if not len(rows):
-        raise ValueError(f"`points` ended before the {count} points already done.")
-      digest.update(np.ascontiguousarray(rows).tobytes())
+        raise ValueError(f"`points` ended after {total - count} points, before the {total} points already done.")
+      consume(rows)
       count -= len(rows)
 
   def chunks(self, size):
@@ -511,111 +514,22 @@ class _MemoryOutput:
   def __init__(self, fields):
     self._chunks = [[] for _ in fields]
 
-  def check_points(self, digest):
+  def consume_points_done(self, rows):
+    pass
+
+  def check_points(self):
     pass
 
   def check_flow(self, digest):
     pass
 
-  def write(self, begin, results, points_digest):
-    del begin, points_digest
+  def write(self, begin, results, points):
+    del begin, points
     for chunks, result in zip(self._chunks, results):
       chunks.append(result)
 
   def result(self):
     return [np.concatenate(chunks) for chunks in self._chunks]
-
-
-class _FileOutput:
-  """Results in memory-mapped `<field>.npy` files under `directory`, progress in `progress.json`.
-
-  A chunk's rows are flushed to the files before `progress.json` is replaced (atomically) by one counting them,
-  so after a crash the file never claims rows that are not on disk.
-  """
-
-  def __init__(self, directory, fields, request, shapes, dtypes):
-    if directory.exists() and not directory.is_dir():
-      raise ValueError(f"`out` must be a directory; {str(directory)!r} is a file.")
-    directory.mkdir(parents=True, exist_ok=True)
-    self._progress_path = directory / PROGRESS_FILE
-    self._paths = [directory / f"{field}.npy" for field in fields]
-    self._request = request
-    self._progress = self._read_progress()
-    if self._progress is None:
-      existing = [path for path in self._paths if path.exists()]
-      if existing:
-        raise ValueError(f"{str(existing[0])!r} exists but {str(self._progress_path)!r} does not: it is not a run of "
-                         "hessians_in_chunks to resume. Use another `out` directory or remove the file.")
-      self._progress = dict(format=_FORMAT, **request, points_done=0, points_sha256=None, flow_sha256=None)
-      self._write_progress()
-    self.start = self._progress["points_done"]
-    self._arrays = [self._open(path, shape, dtype) for path, shape, dtype in zip(self._paths, shapes, dtypes)]
-
-  def _read_progress(self):
-    if not self._progress_path.exists():
-      return None
-    try:
-      progress = json.loads(self._progress_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-      raise ValueError(f"{str(self._progress_path)!r} is not valid JSON ({error}); remove it to start over.") from None
-    if not isinstance(progress, dict) or progress.get("format") != _FORMAT:
-      raise ValueError(f"{str(self._progress_path)!r} is not a progress file of hessians_in_chunks "
-                       f"(format {_FORMAT!r}); use another `out` directory.")
-    differences = [f"{key}={progress.get(key)!r} there but {value!r} here" for key, value in self._request.items()
-                   if progress.get(key) != value]
-    if differences:
-      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: {str(self._progress_path)!r} records "
-                       f"another request ({'; '.join(differences)}). Use another `out` directory, or remove this "
-                       "one to start over.")
-    return progress
-
-  def _write_progress(self):
-    temporary = self._progress_path.with_name(self._progress_path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-      json.dump(self._progress, file, indent=1)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(temporary, self._progress_path)
-
-  def _open(self, path, shape, dtype):
-    shape = tuple(shape)
-    if self.start == 0:
-      return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    try:
-      array = np.lib.format.open_memmap(path, mode="r+")
-    except (OSError, ValueError) as error:
-      raise ValueError(f"Cannot resume: {str(path)!r} ({error}) should hold {self.start} finished points "
-                       f"recorded in {str(self._progress_path)!r}.") from None
-    if array.shape != shape or array.dtype != dtype:
-      raise ValueError(f"Cannot resume: {str(path)!r} has shape {array.shape} and dtype {array.dtype}, but this call "
-                       f"writes shape {shape} and dtype {np.dtype(dtype)}.")
-    return array
-
-  def check_points(self, digest):
-    """Refuses to resume if the points already done are not the ones given now."""
-    if self.start and digest != self._progress["points_sha256"]:
-      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: the first {self.start} points differ "
-                       f"from those {str(self._progress_path)!r} was computed from. Use another `out` directory, or "
-                       "remove this one to start over.")
-
-  def check_flow(self, digest):
-    """Refuses to resume with another flow (other parameters or structure); records the flow otherwise."""
-    if self.start and digest != self._progress["flow_sha256"]:
-      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: {str(self._progress_path)!r} was "
-                       "computed with another flow (its structure or parameters differ). Use another `out` "
-                       "directory, or remove this one to start over.")
-    self._progress["flow_sha256"] = digest
-
-  def write(self, begin, results, points_digest):
-    for array, result in zip(self._arrays, results):
-      array[begin:begin + len(result)] = result
-      array.flush()
-    self._progress.update(points_done=begin + len(results[0]), points_sha256=points_digest)
-    self._write_progress()
-
-  def result(self):
-    del self._arrays  # closes the writable maps
-    return [np.load(path, mmap_mode="r") for path in self._paths]
 
 
 def _flow_digest(distribution, variable_values=True):
