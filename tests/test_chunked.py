@@ -338,6 +338,30 @@ def test_killed_run_resumes_and_gives_the_same_file(tmp_path):
   np.testing.assert_array_equal(np.load(out / "hessian.npy"), whole)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("what, where", [("hessian", "rows"), ("derivatives", "files"), ("spectrum", "record")])
+def test_run_killed_while_writing_a_chunk_resumes_to_the_direct_results(tmp_path, what, where):
+  """SIGKILL in the middle of the third chunk's write: half its rows in a file, one file of several written, or
+  every row written and the new record not yet in place. The record still counts two chunks, and the same call
+  resumes from there to the direct call's results."""
+  out = tmp_path / "killed"
+  completed = subprocess.run([sys.executable, str(SCRIPT), "killed_mid_write", str(out), what, where],
+                             env=_subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+  assert completed.returncode == -signal.SIGKILL, completed.stderr[-5000:]
+  assert json.loads((out / "progress.json").read_text())["points_done"] == 2 * CHUNK
+  if where == "rows":
+    # Rows past the record's count were written: not trusted, and not kept.
+    assert np.any(np.load(out / "hessian.npy")[2 * CHUNK] != 0)
+  flow, z = chunked_script.flow_and_points()
+  resumed = tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, out=out, progress=False)
+  direct = tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, progress=False)
+  fields = chunked._FIELDS[what]  # pylint: disable=protected-access
+  for field, actual, wanted in zip(fields, _fields(resumed), _fields(direct)):
+    np.testing.assert_array_equal(actual, wanted, err_msg=field)
+    np.testing.assert_array_equal(np.load(out / f"{field}.npy"), wanted, err_msg=field)
+  _assert_equal_to_sweep(resumed, flow, z, what, CHUNK)
+
+
 def _run(tmp_path, what="hessian", flow_and_points=None, **kwargs):
   flow, z = flow_and_points or chunked_script.flow_and_points()
   return tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, out=tmp_path, progress=False,
