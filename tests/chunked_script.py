@@ -34,6 +34,23 @@ def flow_and_points(num_points=NUM_POINTS):
   return cases.flow_and_points(cases.BIJECTORS["Chain"], np.float64, seed=3, num_points=num_points, edges=False)
 
 
+class ReaderFailed(OSError):
+  """What `failing_reader` raises: tests match its name in the error TensorFlow wraps it in."""
+
+
+def failing_reader(z, fail_after):
+  """A dataset of the rows of `z` whose reader fails after `fail_after` rows: a run stops mid-way, for real."""
+
+  def rows():
+    for row, point in enumerate(z):
+      if row == fail_after:
+        raise ReaderFailed(f"reader failed at row {row}")
+      yield point
+
+  dataset = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec(z.shape[1:], z.dtype))
+  return dataset.apply(tf.data.experimental.assert_cardinality(len(z)))
+
+
 def killable(out, stop):
   """Computes the Hessians of `flow_and_points()` into `out` from a dataset that never yields past `stop`."""
   import tfp_hessian  # pylint: disable=import-outside-toplevel

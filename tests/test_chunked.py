@@ -268,23 +268,6 @@ def test_memory_mapped_files(tmp_path, what):
   assert (progress["what"], progress["event_size"], progress["dtype"]) == (what, cases.DIM, "float64")
 
 
-class _ReaderFailed(OSError):
-  pass
-
-
-def _failing_reader(z, fail_after):
-  """A dataset of `z` whose reader fails after `fail_after` rows: the run stops mid-way, for real."""
-
-  def rows():
-    for row, point in enumerate(z):
-      if row == fail_after:
-        raise _ReaderFailed(f"reader failed at row {row}")
-      yield point
-
-  dataset = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec(z.shape[1:], tf.float64))
-  return dataset.apply(tf.data.experimental.assert_cardinality(len(z)))
-
-
 def test_interrupted_run_resumes_and_gives_the_same_file(tmp_path, capfd):
   flow, z = chunked_script.flow_and_points()
   z = z.numpy()
@@ -292,9 +275,9 @@ def test_interrupted_run_resumes_and_gives_the_same_file(tmp_path, capfd):
                                          progress=False)
   out = tmp_path / "interrupted"
   # tf.data reports the generator's exception as an UnknownError naming it.
-  with pytest.raises(tf.errors.UnknownError, match="_ReaderFailed: reader failed at row 9"):
-    tfp_hessian.hessians_in_chunks(flow, _failing_reader(z, 9), what="spectrum", chunk_size=CHUNK, out=out,
-                                   progress=False)
+  with pytest.raises(tf.errors.UnknownError, match="ReaderFailed: reader failed at row 9"):
+    tfp_hessian.hessians_in_chunks(flow, chunked_script.failing_reader(z, 9), what="spectrum", chunk_size=CHUNK,
+                                   out=out, progress=False)
   assert json.loads((out / "progress.json").read_text())["points_done"] == 8  # two chunks finished
   np.testing.assert_array_equal(np.load(out / "eigenvalues.npy")[:8], whole.eigenvalues[:8])
   capfd.readouterr()
@@ -370,8 +353,9 @@ def _run(tmp_path, what="hessian", flow_and_points=None, **kwargs):
 
 def _interrupted_run(out):
   flow, z = chunked_script.flow_and_points()
-  with pytest.raises(tf.errors.UnknownError, match="_ReaderFailed: reader failed at row 5"):
-    tfp_hessian.hessians_in_chunks(flow, _failing_reader(z.numpy(), 5), chunk_size=CHUNK, out=out, progress=False)
+  with pytest.raises(tf.errors.UnknownError, match="ReaderFailed: reader failed at row 5"):
+    tfp_hessian.hessians_in_chunks(flow, chunked_script.failing_reader(z.numpy(), 5), chunk_size=CHUNK, out=out,
+                                   progress=False)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -39,17 +39,6 @@ FILE_POSITIONS = {"header": None, "chunk boundary": 4, "inside a chunk": 5.5, "n
 RECORD_POSITIONS = ("line start", "mid-line")  # a record has no chunks: the line at half its length
 
 
-def _failing_reader(z, fail_after):
-  def rows():
-    for row, point in enumerate(z):
-      if row == fail_after:
-        raise OSError(f"reader failed at row {row}")
-      yield point
-
-  dataset = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec(z.shape[1:], z.dtype))
-  return dataset.apply(tf.data.experimental.assert_cardinality(len(z)))
-
-
 @functools.lru_cache(maxsize=None)
 def _flow_and_points():
   """One flow for the whole module: its per-chunk function is traced once per `what`, not once per case."""
@@ -81,7 +70,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp(what)
     expected = tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, progress=False)
     with pytest.raises(tf.errors.UnknownError, match=f"reader failed at row {INTERRUPTED_AT}"):
-      _run(root / "interrupted", what, points=_failing_reader(z.numpy(), INTERRUPTED_AT))
+      _run(root / "interrupted", what, points=chunked_script.failing_reader(z.numpy(), INTERRUPTED_AT))
     _run(root / "finished", what)
     made[what] = expected, root
   return made
