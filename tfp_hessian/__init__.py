@@ -16,7 +16,7 @@ from tfp_hessian.results_directory import keep_verified_chunks
 from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
                                   stiff_sloppy_split)
 from tfp_hessian.sampling import sample_and_log_prob_derivatives, sample_and_log_prob_hessian
-from tfp_hessian.sweep import LogProbDerivatives, log_prob_and_derivatives, log_prob_hessian
+from tfp_hessian.sweep import LogProbDerivatives, execution_plan, log_prob_and_derivatives, log_prob_hessian
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "default_chunk_size",
     "event_names",
     "examples",
+    "execution_plan",
     "flatten_event",
     "get_memory_limit",
     "hessians_in_chunks",

@@ -26,12 +26,12 @@ import collections
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_hessian import bases, compiled, events, private_api, registry
+from tfp_hessian import bases, compiled, events, execution, private_api, registry
 from tfp_hessian.pullback import AutodiffPullback, ComposedPullback
 
 tfd = tfp.distributions
 
-__all__ = ["LogProbDerivatives", "log_prob_and_derivatives", "log_prob_hessian"]
+__all__ = ["LogProbDerivatives", "execution_plan", "log_prob_and_derivatives", "log_prob_hessian"]
 
 LogProbDerivatives = collections.namedtuple("LogProbDerivatives", ["log_prob", "gradient", "hessian"])
 LogProbDerivatives.__doc__ = """Value `[*batch]`, gradient `[*batch, n]` and Hessian `[*batch, n, n]` of log q(z)."""
@@ -205,7 +205,14 @@ def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives", *
     if isinstance(distribution, private_api.TRANSFORMED):
       # Fresh tensors: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
       z = tf.nest.map_structure(tf.identity, z)
-    return sweep(distribution, z, layout, kwargs)
+    return execution.run(lambda points: sweep(distribution, points, layout, kwargs), z,
+                         _hessian_elements(layout, z))
+
+
+def _hessian_elements(layout, z):
+  """`N · n²`, the size of the Hessians of points `z`, if known statically; else None."""
+  batch = layout.batch_shape(z)
+  return batch.num_elements() * layout.size ** 2 if batch.is_fully_defined() else None
 
 
 @tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)
@@ -229,6 +236,19 @@ def log_prob_hessian(distribution, z, name="log_prob_hessian", **kwargs):
   with tf.name_scope(name):
     # Eagerly this is the very compiled function `log_prob_and_derivatives` runs: the same Hessian, bit for bit.
     return log_prob_and_derivatives(distribution, z, **kwargs).hessian
+
+
+def execution_plan(distribution, z, **kwargs):
+  """How `log_prob_hessian(distribution, z, **kwargs)` runs in a `tf.function`: an `execution.Plan`, with why.
+
+  `Plan(xla=True, ...)` where the sweep is compiled by XLA (few points, flows whose ops XLA compiles well),
+  `Plan(xla=False, ...)` where TensorFlow runs the traced graph. Traces the call once; nothing runs.
+  """
+  plans = []
+  with execution.observe(plans.append):
+    tf.function(lambda points: log_prob_and_derivatives(distribution, points, **kwargs),
+                autograph=False).get_concrete_function(z)
+  return plans[-1]
 
 
 def flat_log_prob(distribution, z, kwargs=None):

@@ -1,0 +1,115 @@
+"""How the default call runs in a graph (`execution.py`): XLA where chosen, exact either way.
+
+The flows of `test_flows.FLOWS` whose sweep is compiled are checked against the references there, through the
+compiled eager path (a `tf.function` of the package's own). Here: which flows are compiled and why, that the
+choice holds inside a user's `tf.function` and follows the number of points, and that in float32 a compiled sweep
+is, point by point, no less accurate than nested tapes are.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfp_hessian
+from tfp_hessian import execution, reference
+
+from test_flows import NAMES, make_flow
+
+# Flows of the registry whose every op XLA compiles well, at the registry's few points.
+COMPILED = ["conditional MAFs in a Chain, [N, C] conditions", "conditional MAF, one point and [N, C] conditions",
+            "matrix events: Sample(Normal, [3, 2])", "scalar events", "batch [D] Sample(Normal), one point [D]"]
+# ... and some that keep the traced graph, with the op that decides it.
+NOT_COMPILED = {
+    "MultivariateNormalTriL": "MatrixTriangularSolve",  # slow under XLA on CPU
+    "chain with IAF": "While",  # an IAF's sequential inverse
+    "JointDistributionNamed (hierarchical)": "PlaceholderWithDefault",
+}
+
+
+def _plans(distribution, z, kwargs, signature=None):
+  """The plans chosen while a user's `tf.function` of `log_prob_hessian` is traced."""
+  plans = []
+  with execution.observe(plans.append):
+    function = tf.function(lambda z: tfp_hessian.log_prob_hessian(distribution, z, **kwargs),
+                           input_signature=signature)
+    function.get_concrete_function(*([] if signature else [z]))
+  return plans
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_where_every_op_compiles(name):
+  distribution, z, kwargs = make_flow(name, np.float64)
+  plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
+  assert plan.xla, plan.reason
+  assert "XLA-compiled" in plan.reason
+  assert [p.xla for p in _plans(distribution, z, kwargs)] == [True]
+
+
+@pytest.mark.parametrize("name, op", sorted(NOT_COMPILED.items()))
+def test_not_compiled_names_the_op(name, op):
+  distribution, z, kwargs = make_flow(name, np.float64)
+  plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
+  assert not plan.xla
+  assert op in plan.reason
+
+
+def test_plan_of_every_registry_flow_says_why():
+  """Every flow gets a plan with a reason; the registry has compiled flows and flows that are not."""
+  chosen = {}
+  for name in NAMES:
+    distribution, z, kwargs = make_flow(name, np.float64)
+    plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
+    assert plan.reason.startswith("XLA-compiled" if plan.xla else "not compiled")
+    chosen[name] = plan.xla
+  assert {name for name, xla in chosen.items() if xla} == set(COMPILED)
+
+
+def test_many_points_and_unknown_points_are_not_compiled():
+  distribution, z, kwargs = make_flow(COMPILED[0], np.float64)
+  n = z.shape[-1]
+  many = execution._MAX_ELEMENTS // n ** 2 + 1
+  big_z = tf.tile(z, [-(-many // z.shape[0]), 1])[:many]
+  big_kwargs = tf.nest.map_structure(lambda c: tf.tile(c, [-(-many // c.shape[0]), 1])[:many], kwargs)
+  plan = tfp_hessian.execution_plan(distribution, big_z, **big_kwargs)
+  assert not plan.xla and "more than" in plan.reason
+  few = execution._MAX_ELEMENTS // n ** 2
+  assert tfp_hessian.execution_plan(distribution, big_z[:few], **tf.nest.map_structure(
+      lambda c: c[:few], big_kwargs)).xla
+  # Points of unknown number (an input signature with a None batch dimension): the graph as traced.
+  distribution, z, kwargs = make_flow("scalar events", np.float64)
+  [plan] = _plans(distribution, z, kwargs, signature=[tf.TensorSpec([None], z.dtype)])
+  assert not plan.xla and "not known" in plan.reason
+
+
+def test_eager_first_call_is_not_traced():
+  """The first eager call runs op by op: no plan is made (nothing is traced)."""
+  distribution, z, kwargs = make_flow(COMPILED[0], np.float64)
+  plans = []
+  with execution.observe(plans.append):
+    tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
+  assert plans == []
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_float32_no_less_accurate_than_tapes(name):
+  """Point by point, the compiled float32 Hessian is as close to the float64 one as nested tapes' float32 is.
+
+  The float64 Hessian of the same flow and points is the truth. A compiled sweep may round differently from the
+  graph (XLA fuses and reorders), so it is held to the accuracy users would get from tapes: its error at each
+  point at most twice the tapes' error there, plus 8 float32 ulps of the Hessian's largest entry (an error of a
+  few ulps where the tapes happen to be exact is rounding, not a loss of accuracy).
+  """
+  distribution32, z32, kwargs32 = make_flow(name, np.float32)
+  distribution64, z64, kwargs64 = make_flow(name, np.float64)
+  assert tfp_hessian.execution_plan(distribution32, z32, **kwargs32).xla
+  truth = tfp_hessian.log_prob_hessian(distribution64, tf.cast(z32, tf.float64), **kwargs64).numpy()
+  ours = tf.function(lambda z: tfp_hessian.log_prob_hessian(distribution32, z, **kwargs32))(z32).numpy()
+  tapes = reference.tape_hessian(distribution32, z32, **kwargs32).numpy()
+  event_axes = (-2, -1)
+  scale = np.max(np.abs(truth), axis=event_axes)
+  ours_error = np.max(np.abs(ours - truth), axis=event_axes)
+  tapes_error = np.max(np.abs(tapes - truth), axis=event_axes)
+  # The float64 flow is the float32 one (the same weights, to rounding): the tapes agree with it to float32 error.
+  assert np.all(tapes_error <= 1e-3 * scale), tapes_error / scale
+  allowed = 2 * tapes_error + 8 * np.finfo(np.float32).eps * scale
+  assert np.all(ours_error <= allowed), (ours_error / scale, tapes_error / scale)

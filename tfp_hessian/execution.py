@@ -1,0 +1,109 @@
+"""How a sweep runs inside a graph: compiled by XLA where that is measured to be faster, else as traced.
+
+At a few points the sweep's arithmetic is small and TensorFlow's executor, which dispatches every op on its own,
+spends most of a call between ops: a 4-layer MAF or RealNVP at D = 64 and 16 points runs 1.3–1.8× faster when
+XLA fuses the sweep into a few kernels (`python benchmarks/execution_choice.py`). At many points the batched
+matrix products dominate, XLA's are no faster than TensorFlow's, and a RealNVP at 1024 points runs slower
+compiled. XLA on CPU is also slow for triangular solves, cannot compile assertions (`validate_args`) or Python
+calls, and takes a second or so to compile.
+
+So, in a graph (a user's `tf.function`, or the compiled eager path of `compiled.py`), the sweep is first traced as
+a function of its own, and its ops decide, once per trace:
+
+- every op is one that XLA compiles well on CPU (`_COMPILES_WELL`; any other op, a control-flow op or a call of
+  another function keeps the graph as traced), and
+- the points are few: the Hessians `[N, n, n]` hold at most `_MAX_ELEMENTS` numbers, with N known when traced.
+
+Then the sweep runs compiled (`jit_compile=True`), else the traced function runs as it is. Either gives the
+same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are tested against the
+references. Called eagerly (a distribution's first call, op by op) nothing is compiled.
+"""
+
+import collections
+import contextlib
+
+import tensorflow as tf
+
+__all__ = ["Plan", "forced", "observe", "plan", "run"]
+
+Plan = collections.namedtuple("Plan", ["xla", "reason"])
+Plan.__doc__ = """How a sweep runs: `xla` (bool), and `reason`, a sentence saying why."""
+
+# The largest `[N, n, n]` batch of Hessians compiled: measured break-even of XLA against the graph executor for
+# MAF and RealNVP sweeps (`benchmarks/execution_choice.py`).
+_MAX_ELEMENTS = 2 ** 19
+
+# Op types that XLA compiles on CPU at least as fast as TensorFlow runs them, and that the sweeps of the analytic
+# rules use: elementwise math, shapes and indexing, matrix products and the gradients of those. Not here, so
+# never compiled: triangular and general solves (slow under XLA on CPU), assertions, Python calls, stateful and
+# random ops, control flow and calls of other functions.
+_COMPILES_WELL = frozenset("""
+    Abs Acosh AddN AddV2 Asinh Atanh BiasAdd BroadcastArgs BroadcastGradientArgs BroadcastTo Cast Ceil ConcatV2
+    Const Cos Cosh Cumsum Digamma Div DivNoNan Elu EnsureShape Equal Erf Erfc Exp ExpandDims Expm1 Fill Floor
+    GatherV2 Greater GreaterEqual Identity IdentityN InvertPermutation IsFinite IsInf IsNan LeakyRelu Less
+    LessEqual Lgamma Log Log1p LogicalAnd LogicalNot LogicalOr LogSoftmax MatMul BatchMatMulV2 MatrixBandPart
+    MatrixDiagPartV3 MatrixDiagV3 MatrixSetDiagV3 Max Maximum Mean Min Minimum Mul MulNoNan Neg NoOp NotEqual
+    OnesLike Pack Pad PadV2 Placeholder Pow Prod Range Rank RealDiv Reciprocal ReciprocalGrad ReadVariableOp Relu
+    ReluGrad Reshape ReverseV2 Round Rsqrt RsqrtGrad Select SelectV2 Selu Shape ShapeN Sigmoid SigmoidGrad Sign
+    Sin Sinh Size Slice Softmax Softplus SoftplusGrad Softsign Split SplitV Sqrt SqrtGrad Square
+    SquaredDifference Squeeze StopGradient StridedSlice StridedSliceGrad Sub Sum Tanh TanhGrad Tile Transpose
+    Unpack Xlog1py Xlogy ZerosLike
+""".split())
+
+
+def plan(graph, hessian_elements):
+  """The `Plan` for a sweep traced into `graph` whose Hessians hold `hessian_elements` numbers (None: unknown)."""
+  others = sorted({op.type for op in graph.get_operations()} - _COMPILES_WELL)
+  if others:
+    return Plan(False, f"not compiled: its graph has ops XLA is not known to compile well ({', '.join(others)})")
+  if hessian_elements is None:
+    return Plan(False, "not compiled: the number of points is not known when traced")
+  if hessian_elements > _MAX_ELEMENTS:
+    return Plan(False, f"not compiled: {hessian_elements} Hessian entries, more than {_MAX_ELEMENTS}, where "
+                       "XLA is no faster")
+  return Plan(True, f"XLA-compiled: {hessian_elements} Hessian entries, at most {_MAX_ELEMENTS}")
+
+
+_OBSERVERS = []  # callables told each `Plan` chosen while tracing (`sweep.execution_plan`)
+_FORCED = []  # [xla] while `forced(xla)` is active: the choice, for measuring one against the other
+
+
+@contextlib.contextmanager
+def observe(observer):
+  """Within the block, `observer(plan)` is called with the `Plan` of every sweep traced (nothing else changes)."""
+  _OBSERVERS.append(observer)
+  try:
+    yield
+  finally:
+    _OBSERVERS.remove(observer)
+
+
+@contextlib.contextmanager
+def forced(xla):
+  """Within the block, sweeps traced are compiled (`xla=True`) or not, whatever `plan` says: for benchmarks."""
+  _FORCED.append(bool(xla))
+  try:
+    yield
+  finally:
+    _FORCED.pop()
+
+
+def run(sweep, z, hessian_elements):
+  """`sweep(z)`, compiled by XLA if `plan` says so (in a graph; eagerly it runs as it is).
+
+  Args:
+    sweep: `z -> structure of tensors`, the sweep on validated points.
+    z: the points (a tensor or a structure of tensors).
+    hessian_elements: `N · n²` if known statically, else None.
+  """
+  if tf.executing_eagerly():
+    return sweep(z)
+  traced = tf.function(sweep, autograph=False).get_concrete_function(z)
+  chosen = plan(traced.graph, hessian_elements)
+  if _FORCED:
+    chosen = Plan(_FORCED[-1], f"forced by execution.forced(xla={_FORCED[-1]})")
+  for observer in _OBSERVERS:
+    observer(chosen)
+  if chosen.xla:
+    return tf.function(sweep, autograph=False, jit_compile=True)(z)
+  return traced(z)
