@@ -567,9 +567,8 @@ def _nearest_zero(tridiagonal, times, outside, k, tolerance, eps, subspace, powe
 
   fresh = lambda shape, i: tf.random.stateless_normal(shape, seed + tf.stack([0, i]), dtype=dtype)
   power = tf.where(tf.reduce_any(tf.not_equal(power, 0), -1, keepdims=True), power, fresh(tf.shape(power), 0))
-  power = power[:, :, tf.newaxis]
-  for _ in range(POWER_STEPS):
-    power = _normalize_columns(product(power))
+  power = tf.while_loop(lambda i, _: i < POWER_STEPS, lambda i, v: (i + 1, _normalize_columns(product(v))),
+                        (tf.constant(0), power[:, :, tf.newaxis]))[1]
   scale = tf.maximum(scale, tf.norm(product(power)[:, :, 0], axis=-1))
   offset = eps * tf.where(scale > 0, scale, tf.ones_like(scale))
   target = INNER_TOLERANCE * tolerance * scale
@@ -595,7 +594,8 @@ def _nearest_zero(tridiagonal, times, outside, k, tolerance, eps, subspace, powe
     theta = tf.gather(theta, order, axis=-1, batch_dims=1)
     rotation = tf.gather(rotation, order, axis=-1, batch_dims=1)
     subspace, image = tf.linalg.matmul(subspace, rotation), tf.linalg.matmul(image, rotation)
-    inside = tf.norm(image[:, :, :k] - subspace[:, :, :k] * theta[:, tf.newaxis, :k], axis=-2)
+    inside = tf.ensure_shape(tf.norm(image[:, :, :k] - subspace[:, :, :k] * theta[:, tf.newaxis, :k], axis=-2),
+                             [None, k])
     # The rate now, and at the middle of the wanted estimates (the subspace's farthest value bounds θ_{p+1} − σ).
     settled = tf.logical_or(tf.reduce_all(inside <= target[:, tf.newaxis], axis=-1), tf.logical_not(finite))
     wanted = theta[:, :k]
@@ -612,14 +612,15 @@ def _nearest_zero(tridiagonal, times, outside, k, tolerance, eps, subspace, powe
   def unsettled(i, subspace, shift, factors, shifted, theta, inside):
     del subspace, shift, factors, shifted, theta
     settled = tf.logical_or(tf.reduce_all(inside <= target[:, tf.newaxis], axis=-1), tf.logical_not(finite))
-    return tf.logical_and(i < iterations, tf.logical_not(tf.reduce_all(settled)))
+    return tf.logical_and(i < tf.maximum(iterations, 1), tf.logical_not(tf.reduce_all(settled)))
 
   used = tf.reduce_any(tf.not_equal(subspace, 0), axis=-2, keepdims=True)
   subspace, _ = tf.linalg.qr(tf.where(used, subspace, fresh(tf.shape(subspace), 1)))
   shift = tf.zeros_like(scale)
-  start = iterate(0, subspace, shift, factored(shift), tf.constant(0), None, None)
-  _, subspace, _, _, _, theta, inside = tf.while_loop(unsettled, iterate, start,
-                                                      maximum_iterations=INNER_ITERATIONS - 1)
+  infinite = tf.fill(tf.stack([tf.shape(scale)[0], k]), tf.constant(np.inf, dtype))  # unsettled: no solve yet
+  start = (tf.constant(0), subspace, shift, factored(shift), tf.constant(0), tf.zeros_like(subspace[:, 0]),
+           infinite)
+  _, subspace, _, _, _, theta, inside = tf.while_loop(unsettled, iterate, start, maximum_iterations=INNER_ITERATIONS)
   wanted = tf.reverse(subspace[:, :, :k], axis=[-1])  # by decreasing |θ|, the sloppiest last
   values = tf.reverse(theta[:, :k], axis=[-1])
   inside = tf.reverse(inside, axis=[-1])
