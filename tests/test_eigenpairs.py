@@ -147,6 +147,19 @@ def test_sloppy_interior_pairs_in_blocks(name):
   _assert_sloppy_subspace(pairs, hessian)
 
 
+def test_sloppy_conditional_flow_in_blocks():
+  """Per-point conditions (`bijector_kwargs`) with products taken in blocks of 2 by `vectorized_map`."""
+  dim = 64
+  flow = tfp_hessian.examples.conditional_maf(dim=dim, condition_size=4, dtype=tf.float64)
+  rng = np.random.default_rng(11)
+  z = tf.constant(rng.normal(size=(3, dim)))
+  kwargs = flow.condition_kwargs(tf.constant(rng.normal(size=(3, 4))))
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 4, which="sloppy", **kwargs)
+  hessian = tfp_hessian.log_prob_hessian(flow, z, **kwargs)
+  _assert_pairs_match(pairs, hessian, "sloppy", RTOL[np.float64])
+  _assert_sloppy_subspace(pairs, hessian)
+
+
 def test_sloppy_cluster_away_from_zero():
   """Definite, its sloppiest eigenvalues within 1 % of each other at 1/4 of the way from zero to the rest.
 

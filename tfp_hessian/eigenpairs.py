@@ -27,7 +27,7 @@ Lanczos with full reorthogonalization builds an orthonormal basis `Q_m = [q_1 �
   the fifth from the sixth would need a degree of ~1e6). So the sloppy iteration is built for long Krylov spaces:
 
   *Block* Lanczos takes `b` vectors per point in each product (one batched call, `vectorized_map`): per vector a
-  product of 32 costs about a third of a single one, and the basis is read once per block, not once per vector.
+  product of 32 costs less than half of a single one, and the basis is read once per block, not per vector.
   With `Q_m = [Q_0 … Q_{s-1}]` (`s` blocks of `b` columns, `m = s b`),
 
   .. math::
@@ -85,9 +85,9 @@ ITERATIONS_PER_PAIR = 20
 # basis then takes 8 · N · D · cap bytes in float64.
 SLOPPY_ITERATIONS = 4096
 # Vectors per point in each batched product of the sloppy iteration: D // BLOCK_DIVISOR, between 1 and MAX_BLOCK.
-# Per vector, a product of 32 vectors costs 0.3–0.4x a single one (RealNVP, MAF, D = 1024), and the basis is read
-# once per block instead of once per vector; blocks much wider than D / 32 need more dimensions before the sloppy
-# pairs converge, and small D (where few products are enough) keeps single vectors.
+# Per vector, a product of 32 vectors costs 0.2–0.4x a single one (RealNVP, MAF, D = 1024; about 1x for the
+# elementwise + affine flow, whose products are triangular solves), and the basis is read once per block instead of
+# once per vector; blocks of 64 were slower overall at D = 1024, and small D (few products) keeps single vectors.
 BLOCK_DIVISOR = 32
 MAX_BLOCK = 64
 # The convergence check (an LU factorization of the projected matrix) runs after 1, 2, … block steps, then each time
