@@ -214,11 +214,14 @@ def main(argv=None):
   if args.worker:
     return _methods(args) if args.methods else _worker(args)
   if args.report:
-    reports = []
+    reports, cells = [], {}
     for path in args.report:
       with open(path) as results:
         reports.append(json.load(results))
-    print(format_markdown(dict(reports[0], cells={c: r for report in reports for c, r in report["cells"].items()})))
+      for cell, result in reports[-1]["cells"].items():  # a dense-only cell never replaces a full one
+        if cell not in cells or "sloppy" in result.get("median_s", {}):
+          cells[cell] = result
+    print(format_markdown(dict(reports[0], cells=cells)))
     return 0
 
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
