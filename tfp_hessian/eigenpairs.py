@@ -22,7 +22,7 @@ Lanczos with full reorthogonalization builds an orthonormal basis `Q_m = [q_1 �
   too; but it may be indefinite, and then they are *interior* eigenvalues, resolved only late. At D = 1024 the
   benchmark flows' sloppiest eigenvalues are 1e-8 to 1e-5 of `max|λ|`, inside a bulk of half the spectrum within
   1e-3 of it, and every method with products only that was measured needs most of D products there
-  (BENCHMARKS.md, "Sloppy pairs at large D": Lanczos, extracting from its whole Krylov space, 700–1024; MINRES on
+  (BENCHMARKS.md, "Sloppy pairs at large D": Lanczos, extracting from its whole Krylov space, 736–1024; MINRES on
   `H`, the inner solve of shift-and-invert, had not reached 1e-8 after 6 D products; a Chebyshev filter separating
   the fifth from the sixth would need a degree of ~1e6). So the sloppy iteration is built for long Krylov spaces:
 
