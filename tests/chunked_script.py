@@ -1,6 +1,7 @@
 """Runs `hessians_in_chunks` in a fresh process, for the tests that need one (`test_batched`, `test_distribute`).
 
     python tests/chunked_script.py killable OUT STOP    # blocks for good after STOP points, to be killed
+    python tests/chunked_script.py killed_mid_write OUT WHAT WHERE   # SIGKILLs itself writing the third chunk
     python tests/chunked_script.py mirrored             # two logical CPUs: MirroredStrategy vs one device
     python tests/chunked_script.py multiworker OUT      # one worker of a MultiWorkerMirroredStrategy (TF_CONFIG)
     python tests/chunked_script.py memory OUT           # peak memory of a default-size chunk of a 4-layer MAF
@@ -12,6 +13,7 @@ TensorFlow fixes its devices and cluster when first used, which is why these run
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -32,6 +34,23 @@ def flow_and_points(num_points=NUM_POINTS):
   return cases.flow_and_points(cases.BIJECTORS["Chain"], np.float64, seed=3, num_points=num_points, edges=False)
 
 
+class ReaderFailed(OSError):
+  """What `failing_reader` raises: tests match its name in the error TensorFlow wraps it in."""
+
+
+def failing_reader(z, fail_after):
+  """A dataset of the rows of `z` whose reader fails after `fail_after` rows: a run stops mid-way, for real."""
+
+  def rows():
+    for row, point in enumerate(z):
+      if row == fail_after:
+        raise ReaderFailed(f"reader failed at row {row}")
+      yield point
+
+  dataset = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec(z.shape[1:], z.dtype))
+  return dataset.apply(tf.data.experimental.assert_cardinality(len(z)))
+
+
 def killable(out, stop):
   """Computes the Hessians of `flow_and_points()` into `out` from a dataset that never yields past `stop`."""
   import tfp_hessian  # pylint: disable=import-outside-toplevel
@@ -46,6 +65,40 @@ def killable(out, stop):
   dataset = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec([z.shape[1]], tf.float64))
   dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(z)))
   tfp_hessian.hessians_in_chunks(flow, dataset, chunk_size=CHUNK, out=out, progress=False)
+
+
+def killed_mid_write(out, what, where):
+  """Computes `what` of `flow_and_points()` into `out` in chunks of `CHUNK`, and SIGKILLs itself while writing
+  the third chunk: `where` is "rows" (half its rows in the first file, flushed), "files" (the first file's rows
+  written and flushed, not the next file's) or "record" (every row written, the new record in its temporary file,
+  not yet replacing the old one). No cleanup of any kind runs: the directory is as a crash leaves it.
+  """
+  import tfp_hessian  # pylint: disable=import-outside-toplevel
+  from tfp_hessian import results_directory  # pylint: disable=import-outside-toplevel
+  flow, z = flow_and_points()
+  third = 2 * CHUNK
+  kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+  write_rows = results_directory.ResultsDirectory._write_rows  # pylint: disable=protected-access
+
+  def write_rows_then_die(self, index, begin, rows):
+    if begin == third and where == "rows":
+      write_rows(self, index, begin, rows[:len(rows) // 2])
+      kill()
+    if begin == third and where == "files" and index == 1:
+      kill()
+    write_rows(self, index, begin, rows)
+
+  replace = os.replace
+
+  def replace_then_die(source, destination):
+    if where == "record" and json.loads(pathlib.Path(source).read_text())["points_done"] > third:
+      kill()
+    replace(source, destination)
+
+  results_directory.ResultsDirectory._write_rows = write_rows_then_die  # pylint: disable=protected-access
+  os.replace = replace_then_die
+  tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, out=out, progress=False)
+  raise SystemExit("the run finished: it was not killed")
 
 
 def _worst(actual, expected):
@@ -151,6 +204,8 @@ if __name__ == "__main__":
   mode = sys.argv[1]
   if mode == "killable":
     killable(sys.argv[2], int(sys.argv[3]))
+  elif mode == "killed_mid_write":
+    killed_mid_write(*sys.argv[2:5])
   elif mode == "mirrored":
     mirrored()
   elif mode == "multiworker":

@@ -7,6 +7,7 @@ differs by a few ulps (about 1e-15 relative in float64, 1e-6 in float32, seen): 
 Two chunked runs of the same chunk size are compared bitwise.
 """
 
+import gc
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from tfp_hessian import chunked
 
 import cases
 import chunked_script
+import test_flows
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -181,18 +184,68 @@ class _CountingSoftplus(tfb.Softplus):
     return super()._inverse(y)
 
 
-def test_one_trace_whatever_the_number_of_chunks():
+def _traces(flow, points, **kwargs):
+  """How often `hessians_in_chunks(flow, points, chunk_size=4, ...)` traces its step, and its result."""
+  before = _CountingSoftplus.traces
+  result = tfp_hessian.hessians_in_chunks(flow, points, chunk_size=4, progress=False, **kwargs)
+  return _CountingSoftplus.traces - before, result
+
+
+def test_one_trace_for_every_chunk_and_every_call_on_the_same_flow(tmp_path):
+  """Counted where tracing runs Python: the step traces once for the first call on a flow, whatever the number of
+  chunks, and never again for calls of the same chunk shape and `what`, whatever the input kind, with files or
+  without (tf.function's retracing warning came from a new function per call)."""
   base = tfd.MultivariateNormalDiag(tf.zeros(3, tf.float64))
   flow = tfd.TransformedDistribution(base, _CountingSoftplus())
   z = flow.sample(11, seed=(1, 2))
-  traces = []
-  for points in (z[:4], z, tf.data.Dataset.from_tensor_slices(z).batch(5)):  # 1 chunk; 3 chunks, the last short
-    before = _CountingSoftplus.traces
-    result = tfp_hessian.hessians_in_chunks(flow, points, chunk_size=4, progress=False)
-    traces.append(_CountingSoftplus.traces - before)
-    cases.assert_close(result, tfp_hessian.log_prob_hessian(flow, points if len(result) == 4 else z), 1e-12)
-  assert traces[0] > 0
-  assert traces[1] == traces[2] == traces[0], f"inverse traced {traces} times for 1, 3 and 3 chunks"
+  calls = {"1 chunk": z[:4], "3 chunks, the last short": z, "dataset": tf.data.Dataset.from_tensor_slices(z).batch(5),
+           "numpy": z.numpy(), "again": z}
+  traces = {}
+  for name, points in calls.items():
+    traces[name], result = _traces(flow, points)
+    cases.assert_close(result, tfp_hessian.log_prob_hessian(flow, z[:len(result)]), 1e-12)
+  traces["files"], result = _traces(flow, z, out=tmp_path / "run")
+  cases.assert_close(result, tfp_hessian.log_prob_hessian(flow, z), 1e-12)
+  assert traces.pop("1 chunk") > 0
+  assert set(traces.values()) == {0}, f"retraced: {traces}"
+  # Another `what` is another function: traced once, then reused.
+  assert [_traces(flow, z, what="spectrum")[0] > 0 for _ in range(3)] == [True, False, False]
+
+
+def test_a_kept_trace_computes_with_the_flow_and_kwargs_of_the_call():
+  """A kept trace reads the flow's variables when it runs and takes the shared kwargs as arguments: a trained
+  flow and another condition give their own results without a retrace. A tensor replaced inside the flow (here
+  in a conditioner's closure) is baked into a trace, so it is traced anew."""
+  flow, z, kwargs = test_flows.make_flow("conditional MAF, one [C] condition", np.float64)
+  compiled = tf.function(tfp_hessian.log_prob_hessian, autograph=False)  # the reference: a trace of its own
+  first = tfp_hessian.hessians_in_chunks(flow, z, chunk_size=4, progress=False, **kwargs)
+  cases.assert_close(first, compiled(flow, z, **kwargs), 1e-12)
+  step = next(iter(next(iter(chunked._STEPS[flow].values())).values()))[1]  # pylint: disable=protected-access
+  weight = flow.bijector.parameters["shift_and_log_scale_fn"].trainable_weights[0]
+  weight.assign_add(tf.fill(weight.shape, tf.constant(0.1, weight.dtype)))
+  other = tf.nest.map_structure(lambda condition: condition + 1., kwargs)
+  trained = tfp_hessian.hessians_in_chunks(flow, z, chunk_size=4, progress=False, **other)
+  cases.assert_close(trained, compiled(flow, z, **other), 1e-12)
+  assert np.max(np.abs(trained - first)) > 1e-3 * np.max(np.abs(first))
+  assert step.experimental_get_tracing_count() == 1
+
+  flow, z = cases.flow_and_points(cases.BIJECTORS["RealNVP"], np.float64, seed=1, num_points=N, edges=False)
+  before = tfp_hessian.hessians_in_chunks(flow, z, chunk_size=4, progress=False)
+  _nudge_conditioner(flow, 0.1)  # a new tensor in the closure of a plain-function conditioner
+  after = tfp_hessian.hessians_in_chunks(flow, z, chunk_size=4, progress=False)
+  cases.assert_close(after, tfp_hessian.log_prob_hessian(flow, z), 1e-12)
+  assert np.max(np.abs(after - before)) > 1e-3 * np.max(np.abs(before))
+
+
+def test_a_kept_trace_does_not_keep_its_flow_alive():
+  flow, z = cases.flow_and_points(cases.BIJECTORS["RealNVP(DenseShiftAndLogScale)"], np.float64, seed=1,
+                                  num_points=N, edges=False)
+  tfp_hessian.hessians_in_chunks(flow, z, chunk_size=4, progress=False)
+  assert flow in chunked._STEPS  # pylint: disable=protected-access
+  alive = weakref.ref(flow)
+  del flow
+  gc.collect()
+  assert alive() is None
 
 
 # Files.
@@ -215,23 +268,6 @@ def test_memory_mapped_files(tmp_path, what):
   assert (progress["what"], progress["event_size"], progress["dtype"]) == (what, cases.DIM, "float64")
 
 
-class _ReaderFailed(OSError):
-  pass
-
-
-def _failing_reader(z, fail_after):
-  """A dataset of `z` whose reader fails after `fail_after` rows: the run stops mid-way, for real."""
-
-  def rows():
-    for row, point in enumerate(z):
-      if row == fail_after:
-        raise _ReaderFailed(f"reader failed at row {row}")
-      yield point
-
-  dataset = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec(z.shape[1:], tf.float64))
-  return dataset.apply(tf.data.experimental.assert_cardinality(len(z)))
-
-
 def test_interrupted_run_resumes_and_gives_the_same_file(tmp_path, capfd):
   flow, z = chunked_script.flow_and_points()
   z = z.numpy()
@@ -239,9 +275,9 @@ def test_interrupted_run_resumes_and_gives_the_same_file(tmp_path, capfd):
                                          progress=False)
   out = tmp_path / "interrupted"
   # tf.data reports the generator's exception as an UnknownError naming it.
-  with pytest.raises(tf.errors.UnknownError, match="_ReaderFailed: reader failed at row 9"):
-    tfp_hessian.hessians_in_chunks(flow, _failing_reader(z, 9), what="spectrum", chunk_size=CHUNK, out=out,
-                                   progress=False)
+  with pytest.raises(tf.errors.UnknownError, match="ReaderFailed: reader failed at row 9"):
+    tfp_hessian.hessians_in_chunks(flow, chunked_script.failing_reader(z, 9), what="spectrum", chunk_size=CHUNK,
+                                   out=out, progress=False)
   assert json.loads((out / "progress.json").read_text())["points_done"] == 8  # two chunks finished
   np.testing.assert_array_equal(np.load(out / "eigenvalues.npy")[:8], whole.eigenvalues[:8])
   capfd.readouterr()
@@ -285,6 +321,30 @@ def test_killed_run_resumes_and_gives_the_same_file(tmp_path):
   np.testing.assert_array_equal(np.load(out / "hessian.npy"), whole)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("what, where", [("hessian", "rows"), ("derivatives", "files"), ("spectrum", "record")])
+def test_run_killed_while_writing_a_chunk_resumes_to_the_direct_results(tmp_path, what, where):
+  """SIGKILL in the middle of the third chunk's write: half its rows in a file, one file of several written, or
+  every row written and the new record not yet in place. The record still counts two chunks, and the same call
+  resumes from there to the direct call's results."""
+  out = tmp_path / "killed"
+  completed = subprocess.run([sys.executable, str(SCRIPT), "killed_mid_write", str(out), what, where],
+                             env=_subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+  assert completed.returncode == -signal.SIGKILL, completed.stderr[-5000:]
+  assert json.loads((out / "progress.json").read_text())["points_done"] == 2 * CHUNK
+  if where == "rows":
+    # Rows past the record's count were written: not trusted, and not kept.
+    assert np.any(np.load(out / "hessian.npy")[2 * CHUNK] != 0)
+  flow, z = chunked_script.flow_and_points()
+  resumed = tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, out=out, progress=False)
+  direct = tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, progress=False)
+  fields = chunked._FIELDS[what]  # pylint: disable=protected-access
+  for field, actual, wanted in zip(fields, _fields(resumed), _fields(direct)):
+    np.testing.assert_array_equal(actual, wanted, err_msg=field)
+    np.testing.assert_array_equal(np.load(out / f"{field}.npy"), wanted, err_msg=field)
+  _assert_equal_to_sweep(resumed, flow, z, what, CHUNK)
+
+
 def _run(tmp_path, what="hessian", flow_and_points=None, **kwargs):
   flow, z = flow_and_points or chunked_script.flow_and_points()
   return tfp_hessian.hessians_in_chunks(flow, z, what=what, chunk_size=CHUNK, out=tmp_path, progress=False,
@@ -293,8 +353,9 @@ def _run(tmp_path, what="hessian", flow_and_points=None, **kwargs):
 
 def _interrupted_run(out):
   flow, z = chunked_script.flow_and_points()
-  with pytest.raises(tf.errors.UnknownError, match="_ReaderFailed: reader failed at row 5"):
-    tfp_hessian.hessians_in_chunks(flow, _failing_reader(z.numpy(), 5), chunk_size=CHUNK, out=out, progress=False)
+  with pytest.raises(tf.errors.UnknownError, match="ReaderFailed: reader failed at row 5"):
+    tfp_hessian.hessians_in_chunks(flow, chunked_script.failing_reader(z.numpy(), 5), chunk_size=CHUNK, out=out,
+                                   progress=False)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -344,17 +405,18 @@ def test_resume_with_another_flow_is_refused(tmp_path):
   cases.assert_close(result, tfp_hessian.log_prob_hessian(*chunked_script.flow_and_points()), 1e-12)
 
 
-def _nudge_conditioner(flow):
-  """Moves one weight of the flow's conditioner by 1e-9: a Keras layer's variable, or a tensor a function holds."""
+def _nudge_conditioner(flow, amount=1e-9):
+  """Moves one weight of the flow's conditioner by `amount`: a Keras layer's variable, or a tensor a function holds
+  (replaced by a new one)."""
   conditioner = flow.bijector.parameters["shift_and_log_scale_fn"]
   if isinstance(conditioner, tf.Module):
     weight = conditioner.trainable_weights[0]
-    weight.assign_add(tf.fill(weight.shape, tf.constant(1e-9, weight.dtype)))
+    weight.assign_add(tf.fill(weight.shape, tf.constant(amount, weight.dtype)))
     return
   layers = next(cell.cell_contents for cell in conditioner.__closure__ if isinstance(cell.cell_contents, dict))
   key = next(iter(layers))
   (kernel, bias), *rest = layers[key]
-  layers[key] = [(kernel + 1e-9, bias), *rest]
+  layers[key] = [(kernel + amount, bias), *rest]
 
 
 @pytest.mark.parametrize("name", ["RealNVP(DenseShiftAndLogScale)", "MAF(MADE tanh)", "RealNVP"])

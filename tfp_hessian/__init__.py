@@ -12,6 +12,7 @@ from tfp_hessian.events import event_names, flatten_event, unflatten_event
 from tfp_hessian.hvp import log_prob_hvp
 from tfp_hessian.memory import get_memory_limit, set_memory_limit
 from tfp_hessian.pullback import Pullback
+from tfp_hessian.results_directory import keep_verified_chunks
 from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
                                   stiff_sloppy_split)
 from tfp_hessian.sampling import sample_and_log_prob_derivatives, sample_and_log_prob_hessian
@@ -35,6 +36,7 @@ __all__ = [
     "flatten_event",
     "get_memory_limit",
     "hessians_in_chunks",
+    "keep_verified_chunks",
     "log_prob_and_derivatives",
     "log_prob_hessian",
     "log_prob_hvp",

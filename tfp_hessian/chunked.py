@@ -6,10 +6,13 @@ that device memory holds one chunk's working set however large `N` is:
 - the points are a `[N, D]` array or tensor, or a `tf.data.Dataset` of `[D]` or `[b, D]` elements;
 - each chunk is one call of one `tf.function`, traced once: every chunk has the same shape, the last one padded
   with copies of its own last point (a point in the flow's support, so padding never raises under
-  `validate_args=True`), and the padding's results dropped;
+  `validate_args=True`), and the padding's results dropped. The function is kept with the flow (weakly), so
+  another call on the same flow, strategy and chunk shape reuses its trace;
 - with `out`, results go chunk by chunk into memory-mapped `.npy` files, flushed, and a small `progress.json`
   records how many points are done. An interrupted run keeps what it finished; the same call again resumes
-  after the last finished chunk, and a call that asks for something else is refused;
+  after the last finished chunk, and a call that asks for something else is refused. What is on disk is
+  checked against the record (headers, sizes, a checksum per chunk) before it is resumed or returned, and a
+  damaged file is refused, never passed on as results (`tfp_hessian.results_directory`);
 - with `strategy` (a `tf.distribute.Strategy`), each chunk is split across the replicas in order
   (`experimental_distribute_values_from_function`), computed by `strategy.run` and gathered back in point order
   (`strategy.gather`). Under `MultiWorkerMirroredStrategy` every worker reads the same points, computes its
@@ -40,9 +43,9 @@ keeps the progress bar and the resume points frequent when `D` is small.
 """
 
 import hashlib
-import json
 import os
 import pathlib
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -50,7 +53,7 @@ import tqdm
 from tensorflow_probability.python.bijectors import bijector as bijector_lib
 from tensorflow_probability.python.distributions import distribution as distribution_lib
 
-from tfp_hessian import private_api, sweep
+from tfp_hessian import private_api, results_directory, sweep
 from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
 from tfp_hessian.sweep import LogProbDerivatives
 
@@ -66,8 +69,6 @@ _FIELDS = {
     "derivatives": LogProbDerivatives._fields,
     "spectrum": Spectrum._fields,
 }
-PROGRESS_FILE = "progress.json"
-_FORMAT = "tfp_hessian.hessians_in_chunks/1"
 
 
 def default_chunk_size(event_size, dtype, what="hessian"):
@@ -118,7 +119,8 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
       to `<field>.npy` (e.g. `hessian.npy`; `eigenvalues.npy`, `eigenvectors.npy`, `finite.npy`) as chunks
       finish, with `progress.json` recording the points done. If the directory holds an unfinished run of the
       same request, it resumes after that run's last finished chunk (the chunk size may differ); a finished one
-      is returned as it is.
+      is returned as it is. Either way the files are verified first against the checksums `progress.json`
+      records, and the chunks written by this call again before they are returned.
     progress: whether to show a tqdm progress bar (points done, points/s) on stderr.
     strategy: a `tf.distribute.Strategy` splitting each chunk across its replicas; default: the current one
       (`tf.distribute.get_strategy()`, the default strategy outside any `strategy.scope()`).
@@ -134,7 +136,10 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
 
   Raises:
     ValueError: if `what`, `chunk_size`, `out` or the points' shape is not as described (naming the argument),
-      if there are no points, or if `out` holds a run of another request (naming the file and what differs).
+      if there are no points, if `out` holds a run of another request (naming the file and what differs), or
+      if a file in `out` does not hold what `progress.json` records, or the record cannot be trusted itself
+      (naming the file, what is wrong, and how to recover: `tfp_hessian.keep_verified_chunks(out)` to
+      recompute from the last good chunk, or removing `out` to start over).
     TypeError: if the distribution or the points are of an unsupported type or dtype.
     RuntimeError: if called inside `tf.function` (this is a Python loop over chunks).
   """
@@ -172,20 +177,20 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
   if out is None:
     output = _MemoryOutput(fields)
   elif strategy.extended.should_checkpoint:
-    output = _FileOutput(pathlib.Path(out), fields, request, _shapes(what, size, source.num_points),
-                         _dtypes(what, dtype))
+    output = results_directory.ResultsDirectory(pathlib.Path(out), fields, request,
+                                                _shapes(what, size, source.num_points), _dtypes(what, dtype),
+                                                chunk_size)
   else:
     output = None
   # Every worker must start at the same point: the chief's, which is the one that read `out`.
   start = _agree_on_start(strategy, output.start if output is not None else 0)
 
-  step = _step(distribution, what, strategy, source.columns)
+  step, remember_step = _step(distribution, what, strategy, source.columns)
   per_replica = chunk_size // replicas
-  points_digest = hashlib.sha256()
   reader = _Rechunker(source.blocks(chunk_size))
-  reader.skip(start, points_digest)
+  reader.skip(start, output.consume_points_done if output is not None else lambda rows: None)
   if output is not None:
-    output.check_points(points_digest.hexdigest())
+    output.check_points()
   done = start
   with tqdm.tqdm(total=source.num_points, initial=start, unit=" points", desc=what,
                  disable=not progress or not strategy.extended.should_checkpoint) as bar:
@@ -196,12 +201,13 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
       values = strategy.experimental_distribute_values_from_function(
           lambda context, padded=padded: padded[context.replica_id_in_sync_group * per_replica:
                                                 (context.replica_id_in_sync_group + 1) * per_replica])
-      results = [result.numpy()[:len(chunk)] for result in step(values)]
-      points_digest.update(np.ascontiguousarray(chunk).tobytes())
+      results = [result.numpy()[:len(chunk)] for result in step(values, source.columns.shared)]
+      if done == start:
+        remember_step()
       if output is not None:
         if done == start:
           output.check_flow(_flow_digest((distribution, source.columns.shared)))
-        output.write(done, results, points_digest.hexdigest())
+        output.write(done, results, chunk)
       done += len(chunk)
       bar.update(len(chunk))
   if done == 0:
@@ -235,12 +241,47 @@ def _assemble(what, arrays):
   return LogProbDerivatives(*arrays) if what == "derivatives" else Spectrum(*arrays)
 
 
-def _step(distribution, what, strategy, columns):
-  """The per-chunk `tf.function`: each replica's share computed by `strategy.run`, gathered in point order."""
+# The per-chunk `tf.function`s of earlier calls, by flow, then strategy, then `(what, row layout)`: another call on
+# the same flow reuses the trace. Weak keys, and steps that hold their flow and strategy only weakly, so that the
+# cache never keeps a flow (or its variables' memory) alive.
+_STEPS = weakref.WeakKeyDictionary()
 
-  def compute(rows):
-    z, kwargs = columns.split(rows)
-    derivatives = sweep.log_prob_and_derivatives(distribution, z, **kwargs)
+
+def _step(distribution, what, strategy, columns):
+  """The per-chunk `tf.function` of this flow, strategy, `what` and row layout: an earlier call's if the flow is
+  the same as when that one ran, else a new one.
+
+  A trace bakes in what the flow holds by value (tensors, numbers, the structure) and reads its variables when it
+  runs, so "the same" is `_flow_digest` with variables by identity: training the flow's variables keeps the trace,
+  a tensor replaced in its parameters or in a conditioner's closure does not.
+
+  Returns:
+    `(step, remember)`, `step(values, shared_kwargs)`; call `remember()` once the step has run: a flow whose Keras
+    layers are built on first use is fingerprinted as built, as the next call will find it.
+  """
+  steps = _STEPS.setdefault(distribution, weakref.WeakKeyDictionary()).setdefault(strategy, {})
+  key = (what, columns.signature)
+  cached = steps.get(key)
+  if cached is not None and cached[0] == _flow_digest(distribution, variable_values=False):
+    return cached[1], lambda: None
+  step = _new_step(weakref.ref(distribution), what, weakref.ref(strategy), columns.signature)
+
+  def remember():
+    steps[key] = (_flow_digest(distribution, variable_values=False), step)
+
+  return step, remember
+
+
+def _new_step(distribution_ref, what, strategy_ref, signature):
+  """The per-chunk `tf.function`: each replica's share computed by `strategy.run`, gathered in point order.
+
+  The flow and strategy are dereferenced only while tracing, inside a call of `hessians_in_chunks` that holds
+  them; the shared kwargs are arguments, not captures, so a cached step never computes with another call's.
+  """
+
+  def compute(rows, shared):
+    z, kwargs = _Columns.split(signature, rows, shared)
+    derivatives = sweep.log_prob_and_derivatives(distribution_ref(), z, **kwargs)
     if what == "hessian":
       return (derivatives.hessian,)
     if what == "derivatives":
@@ -250,8 +291,9 @@ def _step(distribution, what, strategy, columns):
     return eigenvalues, eigenvectors, tf.cast(finite, tf.int32)
 
   @tf.function(autograph=False)
-  def step(values):
-    results = strategy.run(compute, args=(values,))
+  def step(values, shared):
+    strategy = strategy_ref()
+    results = strategy.run(lambda rows: compute(rows, shared), args=(values,))
     # One gather per tensor: `strategy.gather` of a nested structure returns the first replica's values only
     # (TF 2.21, MirroredStrategy), silently.
     results = [strategy.gather(result, axis=0) for result in results]
@@ -281,25 +323,29 @@ class _Columns:
   """What a row of the points' `[N, n + m]` array holds: one point's flat event (`n`), then its own conditions.
 
   Conditions given per point (`[N, C]` beside `[N, *event]`) travel in the rows, so chunking, padding, resuming
-  and the points' digest treat them with the points; the other kwargs are `shared`, the same for every chunk.
+  and the points' digest treat them with the points; the other kwargs are `shared`, the same for every chunk
+  (`None` where a per-point condition goes). `signature` is the rest, without any values: what a trace of
+  `split` depends on besides its arguments.
   """
 
   def __init__(self, layout, kwargs, per_point):
     self.layout = layout
-    self._kwargs = kwargs
     leaves = tf.nest.flatten(kwargs)
-    self._per_point = [(index, tuple(np.shape(leaves[index])[1:])) for index in per_point]
+    per_point_shapes = tuple((index, tuple(np.shape(leaves[index])[1:])) for index in per_point)
     self.shared = tf.nest.pack_sequence_as(kwargs, [None if i in per_point else leaf for i, leaf in enumerate(leaves)])
+    self.signature = (layout, per_point_shapes)
 
-  def split(self, rows):
-    """`(z, kwargs)` of a chunk's rows, `[c, n + m]`."""
-    leaves = tf.nest.flatten(self._kwargs)
-    offset = self.layout.size
-    for index, shape in self._per_point:
+  @staticmethod
+  def split(signature, rows, shared):
+    """`(z, kwargs)` of a chunk's rows, `[c, n + m]`: the per-point conditions put into `shared`'s `None`s."""
+    layout, per_point = signature
+    leaves = tf.nest.flatten(shared)
+    offset = layout.size
+    for index, shape in per_point:
       size = int(np.prod(shape, dtype=np.int64))
       leaves[index] = tf.reshape(rows[:, offset:offset + size], (-1,) + shape)
       offset += size
-    return self.layout.unflatten(rows[:, :self.layout.size]), tf.nest.pack_sequence_as(self._kwargs, leaves)
+    return layout.unflatten(rows[:, :layout.size]), tf.nest.pack_sequence_as(shared, leaves)
 
 
 def _per_point_conditions(kwargs, num_points, dtype):
@@ -440,13 +486,14 @@ class _Rechunker:
     self._pending, self._rows = ([rest] if len(rest) else []), len(rest)
     return taken
 
-  def skip(self, count, digest):
-    """Reads the first `count` rows into `digest` (sha256) without handing them out."""
+  def skip(self, count, consume):
+    """Reads the first `count` rows, passing them to `consume` in order, without handing them out."""
+    total = count
     while count:
       rows = self._take(min(count, _MAX_CHUNK))
       if not len(rows):
-        raise ValueError(f"`points` ended before the {count} points already done.")
-      digest.update(np.ascontiguousarray(rows).tobytes())
+        raise ValueError(f"`points` ended after {total - count} points, before the {total} points already done.")
+      consume(rows)
       count -= len(rows)
 
   def chunks(self, size):
@@ -467,14 +514,17 @@ class _MemoryOutput:
   def __init__(self, fields):
     self._chunks = [[] for _ in fields]
 
-  def check_points(self, digest):
+  def consume_points_done(self, rows):
+    pass
+
+  def check_points(self):
     pass
 
   def check_flow(self, digest):
     pass
 
-  def write(self, begin, results, points_digest):
-    del begin, points_digest
+  def write(self, begin, results, points):
+    del begin, points
     for chunks, result in zip(self._chunks, results):
       chunks.append(result)
 
@@ -482,102 +532,11 @@ class _MemoryOutput:
     return [np.concatenate(chunks) for chunks in self._chunks]
 
 
-class _FileOutput:
-  """Results in memory-mapped `<field>.npy` files under `directory`, progress in `progress.json`.
-
-  A chunk's rows are flushed to the files before `progress.json` is replaced (atomically) by one counting them,
-  so after a crash the file never claims rows that are not on disk.
-  """
-
-  def __init__(self, directory, fields, request, shapes, dtypes):
-    if directory.exists() and not directory.is_dir():
-      raise ValueError(f"`out` must be a directory; {str(directory)!r} is a file.")
-    directory.mkdir(parents=True, exist_ok=True)
-    self._progress_path = directory / PROGRESS_FILE
-    self._paths = [directory / f"{field}.npy" for field in fields]
-    self._request = request
-    self._progress = self._read_progress()
-    if self._progress is None:
-      existing = [path for path in self._paths if path.exists()]
-      if existing:
-        raise ValueError(f"{str(existing[0])!r} exists but {str(self._progress_path)!r} does not: it is not a run of "
-                         "hessians_in_chunks to resume. Use another `out` directory or remove the file.")
-      self._progress = dict(format=_FORMAT, **request, points_done=0, points_sha256=None, flow_sha256=None)
-      self._write_progress()
-    self.start = self._progress["points_done"]
-    self._arrays = [self._open(path, shape, dtype) for path, shape, dtype in zip(self._paths, shapes, dtypes)]
-
-  def _read_progress(self):
-    if not self._progress_path.exists():
-      return None
-    try:
-      progress = json.loads(self._progress_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-      raise ValueError(f"{str(self._progress_path)!r} is not valid JSON ({error}); remove it to start over.") from None
-    if not isinstance(progress, dict) or progress.get("format") != _FORMAT:
-      raise ValueError(f"{str(self._progress_path)!r} is not a progress file of hessians_in_chunks "
-                       f"(format {_FORMAT!r}); use another `out` directory.")
-    differences = [f"{key}={progress.get(key)!r} there but {value!r} here" for key, value in self._request.items()
-                   if progress.get(key) != value]
-    if differences:
-      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: {str(self._progress_path)!r} records "
-                       f"another request ({'; '.join(differences)}). Use another `out` directory, or remove this "
-                       "one to start over.")
-    return progress
-
-  def _write_progress(self):
-    temporary = self._progress_path.with_name(self._progress_path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-      json.dump(self._progress, file, indent=1)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(temporary, self._progress_path)
-
-  def _open(self, path, shape, dtype):
-    shape = tuple(shape)
-    if self.start == 0:
-      return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    try:
-      array = np.lib.format.open_memmap(path, mode="r+")
-    except (OSError, ValueError) as error:
-      raise ValueError(f"Cannot resume: {str(path)!r} ({error}) should hold {self.start} finished points "
-                       f"recorded in {str(self._progress_path)!r}.") from None
-    if array.shape != shape or array.dtype != dtype:
-      raise ValueError(f"Cannot resume: {str(path)!r} has shape {array.shape} and dtype {array.dtype}, but this call "
-                       f"writes shape {shape} and dtype {np.dtype(dtype)}.")
-    return array
-
-  def check_points(self, digest):
-    """Refuses to resume if the points already done are not the ones given now."""
-    if self.start and digest != self._progress["points_sha256"]:
-      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: the first {self.start} points differ "
-                       f"from those {str(self._progress_path)!r} was computed from. Use another `out` directory, or "
-                       "remove this one to start over.")
-
-  def check_flow(self, digest):
-    """Refuses to resume with another flow (other parameters or structure); records the flow otherwise."""
-    if self.start and digest != self._progress["flow_sha256"]:
-      raise ValueError(f"Cannot resume in {str(self._progress_path.parent)!r}: {str(self._progress_path)!r} was "
-                       "computed with another flow (its structure or parameters differ). Use another `out` "
-                       "directory, or remove this one to start over.")
-    self._progress["flow_sha256"] = digest
-
-  def write(self, begin, results, points_digest):
-    for array, result in zip(self._arrays, results):
-      array[begin:begin + len(result)] = result
-      array.flush()
-    self._progress.update(points_done=begin + len(results[0]), points_sha256=points_digest)
-    self._write_progress()
-
-  def result(self):
-    del self._arrays  # closes the writable maps
-    return [np.load(path, mmap_mode="r") for path in self._paths]
-
-
-def _flow_digest(distribution):
+def _flow_digest(distribution, variable_values=True):
   """sha256 of a flow's structure and parameters: its distributions', bijectors' and linear operators' classes and
   `parameters`, with the values of tensors, variables (Keras layers' included) and of what callables close over.
 
+  With `variable_values=False` a variable counts by its identity, dtype and shape only: what a trace depends on.
   Called after the flow has run once, so that lazily built layers and conditioners have their weights.
   """
   digest = hashlib.sha256()
@@ -594,6 +553,10 @@ def _flow_digest(distribution):
       for key in sorted(value.parameters):
         digest.update(key.encode())
         visit(value.parameters[key])
+    elif not variable_values and (isinstance(value, tf.Variable) or (
+        hasattr(value, "assign") and hasattr(value, "shape") and hasattr(value, "dtype"))):
+      seen[id(value)] = value
+      digest.update(f"variable {id(value)} {value.dtype}{tuple(value.shape)}".encode())
     elif isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, int, float, complex)) or (
         hasattr(value, "__array__") and hasattr(value, "shape")):
       array = np.asarray(value)

@@ -427,21 +427,16 @@ class AutodiffPullback(Pullback):
     """`(∇φ, ∇²φ)` at every point (class docstring); `hess=None` leaves out the quadratic term."""
     tensors = [self._y, grad] if hess is None else [self._y, grad, hess[..., 0]]
     y, grad = _broadcast_batches(tensors, 1)[:2]
-    batch_rank = y.shape.rank - 1
-    y = tf.identity(y)  # A fresh tensor: TFP's caches must not cut it off the tapes.
-    with tf.GradientTape() as outer:
-      outer.watch(y)
-      with tf.GradientTape() as inner:
-        inner.watch(y)
-        x, ildj = self._fn(y)
-        total = tf.reduce_sum(grad * x) + tf.reduce_sum(ildj)
-        if hess is not None:
-          moved = x - tf.stop_gradient(x)  # zero, with derivative J
-          total += 0.5 * tf.reduce_sum(moved * tf.linalg.matvec(hess, moved))
-      gradient = inner.gradient(total, y, unconnected_gradients=_ZERO)
-      summed = tf.reduce_sum(gradient, axis=list(range(batch_rank)))
-    # Points are independent, so derivatives of sums over the batch are per-point ones.
-    return gradient, _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
+
+    def phi(y):
+      x, ildj = self._fn(y)
+      total = tf.reduce_sum(grad * x) + tf.reduce_sum(ildj)
+      if hess is not None:
+        moved = x - tf.stop_gradient(x)  # zero, with derivative J
+        total += 0.5 * tf.reduce_sum(moved * tf.linalg.matvec(hess, moved))
+      return total
+
+    return _nested_tape_derivatives(phi, y)[1:]
 
   def _first_order(self):
     """`(J, ∇ ildj)` by one tape, for `invert` and inspection."""
@@ -484,17 +479,12 @@ class AutodiffPullback(Pullback):
     """`(G, ∇G, ∇²G)` of `G(y) = F(h(y)) + ildj(y)` at every point, `F = log_prob_fn` on the flat `x`, by nested
     tapes on the composition: where the layer next to the base has no rule, it is differentiated with the base,
     as nested tapes on `log_prob` would (the base's own Hessian is then never formed)."""
-    y = tf.identity(self._y)
-    batch_rank = y.shape.rank - 1
-    with tf.GradientTape() as outer:
-      outer.watch(y)
-      with tf.GradientTape() as inner:
-        inner.watch(y)
-        x, ildj = self._fn(y)
-        value = log_prob_fn(x) + ildj
-      gradient = inner.gradient(value, y, unconnected_gradients=_ZERO)
-      summed = tf.reduce_sum(gradient, axis=list(range(batch_rank)))
-    return value, gradient, _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
+
+    def log_prob(y):
+      x, ildj = self._fn(y)
+      return log_prob_fn(x) + ildj
+
+    return _nested_tape_derivatives(log_prob, self._y)
 
   def invert(self, grad, hess):
     jacobian, ildj_gradient = self._first_order()
@@ -502,6 +492,21 @@ class AutodiffPullback(Pullback):
 
   def jacobian(self):
     return self._first_order()[0]
+
+
+def _nested_tape_derivatives(objective, y):
+  """`(objective(y), ∇, ∇²)` at every point of `y` `[*batch, n]` by nested tapes, `objective` giving per-point
+  values or their sum: points are independent, so derivatives of sums over the batch are per-point ones."""
+  y = tf.identity(y)  # A fresh tensor: TFP's caches must not cut it off the tapes.
+  batch_rank = y.shape.rank - 1
+  with tf.GradientTape() as outer:
+    outer.watch(y)
+    with tf.GradientTape() as inner:
+      inner.watch(y)
+      value = objective(y)
+    gradient = inner.gradient(value, y, unconnected_gradients=_ZERO)
+    summed = tf.reduce_sum(gradient, axis=list(range(batch_rank)))
+  return value, gradient, _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
 
 
 def _batch_first(jacobian, batch_rank):
