@@ -15,8 +15,17 @@ how many products plain Lanczos (full reorthogonalization, Rayleigh–Ritz) need
 converge, how far MINRES on `H` (the inner solve of shift-and-invert at σ = 0) gets in 6 D products, and the degree
 a Chebyshev filter in `λ²` would need to separate the 5th sloppiest from the 6th by 1e-10.
 
+`--profile` splits the time of a sloppy call at D = 1024 (one process per flow, calls interleaved as above): the
+sweep alone, `eigh` alone on its Hessians, the sloppy call, and its products alone (the same `D // 32`-vector
+batched products, `D` per point, with nothing else); the rest of the sloppy call is the block iteration's own work
+(reorthogonalization, the checks).
+
+Every run prints the command that reproduces it before its table; `--report` prints the commands of the runs it
+tabulates.
+
     python benchmarks/sloppy_eigenpairs.py --json benchmarks/sloppy_eigenpairs.json
     python benchmarks/sloppy_eigenpairs.py --methods --json benchmarks/sloppy_methods.json
+    python benchmarks/sloppy_eigenpairs.py --profile --json benchmarks/sloppy_profile.json
     python benchmarks/sloppy_eigenpairs.py --report benchmarks/sloppy_eigenpairs.json   # several: one table
 """
 
@@ -167,6 +176,44 @@ def _methods(args):
   print("RESULT " + json.dumps(report), flush=True)
 
 
+def _profile(args):
+  """Median seconds of the sweep, `eigh`, the sloppy call and its products alone, called side by side."""
+  tf, distribution, z = _setup(args.flow, args.dim)
+  import tfp_hessian  # pylint: disable=import-outside-toplevel
+  from tfp_hessian import eigenpairs, hvp  # pylint: disable=import-outside-toplevel
+  block = eigenpairs._block_size(args.dim, args.dim)  # pylint: disable=protected-access
+  hessians = tfp_hessian.log_prob_hessian(distribution, z)
+
+  def products(z):  # D products per point, `block` at a time, as the sloppy iteration takes them
+    z, times = hvp.hessian_operator(distribution, z)
+
+    def step(i, total):
+      q = tf.random.stateless_normal(tf.concat([[block], tf.shape(z)], 0), tf.stack([i, 0]), dtype=z.dtype)
+      return i + 1, total + tf.reduce_sum(tf.vectorized_map(times, q))
+
+    return tf.while_loop(lambda i, _: i < args.dim // block, step, (tf.constant(0), tf.zeros([], z.dtype)))[1]
+
+  methods = dict(
+      sweep=(tf.function(lambda z: tfp_hessian.log_prob_hessian(distribution, z), autograph=False), z),
+      eigh=(tf.function(tf.linalg.eigh, autograph=False), hessians),
+      sloppy=(tf.function(lambda z: tfp_hessian.top_eigenpairs(distribution, z, K, which="sloppy"),
+                          autograph=False), z),
+      products=(tf.function(products, autograph=False), z))
+  run = lambda name: tf.nest.map_structure(lambda t: t.numpy(), methods[name][0](methods[name][1]))
+  for name in methods:
+    run(name)  # traced
+  times = {name: [] for name in methods}
+  rng = np.random.default_rng(0)
+  for _ in range(args.rounds):
+    for name in rng.permutation(list(methods)):
+      start = time.perf_counter()
+      run(name)
+      times[name].append(time.perf_counter() - start)
+  print("RESULT " + json.dumps(dict(block=block, products_per_point=args.dim // block * block, seconds=times,
+                                    median_s={name: statistics.median(t) for name, t in times.items()})),
+        flush=True)
+
+
 def _run(argv, timeout):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   start = time.perf_counter()
@@ -204,6 +251,8 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=ROUNDS)
   parser.add_argument("--timeout", type=float, default=900., help="seconds per worker")
   parser.add_argument("--methods", action="store_true", help="the measurements that decided the method")
+  parser.add_argument("--profile", action="store_true",
+                      help="the sloppy call's time against the sweep, eigh and its products alone, at D = 1024")
   parser.add_argument("--report", metavar="JSON", nargs="+", help="only print the table of earlier runs' JSON")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--flow", help=argparse.SUPPRESS)
@@ -212,7 +261,7 @@ def main(argv=None):
   parser.add_argument("--dense-only", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
-    return _methods(args) if args.methods else _worker(args)
+    return _methods(args) if args.methods else _profile(args) if args.profile else _worker(args)
   if args.report:
     reports, cells = [], {}
     for path in args.report:
@@ -221,6 +270,9 @@ def main(argv=None):
       for cell, result in reports[-1]["cells"].items():  # a dense-only cell never replaces a full one
         if cell not in cells or "sloppy" in result.get("median_s", {}):
           cells[cell] = result
+    for report in reports:
+      load = report["load_average_at_start"][0]
+      print(f"{report['command']}   # {report['started_utc']} UTC, load average {load:.1f}")
     print(format_markdown(dict(reports[0], cells=cells)))
     return 0
 
@@ -234,9 +286,11 @@ def main(argv=None):
                 settings=dict(num_points=NUM_POINTS, k=K, rounds=args.rounds, dtype="float64", which="sloppy"),
                 cells={})
   for flow in args.flows:
-    if args.methods:
-      print(f"{flow}/1024 methods", file=sys.stderr, flush=True)
-      report["cells"][f"{flow}/1024"] = _run(["--methods", "--flow", flow, "--dim", "1024"], args.timeout)
+    if args.methods or args.profile:
+      mode = "--methods" if args.methods else "--profile"
+      print(f"{flow}/1024 {mode}", file=sys.stderr, flush=True)
+      report["cells"][f"{flow}/1024"] = _run([mode, "--flow", flow, "--dim", "1024", "--rounds", str(args.rounds)],
+                                             args.timeout)
       continue
     for dim in sorted(set(args.dims) | set(args.dense_dims)):
       dense, sloppy = dim in args.dense_dims, dim in args.dims
@@ -251,6 +305,7 @@ def main(argv=None):
   if args.json:
     with open(args.json, "w") as out:
       out.write(json.dumps(report, indent=1) + "\n")
+  print(command)
   print(format_markdown(report))
   return 0
 
@@ -260,6 +315,15 @@ def format_markdown(report):
   if report["settings"].get("which") != "sloppy" or not report["cells"]:
     return ""
   first = next(iter(report["cells"].values()))
+  if "products_per_point" in first:
+    lines = ["| flow (D = 1024) | sweep | eigh | sweep + eigh | sloppy top-5 | its products alone | the rest |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for cell, result in report["cells"].items():
+      t = result["median_s"]
+      lines.append(f"| {cell.split('/')[0]} | {t['sweep']:.2f} s | {t['eigh']:.2f} s | {t['sweep'] + t['eigh']:.2f} s "
+                   f"| {t['sloppy']:.2f} s | {t['products']:.2f} s ({result['products_per_point']} a point, "
+                   f"{result['block']} at a time) | {t['sloppy'] - t['products']:.2f} s |")
+    return "\n".join(lines)
   if "lanczos_products" in first:
     lines = ["| flow (D = 1024, one point) | sloppiest \\|λ\\| / max\\|λ\\| (6) | median \\|λ\\| / max\\|λ\\| | "
              "Lanczos: products to converge | MINRES: residual after 6 D | Chebyshev filter: degree |",
