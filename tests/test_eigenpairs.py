@@ -2,7 +2,9 @@
 
 The flows have event size `D = 24`, more than the iterations the stiff pairs need, so Lanczos stops on its own
 convergence test there; the sloppy pairs of indefinite Hessians are interior eigenvalues, which Lanczos resolves
-only when the Krylov space is (nearly) all of R^D.
+only when the Krylov space is (nearly) all of R^D. The large-D benchmark's flows (`tfp_hessian.bench`) at
+`D = 128` take the sloppy iteration's blocks of `D // 32 = 4` vectors; at `D = 1024` (marked slow) they are the
+issue's target.
 """
 
 import numpy as np
@@ -11,6 +13,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_hessian
+from tfp_hessian import bench
 from tfp_hessian import eigenpairs as eigenpairs_lib
 
 from cases import BIJECTORS, DIM, DTYPES, RTOL, _made, _real_nvp_dense, flow_and_points, random_base
@@ -21,15 +24,15 @@ D = 24
 K = 3
 
 
-def _tril(rng, dtype):
-  return tf.constant(np.tril(rng.normal(size=(D, D)) * 0.3, -1) + np.diag(rng.uniform(0.5, 2., D)), dtype)
+def _tril(rng, dtype, dim=D):
+  return tf.constant(np.tril(rng.normal(size=(dim, dim)) * 0.3, -1) + np.diag(rng.uniform(0.5, 2., dim)), dtype)
 
 
-def _elementwise_affine(dtype, rng):
-  return tfb.Chain([tfb.Shift(tf.constant(rng.normal(size=D), dtype)),
-                    tfb.SinhArcsinh(tf.constant(rng.uniform(-1., 1., D), dtype),
-                                    tf.constant(rng.uniform(0.6, 1.6, D), dtype)),
-                    tfb.ScaleMatvecTriL(_tril(rng, dtype))])
+def _elementwise_affine(dtype, rng, dim=D):
+  return tfb.Chain([tfb.Shift(tf.constant(rng.normal(size=dim), dtype)),
+                    tfb.SinhArcsinh(tf.constant(rng.uniform(-1., 1., dim), dtype),
+                                    tf.constant(rng.uniform(0.6, 1.6, dim), dtype)),
+                    tfb.ScaleMatvecTriL(_tril(rng, dtype, dim))])
 
 
 def _real_nvp(dtype, rng):
@@ -82,9 +85,37 @@ def _assert_pairs_match(pairs, hessian, which, rtol):
   assert np.all(distance <= bound), f"eigenvectors off by {distance} > bound {bound}"
 
 
-@pytest.mark.parametrize("which", eigenpairs_lib.WHICH)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-@pytest.mark.parametrize("name", sorted(FLOWS))
+def _assert_sloppy_subspace(pairs, hessian):
+  """The `k` sloppy eigenvectors span the dense one's sloppy subspace, within `residual / gap` (sin Θ theorem).
+
+  Vector by vector, eigenvectors of nearly equal eigenvalues are ill-determined (their bound in
+  `_assert_pairs_match` is then loose); the subspace of all `k` is not, as long as the `k` are apart from the rest.
+  """
+  hessian = np.asarray(hessian, np.float64)
+  values, vectors = np.linalg.eigh(hessian)
+  k = pairs.eigenvalues.shape[-1]
+  order = np.argsort(np.abs(values), axis=-1)
+  wanted = np.take_along_axis(vectors, order[..., np.newaxis, :k], axis=-1)
+  rest = np.take_along_axis(values, order[..., k:], axis=-1)
+  got_values = np.asarray(pairs.eigenvalues, np.float64)
+  got = np.asarray(pairs.eigenvectors, np.float64)
+  residual = np.linalg.norm(hessian @ got - got * got_values[..., np.newaxis, :], ord=2, axis=(-2, -1))
+  gap = np.min(np.abs(rest[..., np.newaxis, :] - got_values[..., :, np.newaxis]), axis=(-2, -1))
+  outside = np.linalg.norm(got - wanted @ (np.swapaxes(wanted, -1, -2) @ got), ord=2, axis=(-2, -1))
+  assert np.all(outside <= residual / gap + 1e-10), f"sin Θ = {outside} > residual / gap = {residual / gap}"
+
+
+def _bench_flow_and_points(name, dim, num_points=3):
+  flow = bench.build_flow(name, dim, np.float64).distribution
+  return flow, tf.constant(flow.sample(num_points, seed=(1, 2)).numpy())
+
+
+# Each sloppy case traces the block iteration (5-10 s a case): float32 sloppy for the flows beyond one runs in the
+# full suite only, as for the flows' own tests (tests/test_flows.py).
+@pytest.mark.parametrize("name, dtype, which", [
+    pytest.param(name, dtype, which, marks=pytest.mark.slow if (
+        which == "sloppy" and dtype is np.float32 and name != "elementwise+affine") else ())
+    for name in sorted(FLOWS) for dtype in DTYPES for which in eigenpairs_lib.WHICH])
 def test_against_dense_spectrum(name, dtype, which):
   flow, z = _flow_and_points(name, dtype)
   pairs = tfp_hessian.top_eigenpairs(flow, z, K, which=which)
@@ -100,6 +131,132 @@ def test_against_dense_spectrum(name, dtype, which):
     sloppy = np.asarray(pairs.eigenvalues)
     interior = (np.min(sloppy, axis=-1) > values[:, 0]) & (np.max(sloppy, axis=-1) < values[:, -1])
     assert np.all((values[:, 0] < 0) & (values[:, -1] > 0)) and np.any(interior)
+
+
+# RealNVP and MAF cost 28-44 s a case here with two pytest workers, nearly all of it tracing and optimizing the
+# block iteration with their products under `vectorized_map` (a compiled call of RealNVP's runs in 0.6 s): they run
+# in the full suite; neural products in blocks stay in the fast set through the conditional MAF below.
+@pytest.mark.parametrize("name", [name if name == "elementwise_affine" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in bench.FLOWS])
+def test_sloppy_interior_pairs_in_blocks(name):
+  """Indefinite Hessians at D = 128 (blocks of 4): the sloppiest pairs, interior, match the dense ones."""
+  flow, z = _bench_flow_and_points(name, 128)
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 5, which="sloppy")
+  hessian = np.asarray(tfp_hessian.log_prob_hessian(flow, z))
+  values = np.linalg.eigvalsh(hessian)
+  assert np.all((values[:, 0] < 0) & (values[:, -1] > 0)), "the Hessians should be indefinite"
+  sloppy = np.asarray(pairs.eigenvalues)
+  assert np.all((np.min(sloppy, axis=-1) > values[:, 0]) & (np.max(sloppy, axis=-1) < values[:, -1]))
+  assert eigenpairs_lib._block_size(128, 128) == 4  # pylint: disable=protected-access
+  _assert_pairs_match(pairs, hessian, "sloppy", RTOL[np.float64])
+  _assert_sloppy_subspace(pairs, hessian)
+
+
+def test_sloppy_conditional_flow_in_blocks():
+  """Per-point conditions (`bijector_kwargs`) with products taken in blocks of 2 by `vectorized_map`."""
+  dim = 64
+  flow = tfp_hessian.examples.conditional_maf(dim=dim, condition_size=4, dtype=tf.float64)
+  rng = np.random.default_rng(11)
+  z = tf.constant(rng.normal(size=(3, dim)))
+  kwargs = flow.condition_kwargs(tf.constant(rng.normal(size=(3, 4))))
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 4, which="sloppy", **kwargs)
+  hessian = tfp_hessian.log_prob_hessian(flow, z, **kwargs)
+  _assert_pairs_match(pairs, hessian, "sloppy", RTOL[np.float64])
+  _assert_sloppy_subspace(pairs, hessian)
+
+
+def test_sloppy_cluster_away_from_zero():
+  """Definite, its sloppiest eigenvalues within 1 % of each other at 1/4 of the way from zero to the rest.
+
+  Subspace iteration on `T⁻¹` alone would converge at `|θ_5 / θ_33| ≈ 0.99` a step; its shift has to move.
+  """
+  rng = np.random.default_rng(4)
+  dim = 96
+  curvatures = np.concatenate([np.linspace(1., 1.01, 6), rng.uniform(4., 400., dim - 6)])
+  rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+  flow = tfd.TransformedDistribution(_gaussian(np.float64, curvatures**-0.5), tfb.ScaleMatvecLinearOperator(
+      tf.linalg.LinearOperatorFullMatrix(tf.constant(rotation))))
+  z = flow.sample(2, seed=(0, 4))
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 5, which="sloppy")
+  hessian = tfp_hessian.log_prob_hessian(flow, z)
+  _assert_pairs_match(pairs, hessian, "sloppy", RTOL[np.float64])
+  _assert_sloppy_subspace(pairs, hessian)
+
+
+def test_sloppy_repeated_more_often_than_the_block_is_wide():
+  """`-1/9` four times, blocks of 2: each completed sequence sees it twice, so the iteration must go on."""
+  dim = 64
+  scales = np.repeat([3., 1., 0.5], [4, 30, dim - 34])
+  rng = np.random.default_rng(7)
+  flow = _gaussian(np.float64, scales[rng.permutation(dim)])
+  z = tf.constant(rng.normal(size=(2, dim)))
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 5, which="sloppy")
+  assert eigenpairs_lib._block_size(dim, dim) == 2  # pylint: disable=protected-access
+  np.testing.assert_allclose(pairs.eigenvalues, [[-1.] + [-1. / 9] * 4] * 2, rtol=1e-12)
+  assert np.all(np.asarray(pairs.converged))
+  hessian = np.asarray(tfp_hessian.log_prob_hessian(flow, z))
+  vectors = np.asarray(pairs.eigenvectors)
+  np.testing.assert_allclose(np.swapaxes(vectors, -1, -2) @ vectors, np.broadcast_to(np.eye(5), (2, 5, 5)),
+                             atol=1e-12)
+  np.testing.assert_allclose(hessian @ vectors, vectors * np.asarray(pairs.eigenvalues)[:, None, :], atol=1e-12)
+
+
+def test_sloppy_last_block_cut_to_max_iterations():
+  """`max_iterations` not a multiple of the block (D = 100: blocks of 3): the last product takes 1 vector."""
+  rng = np.random.default_rng(9)
+  dim = 100
+  flow = tfd.TransformedDistribution(random_base(np.float64, rng, dim), _elementwise_affine(np.float64, rng, dim))
+  z = tf.constant(flow.sample(2, seed=(2, 9)).numpy())
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 4, which="sloppy", max_iterations=dim)
+  assert eigenpairs_lib._block_size(dim, dim) == 3  # pylint: disable=protected-access
+  assert int(pairs.num_iterations) <= dim
+  _assert_pairs_match(pairs, tfp_hessian.log_prob_hessian(flow, z), "sloppy", RTOL[np.float64])
+  short = tfp_hessian.top_eigenpairs(flow, z, 4, which="sloppy", max_iterations=31)
+  assert int(short.num_iterations) == 31
+
+
+@pytest.mark.parametrize("name", ["elementwise_affine", pytest.param("realnvp", marks=pytest.mark.slow)])
+def test_sloppy_graph_with_unknown_batch_shape(name):
+  """Inside a user's `tf.function`, points of unknown number (blocks of 2, taken by `vectorized_map`)."""
+  flow, z = _bench_flow_and_points(name, 64)
+  graph = tf.function(lambda z: tfp_hessian.top_eigenpairs(flow, z, 3, which="sloppy"), input_signature=[
+      tf.TensorSpec([None, 64], tf.float64)])
+  result = graph(z)
+  assert result.eigenvectors.shape == (3, 64, 3)
+  _assert_pairs_match(result, tfp_hessian.log_prob_hessian(flow, z), "sloppy", RTOL[np.float64])
+
+
+def test_sloppy_points_outside_the_support_are_nan_and_not_converged():
+  rng = np.random.default_rng(8)
+  dim = 64
+  flow = tfd.TransformedDistribution(random_base(np.float64, rng, dim), tfb.Softplus())
+  z = np.abs(rng.normal(size=(3, dim))) + 0.1
+  z[1, 4] = -1.  # outside softplus' range
+  pairs = tfp_hessian.top_eigenpairs(flow, z, K, which="sloppy")
+  assert np.all(np.isnan(pairs.eigenvalues[1])) and np.all(np.isnan(pairs.eigenvectors[1]))
+  np.testing.assert_array_equal(np.asarray(pairs.converged), [[True] * K, [False] * K, [True] * K])
+  keep = np.array([0, 2])
+  _assert_pairs_match(pairs._replace(**{f: np.asarray(getattr(pairs, f))[keep] for f in
+                                        ("eigenvalues", "eigenvectors", "residuals", "converged")}),
+                      tfp_hessian.log_prob_hessian(flow, z[keep]), "sloppy", RTOL[np.float64])
+
+
+@pytest.mark.slow
+def test_sloppy_target_at_d_1024():
+  """The issue's target at D = 1024: the 5 sloppiest pairs of indefinite Hessians within 1e-6 of max|λ| of the
+  dense answer and flagged converged. Its time target (less than the dense sweep and `eigh`) is measured by
+  `benchmarks/sloppy_eigenpairs.py` and reported in BENCHMARKS.md ("Sloppy pairs at large D"), not asserted here: a
+  time on a shared machine says more about the load than about the code."""
+  flow, z = _bench_flow_and_points("realnvp", 1024, num_points=4)
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 5, which="sloppy")
+  hessian = tfp_hessian.log_prob_hessian(flow, z)
+  spectrum = tfp_hessian.spectrum(hessian, symmetry_rtol=None)
+  values = np.asarray(spectrum.eigenvalues)
+  scale = np.max(np.abs(values), axis=-1, keepdims=True)
+  assert np.all(np.asarray(pairs.converged)), f"not converged: residuals {pairs.residuals}"
+  assert np.max(np.abs(np.asarray(pairs.eigenvalues) - values[:, -5:]) / scale) <= 1e-6
+  assert np.all((np.min(values, axis=-1) < 0) & (np.max(values, axis=-1) > 0)), "the Hessians should be indefinite"
+  _assert_sloppy_subspace(pairs, hessian)
 
 
 def test_negative_definite_sloppy_converges_early():
