@@ -1,6 +1,10 @@
-"""BENCHMARKS.md and the log–log plot from a `python -m tfp_hessian bench --json` report.
+"""BENCHMARKS.md and the log–log plot from `python -m tfp_hessian bench --json` reports.
 
-    python benchmarks/report.py benchmarks/results.json [--markdown BENCHMARKS.md] [--plot benchmarks/time_vs_dim.png]
+    python benchmarks/report.py benchmarks/results.json [more.json ...] [--markdown BENCHMARKS.md]
+        [--plot benchmarks/time_vs_dim.png]
+
+Several reports (runs of different flows or dims) make one document of all their cells; every table names the
+command of each run that measured it, restricted to its cells.
 
 Everything in the markdown comes from the JSON, except what an existing output file has by hand and keeps: the
 notes between `<!-- notes -->` and `<!-- /notes -->`, and everything from `<!-- appendix -->` to the end (other
@@ -19,6 +23,63 @@ ORDER = ["log_prob", "ours", "ours_xla", "tf_hessians", "tapes", "tapes_xla", "f
 SHORT = {"log_prob": "log_prob alone", "ours": "**ours**", "ours_xla": "ours + XLA", "tf_hessians": "tf.hessians",
          "tapes": "nested tapes", "tapes_xla": "nested tapes + XLA", "fwd_rev": "fwd-over-rev",
          "fwd_rev_xla": "fwd-over-rev + XLA", "jax": "JAX jit(vmap(hessian))"}
+
+
+def _normalized(report):
+  """A report of schema 1 (one N per run, no execution plans) in the shape of schema 2, with its `runs`."""
+  settings = report["settings"]
+  if isinstance(settings["num_points"], int):
+    settings["num_points"] = [settings["num_points"]]
+  for cell in report["cells"]:
+    cell.setdefault("num_points", settings["num_points"][0])
+    cell.setdefault("execution", dict(xla=None, reason="not recorded (a run before execution plans)"))
+    cell.setdefault("command", None)
+  for row in report["exponents"]:
+    row.setdefault("num_points", settings["num_points"][0])
+  for row in report["targets"]:
+    row.setdefault("issue", 4)
+    row.setdefault("num_points", settings["num_points"][0])
+  report.setdefault("runs", [dict(command=report["command"], options=report.get("command_options", ""),
+                                  **{k: settings[k] for k in ("flows", "dims", "dtypes", "num_points")})])
+  return report
+
+
+def merge(reports):
+  """One report of several runs (say, the stock flows and the example flows at other dims): cells concatenated.
+
+  Machine, versions and timing settings are the first run's; each run keeps its own command (`runs`).
+  """
+  reports = [_normalized(r) for r in reports]
+  merged = dict(reports[0], cells=[], exponents=[], targets=[], runs=[], wall_time_s=0.)
+  merged["settings"] = dict(reports[0]["settings"])
+  for key in ("flows", "dtypes"):
+    merged["settings"][key] = list(dict.fromkeys(v for r in reports for v in r["settings"][key]))
+  for key in ("dims", "num_points"):
+    merged["settings"][key] = sorted({v for r in reports for v in r["settings"][key]})
+  for report in reports:
+    for key in ("cells", "exponents", "targets", "runs"):
+      merged[key] += report[key]
+    merged["wall_time_s"] += report["wall_time_s"]
+    merged["versions"] = dict(report["versions"], **merged["versions"])
+  return merged
+
+
+def _command(options, flows, dims, dtypes, num_points):
+  """The bench command that measures these cells again (as `tfp_hessian.bench.cell_command`)."""
+  parts = ["python -m tfp_hessian bench", "--flow " + " ".join(flows), "--dim " + " ".join(map(str, dims)),
+           "--dtype " + " ".join(dtypes), "--num-points " + " ".join(map(str, num_points))]
+  return " ".join(parts + ([options] if options else []))
+
+
+def _reproduce(report, flows, dims, dtypes, num_points):
+  """`Reproduce: ...`, the commands of each run that measured some of these cells, for these cells only."""
+  commands = []
+  for run in report["runs"]:
+    chosen = [[v for v in values if v in run[key]] for key, values in
+              (("flows", flows), ("dims", dims), ("dtypes", dtypes), ("num_points", num_points))]
+    if all(chosen):
+      commands.append(f"`{_command(run['options'], *chosen)}`")
+  return "Reproduce: " + ("; ".join(commands) or "–")
 
 
 def _ms(ms):
@@ -44,13 +105,25 @@ def _status(result):
 
 
 def _cells(report):
-  return {(c["flow"], c["dtype"], c["dim"]): c for c in report["cells"]}
+  return {(c["flow"], c["dtype"], c["dim"], c["num_points"]): c for c in report["cells"]}
+
+
+def _rate(points_per_s):
+  if points_per_s is None:
+    return "–"
+  return f"{points_per_s / 1e3:.3g}k" if points_per_s >= 1e3 else f"{points_per_s:.3g}"
+
+
+def _plan(cell):
+  xla = cell["execution"]["xla"]
+  return "?" if xla is None else ("XLA" if xla else "graph")
 
 
 def summary_table(report):
   """One row per cell: ours against log_prob, the fastest alternative and tf.hessians."""
-  lines = ["| flow | dtype | D | log_prob | ours | ours ×log_prob | fastest alternative | ours speedup | "
-           "tf.hessians | ours speedup |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+  lines = ["| flow | dtype | D | N | default call | log_prob | ours | ours points/s | ours ×log_prob | "
+           "fastest alternative | ours speedup | tf.hessians | ours speedup | reproduce |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
   for cell in report["cells"]:
     results = cell["results"]
     ours, log_prob = results.get("ours", {}), results.get("log_prob", {})
@@ -60,12 +133,25 @@ def summary_table(report):
                     if m not in ("log_prob", "ours", "ours_xla") and r.get("median_ms") is not None}
     fastest = min(alternatives, key=alternatives.get) if alternatives else None
     naive = results.get("tf_hessians", {}).get("median_ms")
+    ratio = f"{ours['median_ms'] / log_prob['median_ms']:.1f}" if log_prob.get("median_ms") else "–"
+    command = f"`{cell['command']}`" if cell["command"] else "–"
     lines.append(
-        f"| {cell['flow']} | {cell['dtype']} | {cell['dim']} | {_ms(log_prob.get('median_ms'))} | "
-        f"{_ms(ours['median_ms'])} | {ours['median_ms'] / log_prob['median_ms']:.1f} | "
+        f"| {cell['flow']} | {cell['dtype']} | {cell['dim']} | {cell['num_points']} | {_plan(cell)} | "
+        f"{_ms(log_prob.get('median_ms'))} | {_ms(ours['median_ms'])} | {_rate(ours.get('points_per_s'))} | "
+        f"{ratio} | "
         + (f"{SHORT.get(fastest, fastest)} {_ms(alternatives[fastest])} | "
            f"{alternatives[fastest] / ours['median_ms']:.2f}× | " if fastest else "– | – | ")
-        + (f"{_ms(naive)} | {naive / ours['median_ms']:.0f}× |" if naive else "– | – |"))
+        + (f"{_ms(naive)} | {naive / ours['median_ms']:.0f}× | " if naive else "– | – | ")
+        + f"{command} |")
+  return lines + [""]
+
+
+def execution_table(report):
+  """Which execution the default call `log_prob_hessian` chose in each cell (`tfp_hessian.execution_plan`)."""
+  lines = ["| flow | dtype | D | N | default call | why |", "|---|---|---:|---:|---|---|"]
+  for cell in report["cells"]:
+    lines.append(f"| {cell['flow']} | {cell['dtype']} | {cell['dim']} | {cell['num_points']} | {_plan(cell)} | "
+                 f"{cell['execution']['reason']} |")
   return lines + [""]
 
 
@@ -74,39 +160,48 @@ def timing_tables(report):
   lines = []
   for dtype in report["settings"]["dtypes"]:
     for flow in report["settings"]["flows"]:
-      lines += [f"#### {flow}, {dtype}", "",
-                "| method | " + " | ".join(f"D={d}: median [IQR] | ×log_prob | ×ours" for d in dims) + " |",
-                "|---|" + "---:|---:|---:|" * len(dims)]
-      for method in _methods(report):
-        row = [SHORT.get(method, method)]
-        for dim in dims:
-          result = cells.get((flow, dtype, dim), {}).get("results", {}).get(method)
-          if result is None:
-            row += ["", "", ""]
-          elif result.get("median_ms") is None:
-            row += [_status(result), "", ""]
-          else:
-            row += [f"{_ms(result['median_ms'])} [{_ms(result['q1_ms'])}–{_ms(result['q3_ms'])}]",
-                    f"{result.get('ratio_to_log_prob', float('nan')):.1f}",
-                    f"{result.get('ratio_to_ours', float('nan')):.2f}"]
-        lines.append("| " + " | ".join(row) + " |")
-      lines.append("")
+      for num_points in report["settings"]["num_points"]:
+        plans = {d: cells[flow, dtype, d, num_points]["execution"]["reason"] for d in dims
+                 if (flow, dtype, d, num_points) in cells}
+        lines += [f"#### {flow}, {dtype}, N = {num_points}", "",
+                  _reproduce(report, [flow], dims, [dtype], [num_points]), "",
+                  "Default call: " + "; ".join(f"D={d}: {reason}" for d, reason in plans.items()) + ".", "",
+                  "| method | " + " | ".join(f"D={d}: median [IQR] | points/s | ×log_prob | ×ours" for d in dims)
+                  + " |", "|---|" + "---:|---:|---:|---:|" * len(dims)]
+        for method in _methods(report):
+          row = [SHORT.get(method, method)]
+          for dim in dims:
+            result = cells.get((flow, dtype, dim, num_points), {}).get("results", {}).get(method)
+            if result is None:
+              row += ["", "", "", ""]
+            elif result.get("median_ms") is None:
+              row += [_status(result), "", "", ""]
+            else:
+              row += [f"{_ms(result['median_ms'])} [{_ms(result['q1_ms'])}–{_ms(result['q3_ms'])}]",
+                      _rate(result.get("points_per_s")),
+                      f"{result.get('ratio_to_log_prob', float('nan')):.1f}",
+                      f"{result.get('ratio_to_ours', float('nan')):.2f}"]
+          lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
   return lines
 
 
 def _grid(report, value, title):
-  """One table per dtype: rows methods, columns (flow, D); `value(result)` a string."""
-  cells, dims, flows = _cells(report), report["settings"]["dims"], report["settings"]["flows"]
+  """One table per dtype: rows the cells (flow, D, N), columns the methods; `value(result)` a string."""
+  methods = _methods(report)
+  settings = report["settings"]
   lines = []
-  for dtype in report["settings"]["dtypes"]:
-    columns = [(f, d) for f in flows for d in dims]
+  for dtype in settings["dtypes"]:
     lines += [f"{title}, {dtype}:", "",
-              "| method | " + " | ".join(f"{f} {d}" for f, d in columns) + " |",
-              "|---|" + "---:|" * len(columns)]
-    for method in _methods(report):
-      row = [SHORT.get(method, method)]
-      for flow, dim in columns:
-        result = cells.get((flow, dtype, dim), {}).get("results", {}).get(method)
+              _reproduce(report, settings["flows"], settings["dims"], [dtype], settings["num_points"]), "",
+              "| flow | D | N | " + " | ".join(SHORT.get(m, m) for m in methods) + " |",
+              "|---|---:|---:|" + "---:|" * len(methods)]
+    for cell in report["cells"]:
+      if cell["dtype"] != dtype:
+        continue
+      row = [cell["flow"], str(cell["dim"]), str(cell["num_points"])]
+      for method in methods:
+        result = cell["results"].get(method)
         row.append("" if result is None else value(result))
       lines.append("| " + " | ".join(row) + " |")
     lines.append("")
@@ -143,44 +238,59 @@ def exponent_table(report):
   methods = _methods(report)
   rows = {}
   for e in report["exponents"]:
-    rows.setdefault((e["flow"], e["dtype"]), {})[e["method"]] = e["exponent"]
-  lines = ["| flow, dtype | " + " | ".join(SHORT.get(m, m) for m in methods) + " |",
+    rows.setdefault((e["flow"], e["dtype"], e["num_points"]), {})[e["method"]] = e["exponent"]
+  lines = ["| flow, dtype, N | " + " | ".join(SHORT.get(m, m) for m in methods) + " |",
            "|---|" + "---:|" * len(methods)]
-  for (flow, dtype), values in sorted(rows.items()):
-    lines.append(f"| {flow}, {dtype} | " + " | ".join(
+  for (flow, dtype, num_points), values in sorted(rows.items()):
+    lines.append(f"| {flow}, {dtype}, N = {num_points} | " + " | ".join(
         f"{values[m]:.2f}" if m in values else "–" for m in methods) + " |")
   return lines + [""]
 
 
-def target_table(report):
+def _unit(target):
+  return "s" if "first call" in target else "×"
+
+
+def _describe(row):
+  detail = f", {row['detail'].replace('fastest alternative: ', 'vs ')}" if row["detail"] else ""
+  cell = f"{row['flow']} D={row['dim']} N={row['num_points']} {row['dtype']}"
+  return f"{cell}: {row['value']:.2f}{_unit(row['target'])}{detail}"
+
+
+def target_table(report, issue):
+  """The targets of `issue` (13 or 4): a summary per target, then one row per cell with its command."""
+  rows_of_issue = [row for row in report["targets"] if row["issue"] == issue]
+  if not rows_of_issue:
+    return ["No cell of this run is one of these targets' (see the dims and N they name).", ""]
   by_target = {}
-  for row in report["targets"]:
+  for row in rows_of_issue:
     by_target.setdefault(row["target"], []).append(row)
-  lines = ["| target | met | worst cell | best cell |", "|---|---:|---|---|"]
+  lines = ["| target | dtype | met | worst cell | best cell |", "|---|---|---:|---|---|"]
   for target, rows in by_target.items():
-    measured = [r for r in rows if r["value"] is not None]
-    met = sum(bool(r["met"]) for r in measured)
-    # Worst: the furthest from the target (lowest speedup; highest ratio or time).
-    lower_is_better = "within" in target or "first call" in target
-    key = (lambda r: -r["value"]) if lower_is_better else (lambda r: r["value"])
-    unit = "s" if "first call" in target else "×"
-
-    def describe(r):
-      detail = f", {r['detail'].replace('fastest alternative: ', 'vs ')}" if r["detail"] else ""
-      return f"{r['flow']} D={r['dim']} {r['dtype']}: {r['value']:.2f}{unit}{detail}"
-
-    worst, best = (min(measured, key=key), max(measured, key=key)) if measured else (None, None)
-    unmeasured = len(rows) - len(measured)
-    lines.append(f"| {target} | {met}/{len(measured)}" + (f" ({unmeasured} not measured)" if unmeasured else "")
-                 + f" | {describe(worst) if worst else '–'} | {describe(best) if best else '–'} |")
+    for dtype in report["settings"]["dtypes"]:
+      rows_dtype = [r for r in rows if r["dtype"] == dtype]
+      if not rows_dtype:
+        continue
+      measured = [r for r in rows_dtype if r["value"] is not None]
+      met = sum(bool(r["met"]) for r in measured)
+      # Worst: the furthest from the target (lowest speedup; highest ratio or time).
+      lower_is_better = "within" in target or "first call" in target
+      key = (lambda r: -r["value"]) if lower_is_better else (lambda r: r["value"])
+      worst, best = (min(measured, key=key), max(measured, key=key)) if measured else (None, None)
+      unmeasured = len(rows_dtype) - len(measured)
+      lines.append(f"| {target} | {dtype} | {met}/{len(measured)}"
+                   + (f" ({unmeasured} not measured)" if unmeasured else "")
+                   + f" | {_describe(worst) if worst else '–'} | {_describe(best) if best else '–'} |")
   lines.append("")
-  lines += ["Per cell:", "", "| flow | D | dtype | target | value | met |", "|---|---:|---|---|---:|:---:|"]
-  for r in report["targets"]:
-    unit = "s" if "first call" in r["target"] else "×"
-    value = r["detail"] if r["value"] is None else f"{r['value']:.2f}{unit}"
+  lines += ["Per cell:", "", "| flow | D | N | dtype | target | value | met | reproduce |",
+            "|---|---:|---:|---|---|---:|:---:|---|"]
+  for r in rows_of_issue:
+    value = r["detail"] if r["value"] is None else f"{r['value']:.2f}{_unit(r['target'])}"
     extra = f" ({r['detail']})" if r["detail"] and r["value"] is not None else ""
     verdict = "–" if r["met"] is None else ("yes" if r["met"] else "**no**")
-    lines.append(f"| {r['flow']} | {r['dim']} | {r['dtype']} | {r['target']}{extra} | {value} | {verdict} |")
+    command = f"`{r['command']}`" if r.get("command") else "–"
+    lines.append(f"| {r['flow']} | {r['dim']} | {r['num_points']} | {r['dtype']} | {r['target']}{extra} | {value} "
+                 f"| {verdict} | {command} |")
   return lines + [""]
 
 
@@ -189,17 +299,19 @@ def problems(report):
   for cell in report["cells"]:
     for method, result in cell["results"].items():
       if result["status"] != "ok":
-        lines.append(f"- {cell['flow']} D={cell['dim']} {cell['dtype']}, {SHORT.get(method, method)}: "
-                     f"{result['status']}")
+        lines.append(f"- {cell['flow']} D={cell['dim']} N={cell['num_points']} {cell['dtype']}, "
+                     f"{SHORT.get(method, method)}: {result['status']}")
   return lines or ["- none"]
 
 
 def markdown(report, notes):
+  report = _normalized(report)
   machine, versions, settings = report["machine"], report["versions"], report["settings"]
   lines = [
       "# Benchmarks", "",
       "Generated by `python benchmarks/report.py` from the JSON of the run below; only the notes are written by",
-      "hand. Issue #4's harness: `tfp_hessian/bench.py` (`python -m tfp_hessian bench --help`).", "",
+      "hand. The harness of issues #4 and #13: `tfp_hessian/bench.py` (`python -m tfp_hessian bench --help`). "
+      "Every table says the command that measures it again; the per-cell tables say it per row.", "",
       "## Machine and versions", "",
       f"- CPU: {machine['cpu']}, {machine['cores']} cores; {machine['platform']}; Python {machine['python']}.",
       f"- Load average when the run started: {', '.join(f'{x:.1f}' for x in machine['load_average_at_start'])} "
@@ -209,21 +321,31 @@ def markdown(report, notes):
       "## Commands", "",
       "```",
       "bash benchmarks/jax_peer/setup.sh          # once: the JAX peer's own venv (benchmarks/jax_peer/.venv)",
-      report["command"] or "python -m tfp_hessian bench",
-      "python benchmarks/report.py benchmarks/results.json --markdown BENCHMARKS.md --plot benchmarks/time_vs_dim.png",
+      *[run["command"] or _command(run["options"], run["flows"], run["dims"], run["dtypes"], run["num_points"])
+        for run in report["runs"]],
+      "python benchmarks/report.py " + " ".join(report.get("json_paths", ["benchmarks/results.json"]))
+      + " --markdown BENCHMARKS.md --plot benchmarks/time_vs_dim.png",
       "```", "",
       "## What is measured", "",
-      f"Three flows of 4 layers with random (not near-identity) weights on a `MultivariateNormalDiag` base, "
-      f"{settings['num_points']} points per call (sampled from the flow), dims {settings['dims']}:",
+      f"Flows with random (not near-identity) weights, points sampled from the flow, N = "
+      f"{', '.join(map(str, settings['num_points']))} points per call, dims {settings['dims']}. The three stock "
+      "flows have 4 layers on a `MultivariateNormalDiag` base: "
       "`elementwise_affine` = (`ScaleMatvecTriL` → `Shift` → `SinhArcsinh`) × 4; `realnvp` = 4 `RealNVP` "
       "couplings with `DenseShiftAndLogScale([64, 64], tanh)` and `Permute` between; `maf` = 4 "
       "`MaskedAutoregressiveFlow`s with `AutoregressiveNetwork(params=2, hidden_units=[64, 64], tanh)` (random "
-      "masked kernels) and `Permute` between.", "",
-      "Every method is a `tf.function` (`+ XLA`: `jit_compile=True`) called on the same points. After a first "
+      "masked kernels) and `Permute` between. The real-flows issue's flows are `tfp_hessian.examples`' with their "
+      "defaults but D: `research_flow` = 3 MAF stages ([32, 32]) with `Permute`, a user-written `Shear` and "
+      "`BatchNormalization`, a post-affine layer and a user-written `BoxMap`; `conditional_maf` = 2 MAFs of "
+      "conditional `AutoregressiveNetwork`s ([32, 32]), a 4-number condition per point passed through "
+      "`bijector_kwargs`. The JAX peer rebuilds only the stock flows.", "",
+      "Every method is a `tf.function` (`+ XLA`: `jit_compile=True`) called on the same points; **ours** is the "
+      "default call `log_prob_hessian` as a user writes it, which chooses by itself whether XLA compiles its sweep "
+      "(the 'default call' column: `XLA` or `graph`, why in 'Execution of the default call'). After a first "
       "call (timed separately: tracing and compiling) and one warm-up call, the methods' calls are interleaved "
       f"round-robin in a random order each round, up to {settings['repeats']} calls each (methods slower than "
       f"{settings['time_budget']:g} s of calls per cell allows get fewer, at least one); the tables give the "
-      "median and interquartile range. Methods predicted (extrapolated from the smaller D, at least as D³) or "
+      "median and interquartile range, and the points per second at the median. Methods predicted (extrapolated "
+      "from the smaller D, at least as D³, and from fewer points, at least as N, or N² for tf.hessians) or "
       f"measured (one warm-up call) to take more than {settings['budget']:g} s per call are skipped (‡); a "
       "method that can afford one call only is timed by that call. Before timing, every Hessian is "
       "compared with ours: `max_n max_ij |H_n − H_ours,n| / max_ij |H_ours,n|`, tolerance "
@@ -234,22 +356,35 @@ def markdown(report, notes):
       "are interleaved with the others' too (with `OPENBLAS_NUM_THREADS=1`: see benchmarks/jax_peer/worker.py).", "",
       "### Notes", "",
       notes, "",
+      "## Targets of issue #13", "",
+      "Ours is the default call. Latency at N ≤ 16 points and throughput at N ≥ 1024; the D ≥ 64 targets are "
+      "for the three stock flows, the D ≤ 16 ones for every flow. 'Alternatives' are every other way to the "
+      "Hessian timed here: tf.hessians, nested tapes, forward-over-reverse, with and without XLA, and the JAX peer "
+      "(ours + XLA is ours).", "",
+      _reproduce(report, settings["flows"], settings["dims"], settings["dtypes"], settings["num_points"]), "",
+      *target_table(report, 13),
       "## Summary", "",
       "Median time per call for all points; 'speedup' is the other method's time over ours (> 1: ours is "
       "faster). The fastest alternative is the fastest of every method but ours (XLA and JAX included).", "",
       *summary_table(report),
+      "## Execution of the default call", "",
+      "How `log_prob_hessian` ran inside the `tf.function`, as `tfp_hessian.execution_plan(flow, z)` reports it.",
+      "",
+      _reproduce(report, settings["flows"], settings["dims"], settings["dtypes"], settings["num_points"]), "",
+      *execution_table(report),
       "## Time per call (all points)", "",
       "×log_prob and ×ours: the method's median over that of `log_prob` alone and of ours.", "",
       *timing_tables(report),
       "## Growth with D", "",
       f"Log–log slope of the median time against D over the dims run ({', '.join(map(str, settings['dims']))}): "
       "the empirical exponent of each method's cost.", "",
+      _reproduce(report, settings["flows"], settings["dims"], settings["dtypes"], settings["num_points"]), "",
       *exponent_table(report),
       "![time per call against D](benchmarks/time_vs_dim.png)", "",
       "## Targets of issue #4", "",
-      "'Alternatives' are every other way to the Hessian timed here: tf.hessians, nested tapes, forward-over-"
-      "reverse, with and without XLA, and the JAX peer (ours + XLA is ours).", "",
-      *target_table(report),
+      "Stated at 16 points, so computed at N ≤ 16 only.", "",
+      _reproduce(report, settings["flows"], settings["dims"], settings["dtypes"], settings["num_points"]), "",
+      *target_table(report, 4),
       "## First calls", "",
       *first_call_tables(report),
       "## Memory", "",
@@ -270,22 +405,26 @@ def plot(report, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  flows, dtypes = report["settings"]["flows"], report["settings"]["dtypes"]
+  report = _normalized(report)
+  flows = report["settings"]["flows"]
+  measured = {(c["dtype"], c["num_points"]) for c in report["cells"]}
+  rows = [(dtype, n) for dtype in report["settings"]["dtypes"] for n in report["settings"]["num_points"]
+          if (dtype, n) in measured]
   methods = _methods(report)
   cmap = plt.get_cmap("tab10")
   # Ours bold, log_prob dotted (not a Hessian), XLA-compiled methods (JAX included) dashed.
   style = {m: dict(color=cmap(i), marker="os^v<>Dpx*"[i % 10], lw=2.5 if m == "ours" else 1.2,
                    ls=":" if m == "log_prob" else ("--" if m.endswith("_xla") or m == "jax" else "-"))
            for i, m in enumerate(methods)}
-  fig, axes = plt.subplots(len(dtypes), len(flows), figsize=(4.6 * len(flows), 3.8 * len(dtypes)), squeeze=False,
+  fig, axes = plt.subplots(len(rows), len(flows), figsize=(4.6 * len(flows), 3.8 * len(rows)), squeeze=False,
                            sharex=True)
-  for i, dtype in enumerate(dtypes):
+  for i, (dtype, num_points) in enumerate(rows):
     for j, flow in enumerate(flows):
       ax = axes[i][j]
       for method in methods:
         points = sorted((c["dim"], c["results"][method]["median_ms"]) for c in report["cells"]
-                        if c["flow"] == flow and c["dtype"] == dtype and method in c["results"]
-                        and c["results"][method].get("median_ms") is not None)
+                        if c["flow"] == flow and c["dtype"] == dtype and c["num_points"] == num_points
+                        and method in c["results"] and c["results"][method].get("median_ms") is not None)
         if points:
           ax.plot(*zip(*points), label=SHORT.get(method, method).strip("*"), **style[method])
       ax.set_xscale("log")
@@ -294,11 +433,11 @@ def plot(report, path):
       ax.set_xticklabels(report["settings"]["dims"])
       ax.minorticks_off()
       ax.grid(True, which="major", alpha=0.3)
-      ax.set_title(f"{flow}, {dtype}")
-      if i == len(dtypes) - 1:
+      ax.set_title(f"{flow}, {dtype}, N = {num_points}")
+      if i == len(rows) - 1:
         ax.set_xlabel("D")
       if j == 0:
-        ax.set_ylabel(f"ms per call ({report['settings']['num_points']} points)")
+        ax.set_ylabel(f"ms per call ({num_points} points)")
   handles, labels = axes[0][0].get_legend_handles_labels()
   for ax in axes.flat:
     for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -312,11 +451,13 @@ def plot(report, path):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("json", help="a report written by `python -m tfp_hessian bench --json`")
+  parser.add_argument("json", nargs="+", help="reports written by `python -m tfp_hessian bench --json` (several: "
+                                              "one report of all their cells)")
   parser.add_argument("--markdown", help="write BENCHMARKS.md here (keeping its notes and appendix)")
-  parser.add_argument("--plot", help="write the log-log plot of time against D here (PNG)")
+  parser.add_argument("--plot", help="write the log-log plot of time against D here (PNG; a row per dtype and N)")
   args = parser.parse_args(argv)
-  report = json.loads(pathlib.Path(args.json).read_text())
+  report = merge([json.loads(pathlib.Path(path).read_text()) for path in args.json])
+  report["json_paths"] = args.json
   if args.markdown:
     path = pathlib.Path(args.markdown)
     notes, appendix = "<!-- notes -->\n(none yet)\n<!-- /notes -->", ""

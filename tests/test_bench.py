@@ -3,9 +3,11 @@
 Never timing: the machine is shared, so only what a run reports is asserted, not how fast anything was.
 """
 
+import argparse
 import json
 import math
 import pathlib
+import shlex
 
 import numpy as np
 import pytest
@@ -14,34 +16,40 @@ import tensorflow as tf
 from tfp_hessian import __main__ as cli
 from tfp_hessian import bench
 
-TINY = dict(dims=(3, 4), dtypes=("float64",), num_points=3, repeats=2, time_budget=0.1)
+# D = 2, the smallest: a RealNVP masks one coordinate, a MADE has one input that conditions the other.
+TINY = dict(dims=(2, 3), dtypes=("float64",), num_points=(3,), repeats=2, time_budget=0.1)
 RESULT_KEYS = {"status", "first_call_s", "median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "calls",
-               "peak_rss_delta_mib", "ratio_to_log_prob", "ratio_to_ours"}
+               "points_per_s", "peak_rss_delta_mib", "ratio_to_log_prob", "ratio_to_ours"}
 JAX_PYTHON = pathlib.Path(bench.__file__).resolve().parents[1] / "benchmarks" / "jax_peer" / ".venv" / "bin" / "python"
 
 
-def _check_report(report, flows, dims, dtypes, methods):
+def _check_report(report, flows, dims, dtypes, methods, num_points=(3,)):
   assert report["schema"] == bench.SCHEMA
   assert {"cpu", "cores"} <= set(report["machine"])
   assert {"tensorflow", "tensorflow_probability", "tfp_hessian"} <= set(report["versions"])
-  cells = [(c["flow"], c["dim"], c["dtype"]) for c in report["cells"]]
-  assert sorted(cells) == sorted((f, d, t) for f in flows for d in dims for t in dtypes)
+  cells = [(c["flow"], c["dim"], c["dtype"], c["num_points"]) for c in report["cells"]]
+  assert sorted(cells) == sorted((f, d, t, n) for f in flows for d in dims for t in dtypes for n in num_points)
   for cell in report["cells"]:
     results = cell["results"]
     assert list(results) == methods, cell
+    assert isinstance(cell["execution"]["xla"], bool) and cell["execution"]["reason"], cell["execution"]
+    assert cell["command"].startswith(f"python -m tfp_hessian bench --flow {cell['flow']} --dim {cell['dim']} "
+                                      f"--dtype {cell['dtype']} --num-points {cell['num_points']}")
     for method, result in results.items():
       assert result["status"] == "ok", (cell["flow"], cell["dim"], method, result["status"])
       assert RESULT_KEYS <= set(result), (method, sorted(result))
       assert result["q1_ms"] <= result["median_ms"] <= result["q3_ms"]
+      assert math.isclose(result["points_per_s"], cell["num_points"] / result["median_ms"] * 1e3)
       if method != "log_prob":
         assert result["agrees"], (cell["flow"], cell["dim"], method, result["max_rel_error"])
         assert result["max_rel_error"] <= bench.TOLERANCE[cell["dtype"]]
     assert results["ours"]["max_rel_error"] == 0
     assert math.isclose(results["ours"]["ratio_to_ours"], 1)
-  assert {(e["flow"], e["dtype"], e["method"]) for e in report["exponents"]} == {
-      (f, t, m) for f in flows for t in dtypes for m in methods}
-  targets = {row["target"] for row in report["targets"]}
-  assert "first call < 3 s" in targets and "within 3x of log_prob (D ≤ 32)" in targets
+  assert {(e["flow"], e["dtype"], e["num_points"], e["method"]) for e in report["exponents"]} == (
+      {(f, t, n, m) for f in flows for t in dtypes for n in num_points for m in methods} if len(dims) > 1 else set())
+  targets = {(row["issue"], row["target"]) for row in report["targets"]}
+  if min(num_points) <= bench.FEW_POINTS:
+    assert (4, "first call < 3 s") in targets and (4, "within 3x of log_prob (D ≤ 32)") in targets
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -50,8 +58,14 @@ def test_build_flow(name, dtype):
   flow = bench.build_flow(name, 6, dtype)
   assert flow.distribution.dtype == tf.as_dtype(dtype)
   assert flow.distribution.event_shape == [6]
-  z = flow.distribution.sample(3, seed=(1, 2))
-  assert np.all(np.isfinite(flow.distribution.log_prob(z).numpy()))
+  z, kwargs = bench.sample_points(flow, 3, seed=1)
+  assert z.shape == [3, 6]
+  assert np.all(np.isfinite(flow.distribution.log_prob(z, **kwargs).numpy()))
+  if name in bench.EXAMPLE_FLOWS:
+    assert flow.layers is None and flow.base is None  # no recipe: no peer can rebuild it
+    assert bool(kwargs) == (name == "conditional_maf")
+    return
+  assert not kwargs
   kinds = [layer["kind"] for layer in flow.layers]
   expected = {"elementwise_affine": ["scale_tril", "shift", "sinh_arcsinh"] * 4,
               "realnvp": ["real_nvp", "permute"] * 3 + ["real_nvp"],
@@ -79,12 +93,86 @@ def test_made_kernels_are_masked():
     assert np.any(jacobian[order == i][..., order < i] != 0) or i == 0
 
 
-def test_run_bench_every_flow():
-  report = bench.run_bench(flows=tuple(bench.FLOWS), methods=("tapes",), **TINY)
-  _check_report(report, list(bench.FLOWS), [3, 4], ["float64"], ["log_prob", "ours", "tapes"])
+def test_run_bench_every_stock_flow():
+  report = bench.run_bench(flows=tuple(bench.STOCK_FLOWS), methods=("tapes",), **TINY)
+  _check_report(report, list(bench.STOCK_FLOWS), [2, 3], ["float64"], ["log_prob", "ours", "tapes"])
   text = bench.format_report(report)
-  assert "growth with D" in text and "targets (issue #4)" in text
+  assert "growth with D" in text and "targets (issue #4" in text
   assert "every method that ran agrees" in text
+
+
+def test_cli_few_and_many_points_of_a_conditional_flow(tmp_path, capsys):
+  # Issue #13's cells at a small D: N = 4 (latency) and N = 1024 (throughput), the condition passed to every
+  # method; the JAX peer, which rebuilds only the stock flows, skipped with its reason.
+  path = tmp_path / "bench.json"
+  status = cli.main(["bench", "--quick", "--flow", "conditional_maf", "--dim", "2", "--num-points", "1024", "4",
+                     "--methods", "tapes", "--peers", "jax", "--jax-python", str(tmp_path / "none"),
+                     "--json", str(path)])
+  output = capsys.readouterr().out
+  assert status == 0
+  report = json.loads(path.read_text())
+  for cell in report["cells"]:
+    assert cell["results"].pop("jax")["status"] == (
+        "skipped: the jax peer rebuilds only the stock flows (elementwise_affine, realnvp, maf)")
+  _check_report(report, ["conditional_maf"], [2], ["float64"], ["log_prob", "ours", "tapes"], num_points=(4, 1024))
+  assert report["settings"]["num_points"] == [4, 1024]
+  assert "[1/2] conditional_maf D=2 float64 N=4" in output and "[2/2] conditional_maf D=2 float64 N=1024" in output
+  for cell in report["cells"]:
+    # Every figure with the command that measures it again, and which execution the default call chose.
+    assert f"$ {cell['command']}" in output
+    assert f"  default call: {cell['execution']['reason']}" in output
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    parsed = parser.parse_args(shlex.split(cell["command"])[4:])
+    assert (parsed.flows, parsed.dims, parsed.dtypes, parsed.num_points, parsed.peers) == (
+        [cell["flow"]], [cell["dim"]], [cell["dtype"]], [cell["num_points"]], ["jax"])
+    assert (parsed.repeats, parsed.time_budget) == (bench.QUICK["repeats"], bench.QUICK["time_budget"])
+    assert parsed.methods == ["log_prob", "ours", "tapes"]
+  rows = {(r["num_points"], r["target"]) for r in report["targets"] if r["issue"] == 13}
+  assert rows == {(4, "within 1.5x of log_prob (D ≤ 16, N ≤ 16)"),
+                  (1024, "ahead of every alternative (D ≤ 16, N ≥ 1024)")}
+  assert output.index("targets (issue #13") < output.index("targets (issue #4")
+
+
+def _cell(flow, dim, num_points, ms, dtype="float32"):
+  """A cell of a report whose methods took `ms` (method → median ms, None: skipped)."""
+  results = {m: (dict(status="ok", median_ms=v, first_call_s=1.) if v is not None else dict(status="skipped: x"))
+             for m, v in ms.items()}
+  return dict(flow=flow, dim=dim, dtype=dtype, num_points=num_points, command="cmd", results=results)
+
+
+def test_issue13_targets():
+  cells = [
+      _cell("maf", 64, 1024, dict(log_prob=10., ours=100., tapes=300., jax=190.)),
+      _cell("maf", 128, 16, dict(log_prob=2., ours=10., fwd_rev_xla=10., tf_hessians=900.)),
+      _cell("research_flow", 64, 16, dict(log_prob=2., ours=10., tapes=30.)),  # D ≥ 64: stock flows only
+      _cell("realnvp", 8, 16, dict(log_prob=2., ours=3., tapes=1.)),
+      _cell("realnvp", 8, 1024, dict(log_prob=2., ours=30., tapes=30., ours_xla=1.)),  # ours + XLA is ours
+      _cell("realnvp", 32, 1024, dict(log_prob=2., ours=30., tapes=31.)),  # no issue-13 target at D = 32
+      _cell("elementwise_affine", 4, 1024, dict(log_prob=2., ours=30., tapes=None)),
+  ]
+  rows = [r for r in bench._targets(cells) if r["issue"] == 13]  # pylint: disable=protected-access
+  got = [(r["flow"], r["dim"], r["num_points"], r["target"].split(" (")[0], r["value"], r["met"], r["detail"])
+         for r in rows]
+  assert got == [
+      ("maf", 64, 1024, "≥2x faster than the fastest alternative", 1.9, False, "fastest alternative: jax"),
+      ("maf", 128, 16, "at least as fast as the fastest alternative", 1., True, "fastest alternative: fwd_rev_xla"),
+      ("realnvp", 8, 16, "within 1.5x of log_prob", 1.5, True, ""),
+      ("realnvp", 8, 1024, "ahead of every alternative", 1., False, "fastest alternative: tapes"),
+      ("elementwise_affine", 4, 1024, "ahead of every alternative", None, None, "no alternative timed"),
+  ]
+  issue4 = {(r["flow"], r["dim"], r["num_points"]) for r in bench._targets(cells) if r["issue"] == 4}
+  assert issue4 == {("maf", 128, 16), ("research_flow", 64, 16), ("realnvp", 8, 16)}  # N ≤ 16 only
+
+
+def test_predictions_from_smaller_cells():
+  seconds = lambda s: dict(status="ok", median_ms=1e3 * s)  # noqa: E731
+  previous = {(16, 16): seconds(0.1), (32, 16): seconds(1.6), (64, 16): seconds(2.)}
+  # From the smaller D at the same N, at least as D³; from fewer points at the same D, as N^points_power.
+  assert math.isclose(bench._predicted_seconds(previous, 128, 16), 16.)  # pylint: disable=protected-access
+  assert math.isclose(bench._predicted_seconds(previous, 64, 1024), 128.)  # pylint: disable=protected-access
+  assert math.isclose(bench._predicted_seconds(previous, 64, 32, points_power=2), 8.)  # pylint: disable=protected-access
+  assert bench._predicted_seconds(previous, 8, 16) is None  # pylint: disable=protected-access
 
 
 def test_cli_writes_json(tmp_path, capsys):
@@ -93,14 +181,14 @@ def test_cli_writes_json(tmp_path, capsys):
                      "--methods", "tf_hessians", "--json", str(path)])
   output = capsys.readouterr().out
   assert status == 0
-  assert "[1/2] realnvp D=3 float32" in output and "[2/2] realnvp D=5 float32" in output
+  assert "[1/2] realnvp D=3 float32 N=4" in output and "[2/2] realnvp D=5 float32 N=4" in output
   report = json.loads(path.read_text())
-  _check_report(report, ["realnvp"], [3, 5], ["float32"], ["log_prob", "ours", "tf_hessians"])
-  assert report["settings"]["num_points"] == bench.QUICK["num_points"]
+  _check_report(report, ["realnvp"], [3, 5], ["float32"], ["log_prob", "ours", "tf_hessians"], num_points=(4,))
+  assert report["settings"]["num_points"] == list(bench.QUICK["num_points"])
 
 
 def test_a_failing_method_is_reported_and_the_run_goes_on(monkeypatch):
-  def broken(flow):
+  def broken(flow, kwargs):
     def fn(z):
       raise LookupError("No gradient defined for operation XlaDynamicUpdateSlice")
     return fn
@@ -113,12 +201,14 @@ def test_a_failing_method_is_reported_and_the_run_goes_on(monkeypatch):
   assert "failed: LookupError" in bench.format_report(report)
 
 
-def test_methods_over_budget_are_skipped():
-  report = bench.run_bench(flows=("elementwise_affine",), methods=("tapes", "tf_hessians"), budget=0., **TINY)
+@pytest.mark.parametrize("cells, smaller", [(dict(dims=(3, 4)), "a smaller D"),
+                                             (dict(dims=(3,), num_points=(3, 5)), "fewer points")])
+def test_methods_over_budget_are_skipped(cells, smaller):
+  report = bench.run_bench(flows=("elementwise_affine",), methods=("tapes",), budget=0., **dict(TINY, **cells))
   first, second = report["cells"]
-  # At the smallest D a method runs once to be measured; it exceeds a zero budget and is not timed further.
+  # In the first cell a method runs once to be measured; it exceeds a zero budget and is not timed further.
   assert first["results"]["tapes"]["status"].startswith("skipped: > budget")
-  assert second["results"]["tapes"]["status"] == "skipped: > budget at a smaller D"
+  assert second["results"]["tapes"]["status"] == f"skipped: > budget at {smaller}"
   assert second["results"]["ours"]["status"] == "ok"  # ours and log_prob always run.
   assert "skipped: > budget" in bench.format_report(report)
 
@@ -132,23 +222,23 @@ def test_unknown_names_are_refused():
 
 def test_a_missing_peer_is_reported(tmp_path):
   report = bench.run_bench(flows=("maf",), methods=(), peers=("jax",), jax_python=tmp_path / "none",
-                           **dict(TINY, dims=(3,)))
+                           **dict(TINY, dims=(2,)))
   assert report["cells"][0]["results"]["jax"]["status"].startswith("failed: PeerError: no JAX environment")
 
 
 @pytest.mark.slow
 def test_quick_cli_runs_every_method(tmp_path, capsys):
   path = tmp_path / "bench.json"
-  assert cli.main(["bench", "--quick", "--json", str(path)]) == 0
+  assert cli.main(["bench", "--quick", "--flow", *bench.FLOWS, "--json", str(path)]) == 0
   report = json.loads(path.read_text())
   _check_report(report, list(bench.FLOWS), list(bench.QUICK["dims"]), list(bench.QUICK["dtypes"]),
-                list(bench.METHODS))
+                list(bench.METHODS), num_points=bench.QUICK["num_points"])
   assert "agreement with ours: every method that ran agrees" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not JAX_PYTHON.exists(), reason="no JAX peer venv: run benchmarks/jax_peer/setup.sh")
 def test_jax_peer_agrees():
-  report = bench.run_bench(flows=tuple(bench.FLOWS), methods=(), peers=("jax",),
+  report = bench.run_bench(flows=tuple(bench.STOCK_FLOWS), methods=(), peers=("jax",),
                            **dict(TINY, dtypes=("float64", "float32")))
-  _check_report(report, list(bench.FLOWS), [3, 4], ["float64", "float32"], ["log_prob", "ours", "jax"])
+  _check_report(report, list(bench.STOCK_FLOWS), [2, 3], ["float64", "float32"], ["log_prob", "ours", "jax"])
   assert report["versions"]["jax_peer_jax"]

@@ -1,13 +1,23 @@
 """`python -m tfp_hessian bench`: time `log_prob_hessian` against every other way to get the same Hessian.
 
-Three random-weight flows of 4 layers each over `R^D`, on a `MultivariateNormalDiag` base (`FLOWS`):
+Five random-weight flows over `R^D` (`FLOWS`). Three of 4 layers each on a `MultivariateNormalDiag` base
+(`STOCK_FLOWS`, the flows of issues #4 and #13, which the JAX peer rebuilds from their recipe):
 
 - `elementwise_affine`: `ScaleMatvecTriL → Shift → SinhArcsinh`, 4 times;
 - `realnvp`: 4 `RealNVP` couplings with `conditioners.DenseShiftAndLogScale([64, 64], "tanh")`, `Permute` between;
 - `maf`: 4 `MaskedAutoregressiveFlow`s with `tfb.AutoregressiveNetwork(params=2, hidden_units=[64, 64],
   activation="tanh")` (random *masked* kernels), `Permute` between.
 
-For each cell (flow, D, dtype) every method of `METHODS` (and each peer of `PEERS`) gets the same `N` points:
+And two of `tfp_hessian.examples` with their defaults but D (`EXAMPLE_FLOWS`, the real-flows issue's):
+
+- `research_flow`: 3 MAF stages ([32, 32]) with `Permute`, a user-written `Shear` and `BatchNormalization`, a
+  post-affine layer and a user-written `BoxMap` onto a box (the last two have no rule: the autodiff fallback);
+- `conditional_maf`: 2 MAFs of conditional `AutoregressiveNetwork`s ([32, 32]), a 4-number condition per point
+  passed as `log_prob(z, bijector_kwargs=...)`, as TFP's conditional flows take it.
+
+A cell is (flow, D, dtype, N): every method of `METHODS` (and each peer of `PEERS`) gets the same N points, for
+each N of `num_points` (default 16, the latency of an interactive call, and 1024, the throughput over posterior
+samples):
 
 1. a first call, timed: tracing and compiling included (`first_call_s`);
 2. agreement with ours, `max_n max_ij |H_n - H_ours,n|_ij / max_ij |H_ours,n|_ij` (`max_rel_error`);
@@ -15,20 +25,26 @@ For each cell (flow, D, dtype) every method of `METHODS` (and each peer of `PEER
    0.5 ms): `peak_rss_delta_mib` is the peak above the RSS just before the call. It is what that call added
    to the process, a lower bound of its working memory (memory that an earlier call freed may be reused);
 4. timed calls interleaved round-robin (in a fresh random order each round), so that the load of a shared
-   machine falls on every method alike; the median and the interquartile range are reported. A method slower
-   than the time budget allows gets fewer calls (at least one).
+   machine falls on every method alike; the median and the interquartile range are reported, and the points
+   per second at the median. A method slower than the time budget allows gets fewer calls (at least one).
 
-A method that raises is reported as `failed: <reason>` in its cell and the run goes on. A method predicted to
-exceed the per-call budget (extrapolated from the smaller D, at least as `D³`), or whose warm-up call did, or
-whose first call took three times the budget, is `skipped: > budget` (`log_prob` and ours always run); a
-method that can afford one call only is timed by its warm-up call. The log–log slope of time against D per method
-(`exponents`) and the issue's targets (`targets`) close the report.
+Each cell also records which execution the default call chose (`tfp_hessian.execution_plan`: XLA-compiled or
+the traced graph, and why) and the command that measures it again.
+
+A method that raises is reported as `failed: <reason>` in its cell and the run goes on; one that cannot serve a
+flow (the JAX peer, for the example flows) as `skipped: <reason>`. A method predicted to exceed the per-call
+budget (extrapolated from the smaller D, at least as `D³`, and from fewer points, at least as `N`, or `N²` for
+tf.hessians), or whose warm-up call did, or whose first call took three times the budget, is
+`skipped: > budget` (`log_prob` and ours always run); a method that can afford one call only is timed by its
+warm-up call. The log–log slope of time against D per method (`exponents`) and the issues' targets (`targets`:
+issue #13's, then issue #4's) close the report.
 
 The JAX peer (`--peers jax`) runs `jax.jit(jax.vmap(jax.hessian(log_prob)))` on the identical flow, built from
 the same weights with TFP's JAX substrate, in a worker process of its own virtual environment
 (`benchmarks/jax_peer/`); its calls are interleaved with the TensorFlow methods' too.
 """
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -48,20 +64,20 @@ import tensorflow_probability as tfp
 import tf_keras
 
 import tfp_hessian
-from tfp_hessian import reference
+from tfp_hessian import examples, reference
 from tfp_hessian.conditioners import DenseShiftAndLogScale
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
 __all__ = [
-    "BenchFlow", "DEFAULTS", "FLOWS", "METHODS", "PEERS", "QUICK", "TOLERANCE", "add_arguments", "build_flow",
-    "format_report", "run", "run_bench",
+    "BenchFlow", "DEFAULTS", "EXAMPLE_FLOWS", "FLOWS", "METHODS", "PEERS", "QUICK", "STOCK_FLOWS", "TOLERANCE",
+    "add_arguments", "build_flow", "cell_command", "format_report", "run", "run_bench", "sample_points",
 ]
 
 HELP = "Time log_prob_hessian against tf.hessians, nested tapes, forward-over-reverse (and JAX) on random flows."
 
-SCHEMA = "tfp_hessian.bench/1"
+SCHEMA = "tfp_hessian.bench/2"  # 2: several N per run (cells by flow, D, dtype, N), execution plans
 NUM_LAYERS = 4
 HIDDEN_UNITS = (64, 64)
 
@@ -69,10 +85,15 @@ HIDDEN_UNITS = (64, 64)
 # differently, and in float32 a 4-layer flow at D = 128 loses a few digits to conditioning.
 TOLERANCE = {"float64": 1e-8, "float32": 1e-3}
 
+# Points per call of issue #13's targets: a few (what an interactive call feels) and many (posterior samples).
+FEW_POINTS, MANY_POINTS = 16, 1024
+# Per-point condition of the conditional MAF (as benchmarks/real_flows.py).
+CONDITION_SIZE = 4
+
 DEFAULTS = dict(flows=("elementwise_affine", "realnvp", "maf"), dims=(16, 64, 128), dtypes=("float32", "float64"),
-                num_points=16, repeats=15, budget=20., time_budget=5.)
+                num_points=(FEW_POINTS, MANY_POINTS), repeats=15, budget=20., time_budget=5.)
 # What `--quick` changes: tiny flows, few calls (what tests/test_bench.py runs).
-QUICK = dict(dims=(3, 5), dtypes=("float64",), num_points=4, repeats=3, budget=20., time_budget=0.5)
+QUICK = dict(dims=(3, 5), dtypes=("float64",), num_points=(4,), repeats=3, budget=20., time_budget=0.5)
 
 # Methods exempt from the budget: the point of the benchmark and its yardstick.
 _ALWAYS_RUN = ("log_prob", "ours")
@@ -93,12 +114,21 @@ class BenchFlow:
     layers: the bijectors from the base side, each a dict with `"kind"` (`scale_tril`, `shift`,
       `sinh_arcsinh`, `permute`, `real_nvp`, `maf`) and its parameters as numpy arrays; the conditioner
       networks as `kernels` / `biases` lists (kernels `[in, out]`, MADE kernels already masked).
+    condition_size: size of the condition per point of a conditional flow (passed to `log_prob` as the
+      distribution's `condition_kwargs(x)`), else 0.
+
+  `base` and `layers` are None for the flows of `EXAMPLE_FLOWS`, which have no recipe.
   """
 
   name: str
   distribution: tfd.Distribution
   base: dict
   layers: list
+  condition_size: int = 0
+
+  @property
+  def num_bijectors(self):
+    return len(self.layers) if self.layers is not None else len(self.distribution.bijector.bijectors)
 
 
 def _dense_weights(rng, shape, gain):
@@ -195,11 +225,26 @@ def _with_permutations(make_layer):
   return build
 
 
-FLOWS = {
+# The three flows of issues #4 and #13, built here from recipes that the JAX peer rebuilds with the same weights.
+STOCK_FLOWS = {
     "elementwise_affine": _elementwise_affine,
     "realnvp": _with_permutations(_realnvp_coupling),
     "maf": _with_permutations(_maf_layer),
 }
+
+
+def _conditional_maf(dim, dtype, seed):
+  return examples.conditional_maf(dim=dim, condition_size=CONDITION_SIZE, dtype=dtype, seed=seed)
+
+
+# The flows of the real-flows issue (#12), built by `tfp_hessian.examples` with its defaults except D: no recipe,
+# so no peer can rebuild them.
+EXAMPLE_FLOWS = {
+    "research_flow": lambda dim, dtype, seed: examples.research_flow(dim=dim, dtype=dtype, seed=seed),
+    "conditional_maf": _conditional_maf,
+}
+
+FLOWS = {**STOCK_FLOWS, **EXAMPLE_FLOWS}
 
 
 def build_flow(name, dim, dtype, seed=0):
@@ -213,9 +258,13 @@ def build_flow(name, dim, dtype, seed=0):
   if dim < 2:
     raise ValueError(f"`dim` must be at least 2; got {dim}.")
   dtype = tf.as_dtype(dtype)
+  if name in EXAMPLE_FLOWS:
+    distribution = EXAMPLE_FLOWS[name](dim, dtype, seed)
+    condition_size = CONDITION_SIZE if hasattr(distribution, "condition_kwargs") else 0
+    return BenchFlow(name, distribution, None, None, condition_size)
   rng = np.random.default_rng([seed, dim, dtype.size])
   base = dict(loc=0.3 * rng.standard_normal(dim), scale_diag=rng.uniform(0.7, 1.3, dim))
-  layers, bijectors = FLOWS[name](dim, dtype, rng)
+  layers, bijectors = STOCK_FLOWS[name](dim, dtype, rng)
   distribution = tfd.TransformedDistribution(
       tfd.MultivariateNormalDiag(tf.constant(base["loc"], dtype), tf.constant(base["scale_diag"], dtype)),
       tfb.Chain(bijectors[::-1]))  # Chain lists its bijectors from the z side.
@@ -225,11 +274,27 @@ def build_flow(name, dim, dtype, seed=0):
   return BenchFlow(name, distribution, {k: cast(v) for k, v in base.items()}, layers)
 
 
+def sample_points(bench_flow, num_points, seed=0):
+  """`(z, kwargs)`: `num_points` points sampled from the flow, and the keyword arguments of its `log_prob`.
+
+  `kwargs` is `{}` but for a conditional flow: there, one condition per point (standard normal, from `seed`).
+  `z` is a fresh constant, so that no method finds the points in TFP's cache of sampled tensors.
+  """
+  dim, dtype = bench_flow.distribution.event_shape[-1], bench_flow.distribution.dtype
+  kwargs = {}
+  if bench_flow.condition_size:
+    rng = np.random.default_rng([seed, dim, num_points])
+    kwargs = bench_flow.distribution.condition_kwargs(
+        tf.constant(rng.standard_normal((num_points, bench_flow.condition_size)), dtype))
+  z = bench_flow.distribution.sample(num_points, seed=(seed, dim), **kwargs)
+  return tf.constant(z.numpy()), kwargs
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Methods: each `(flow) -> fn(z)`, `z` of shape [N, D]; all but log_prob return [N, D, D] Hessians.
 
 
-def _forward_over_reverse(distribution):
+def _forward_over_reverse(distribution, kwargs):
   """Hessian columns `∂/∂t ∇ log q(z + t e_i)` by a `ForwardAccumulator` over a tape, `vectorized_map` over i."""
 
   def hessian(z):
@@ -239,7 +304,7 @@ def _forward_over_reverse(distribution):
       with tf.autodiff.ForwardAccumulator(z, tangent) as accumulator:
         with tf.GradientTape() as tape:
           tape.watch(z)
-          log_prob = tf.reduce_sum(distribution.log_prob(z))
+          log_prob = tf.reduce_sum(distribution.log_prob(z, **kwargs))
         gradient = tape.gradient(log_prob, z)
       return accumulator.jvp(gradient)
 
@@ -257,28 +322,37 @@ def _function(fn, jit_compile=False):
 @dataclasses.dataclass(frozen=True)
 class Method:
   label: str
-  make: object  # (distribution) -> fn(z)
+  make: object  # (distribution, kwargs of its log_prob) -> fn(z)
   hessian: bool = True
   alternative: bool = True  # one of the other ways to the same Hessian (not ours, not log_prob)
+  # Time grows with the points N at least as N^points_power: tf.hessians differentiates the sum over the points,
+  # so its Hessian is [N, D, N, D].
+  points_power: float = 1.
+
+
+def _ours(jit_compile=False):
+  return lambda flow, kwargs: _function(lambda z: tfp_hessian.log_prob_hessian(flow, z, **kwargs), jit_compile)
+
+
+def _tapes(jit_compile=False):
+  return lambda flow, kwargs: _function(lambda z: reference.tape_hessian(flow, z, **kwargs), jit_compile)
 
 
 METHODS = {
-    "log_prob": Method("log_prob alone (tf.function)", lambda flow: _function(flow.log_prob), hessian=False,
+    "log_prob": Method("log_prob alone (tf.function)",
+                       lambda flow, kwargs: _function(lambda z: flow.log_prob(z, **kwargs)), hessian=False,
                        alternative=False),
-    "ours": Method("ours: log_prob_hessian (tf.function)",
-                   lambda flow: _function(lambda z: tfp_hessian.log_prob_hessian(flow, z)), alternative=False),
-    "ours_xla": Method("ours + XLA (jit_compile)",
-                       lambda flow: _function(lambda z: tfp_hessian.log_prob_hessian(flow, z), jit_compile=True),
-                       alternative=False),
+    "ours": Method("ours: log_prob_hessian (tf.function)", _ours(), alternative=False),
+    "ours_xla": Method("ours + XLA (jit_compile)", _ours(jit_compile=True), alternative=False),
     "tf_hessians": Method("tf.hessians (tf.function)",
-                          lambda flow: _function(lambda z: reference.naive_hessian(flow, z))),
-    "tapes": Method("nested tapes (tf.function)", lambda flow: _function(lambda z: reference.tape_hessian(flow, z))),
-    "tapes_xla": Method("nested tapes + XLA",
-                        lambda flow: _function(lambda z: reference.tape_hessian(flow, z), jit_compile=True)),
+                          lambda flow, kwargs: _function(lambda z: reference.naive_hessian(flow, z, **kwargs)),
+                          points_power=2.),
+    "tapes": Method("nested tapes (tf.function)", _tapes()),
+    "tapes_xla": Method("nested tapes + XLA", _tapes(jit_compile=True)),
     "fwd_rev": Method("fwd-over-rev, vectorized_map (tf.function)",
-                      lambda flow: _function(_forward_over_reverse(flow))),
+                      lambda flow, kwargs: _function(_forward_over_reverse(flow, kwargs))),
     "fwd_rev_xla": Method("fwd-over-rev, vectorized_map + XLA",
-                          lambda flow: _function(_forward_over_reverse(flow), jit_compile=True)),
+                          lambda flow, kwargs: _function(_forward_over_reverse(flow, kwargs), jit_compile=True)),
 }
 
 PEERS = {"jax": "JAX: jit(vmap(hessian(log_prob))), TFP JAX substrate"}
@@ -513,39 +587,59 @@ def _statistics(seconds):
               max_ms=float(ms.max()), calls=len(ms))
 
 
-def _predicted_seconds(previous, dim):
-  """Seconds per call at `dim`, extrapolated from the smaller D measured, or None.
+def _predicted_seconds(previous, dim, num_points, points_power=1.):
+  """Seconds per call at `(dim, num_points)`, extrapolated from the smaller cells measured, or None.
 
-  From the largest smaller D, the time grows as `D^p` with `p` the slope between the two largest smaller D
-  measured, or 3 if that is less (or there is only one): pessimistic for every method here except XLA's
-  batched triangular solves on CPU, whose time grows faster still (and which that slope then catches).
+  From the smaller D at the same N: from the largest of them, the time grows as `D^p` with `p` the slope between
+  the two largest measured, or 3 if that is less (or there is only one): pessimistic for every method here
+  except XLA's batched triangular solves on CPU, whose time grows faster still (and which that slope then
+  catches). From fewer points at the same D: the time grows as `N^points_power` (per-call overhead makes this
+  pessimistic too). The larger of the two predictions.
   """
-  smaller = sorted((d, r["median_ms"] / 1e3) for d, r in previous.items()
-                   if d < dim and r.get("median_ms") is not None)
-  if not smaller:
-    return None
-  power = 3.
-  if len(smaller) >= 2:
-    (d0, t0), (d1, t1) = smaller[-2:]
-    power = max(power, np.log(t1 / t0) / np.log(d1 / d0))
-  d, seconds = smaller[-1]
-  return seconds * (dim / d) ** power
+  predictions = []
+  smaller = sorted((d, r["median_ms"] / 1e3) for (d, n), r in previous.items()
+                   if n == num_points and d < dim and r.get("median_ms") is not None)
+  if smaller:
+    power = 3.
+    if len(smaller) >= 2:
+      (d0, t0), (d1, t1) = smaller[-2:]
+      power = max(power, np.log(t1 / t0) / np.log(d1 / d0))
+    d, seconds = smaller[-1]
+    predictions.append(seconds * (dim / d) ** power)
+  fewer = sorted((n, r["median_ms"] / 1e3) for (d, n), r in previous.items()
+                 if d == dim and n < num_points and r.get("median_ms") is not None)
+  if fewer:
+    n, seconds = fewer[-1]
+    predictions.append(seconds * (num_points / n) ** points_power)
+  return max(predictions, default=None)
 
 
-def _run_cell(z, dtype, runners, settings, history, rng):
-  """Measures every runner on one cell; returns `{method: result}` in the order of `runners`."""
+def _run_cell(z, dtype, runners, settings, history, rng, unsupported=None):
+  """Measures every runner on one cell; returns `{method: result}` in the order of `runners`.
+
+  `history` holds the results of the cells run before for the same flow and dtype, `{method: {(D, N): result}}`;
+  `unsupported` maps methods that cannot serve this flow to why (they are reported as skipped).
+  """
   results, outputs, active = {}, {}, {}
+  num_points, dim = z.shape
+  unsupported = unsupported or {}
   for name, make in runners.items():
+    if name in unsupported:
+      results[name] = dict(status=f"skipped: {unsupported[name]}")
+      continue
     previous = history.get(name, {})
     if name not in _ALWAYS_RUN:
-      earlier = [r for d, r in previous.items() if d < z.shape[-1] and r["status"].startswith("skipped")]
-      predicted = _predicted_seconds(previous, z.shape[-1])
-      timed_out = [r for d, r in previous.items() if d < z.shape[-1] and "(worker stopped)" in r["status"]]
-      if earlier:
-        results[name] = dict(status="skipped: > budget at a smaller D")
+      smaller = {(d, n): r for (d, n), r in previous.items() if d <= dim and n <= num_points}
+      over_budget = [(d, n) for (d, n), r in smaller.items() if r["status"].startswith("skipped: > budget")]
+      timed_out = [r for r in smaller.values() if "(worker stopped)" in r["status"]]
+      points_power = METHODS[name].points_power if name in METHODS else 1.
+      predicted = _predicted_seconds(previous, dim, num_points, points_power)
+      if over_budget:
+        where = "a smaller D" if any(d < dim for d, _ in over_budget) else "fewer points"
+        results[name] = dict(status=f"skipped: > budget at {where}")
         continue
       if timed_out:
-        results[name] = dict(status="skipped: timed out at a smaller D")
+        results[name] = dict(status="skipped: timed out at a smaller cell")
         continue
       if predicted is not None and predicted > settings["budget"]:
         results[name] = dict(status=f"skipped: > budget (~{predicted:.0f} s/call predicted > {settings['budget']:g} s)")
@@ -611,6 +705,7 @@ def _run_cell(z, dtype, runners, settings, history, rng):
   for name, runner in active.items():
     if samples.get(name) and results[name]["status"] == "ok":
       results[name].update(_statistics(samples[name]))
+      results[name]["points_per_s"] = num_points / (results[name]["median_ms"] / 1e3)
     try:
       runner.close()
     except Exception:  # pylint: disable=broad-except
@@ -629,55 +724,112 @@ def _run_cell(z, dtype, runners, settings, history, rng):
 
 
 def _exponents(cells):
-  """Log–log slope of median time against D per (flow, dtype, method), over the dims where it ran."""
+  """Log–log slope of median time against D per (flow, dtype, N, method), over the dims where it ran."""
   series = {}
   for cell in cells:
     for method, result in cell["results"].items():
       if result.get("median_ms") is not None:
-        series.setdefault((cell["flow"], cell["dtype"], method), []).append((cell["dim"], result["median_ms"]))
+        key = (cell["flow"], cell["dtype"], cell["num_points"], method)
+        series.setdefault(key, []).append((cell["dim"], result["median_ms"]))
   exponents = []
-  for (flow, dtype, method), points in series.items():
+  for (flow, dtype, num_points, method), points in series.items():
     dims = sorted({d for d, _ in points})
     if len(dims) < 2:
       continue
     d, ms = np.array(points, dtype=float).T
     slope = float(np.polyfit(np.log(d), np.log(ms), 1)[0])
-    exponents.append(dict(flow=flow, dtype=dtype, method=method, exponent=slope, dims=dims))
+    exponents.append(dict(flow=flow, dtype=dtype, num_points=num_points, method=method, exponent=slope, dims=dims))
   return exponents
 
 
-def _targets(cells):
-  """The issue's targets per cell: which are met, by how much."""
+def _fastest_alternative(results):
+  """`(method, median_ms)` of the fastest alternative timed in a cell, or `(None, None)`."""
+  alternatives = {m: r["median_ms"] for m, r in results.items()
+                  if r.get("median_ms") is not None and (m in PEERS or (m in METHODS and METHODS[m].alternative))}
+  if not alternatives:
+    return None, None
+  fastest = min(alternatives, key=alternatives.get)
+  return fastest, alternatives[fastest]
+
+
+def _speed_row(key, target, value, met, fastest=None):
+  detail = f"fastest alternative: {fastest}" if fastest else ""
+  return dict(key, target=target, value=value, met=met, detail=detail)
+
+
+def _issue13_targets(cell, key):
+  """Issue #13: against the fastest alternative at few and many points, and against log_prob at small D."""
+  results, dim, num_points = cell["results"], cell["dim"], cell["num_points"]
+  ours_ms = results["ours"]["median_ms"]
+  fastest, fastest_ms = _fastest_alternative(results)
   rows = []
-  for cell in cells:
-    results = cell["results"]
-    ours = results.get("ours", {})
-    if ours.get("median_ms") is None:
-      continue
-    key = dict(flow=cell["flow"], dim=cell["dim"], dtype=cell["dtype"])
-    alternatives = {m: r["median_ms"] for m, r in results.items()
-                    if r.get("median_ms") is not None and (m in PEERS or (m in METHODS and METHODS[m].alternative))}
-    if cell["dim"] >= 64 and alternatives:
-      fastest = min(alternatives, key=alternatives.get)
-      speedup = alternatives[fastest] / ours["median_ms"]
-      rows.append(dict(key, target="≥2x faster than the fastest alternative (D ≥ 64)", value=speedup,
-                       met=bool(speedup >= 2), detail=f"fastest alternative: {fastest}"))
-    naive = results.get("tf_hessians", {})
-    if naive.get("median_ms") is not None:
-      speedup = naive["median_ms"] / ours["median_ms"]
-      rows.append(dict(key, target="≥100x faster than tf.hessians", value=speedup, met=bool(speedup >= 100),
-                       detail=""))
-    elif "tf_hessians" in results:
-      rows.append(dict(key, target="≥100x faster than tf.hessians", value=None, met=None,
-                       detail=results["tf_hessians"]["status"]))
-    log_prob = results.get("log_prob", {})
-    if cell["dim"] <= 32 and log_prob.get("median_ms") is not None:
-      ratio = ours["median_ms"] / log_prob["median_ms"]
-      rows.append(dict(key, target="within 3x of log_prob (D ≤ 32)", value=ratio, met=bool(ratio <= 3),
-                       detail=""))
-    rows.append(dict(key, target="first call < 3 s", value=ours["first_call_s"], met=bool(ours["first_call_s"] < 3),
+
+  def against_alternatives(target, threshold, strictly=False):
+    if fastest is None:
+      rows.append(dict(key, target=target, value=None, met=None, detail="no alternative timed"))
+      return
+    speedup = fastest_ms / ours_ms
+    met = speedup > threshold if strictly else speedup >= threshold
+    rows.append(_speed_row(key, target, speedup, bool(met), fastest))
+
+  if dim >= 64 and cell["flow"] in STOCK_FLOWS:
+    if num_points >= MANY_POINTS:
+      against_alternatives(f"≥2x faster than the fastest alternative (D ≥ 64, N ≥ {MANY_POINTS})", 2)
+    elif num_points <= FEW_POINTS:
+      against_alternatives(f"at least as fast as the fastest alternative (D ≥ 64, N ≤ {FEW_POINTS})", 1)
+  if dim <= 16:
+    if num_points <= FEW_POINTS:
+      log_prob_ms = results.get("log_prob", {}).get("median_ms")
+      target = f"within 1.5x of log_prob (D ≤ 16, N ≤ {FEW_POINTS})"
+      if log_prob_ms is None:
+        rows.append(dict(key, target=target, value=None, met=None, detail=results["log_prob"]["status"]))
+      else:
+        ratio = ours_ms / log_prob_ms
+        rows.append(dict(key, target=target, value=ratio, met=bool(ratio <= 1.5), detail=""))
+    elif num_points >= MANY_POINTS:
+      against_alternatives(f"ahead of every alternative (D ≤ 16, N ≥ {MANY_POINTS})", 1, strictly=True)
+  return [dict(row, issue=13) for row in rows]
+
+
+def _issue4_targets(cell, key):
+  """Issue #4, stated at 16 points: so only at N ≤ 16."""
+  results = cell["results"]
+  ours = results["ours"]
+  rows = []
+  fastest, fastest_ms = _fastest_alternative(results)
+  if cell["dim"] >= 64 and fastest is not None:
+    speedup = fastest_ms / ours["median_ms"]
+    rows.append(_speed_row(key, "≥2x faster than the fastest alternative (D ≥ 64)", speedup, bool(speedup >= 2),
+                           fastest))
+  naive = results.get("tf_hessians", {})
+  if naive.get("median_ms") is not None:
+    speedup = naive["median_ms"] / ours["median_ms"]
+    rows.append(dict(key, target="≥100x faster than tf.hessians", value=speedup, met=bool(speedup >= 100),
                      detail=""))
-  return rows
+  elif "tf_hessians" in results:
+    rows.append(dict(key, target="≥100x faster than tf.hessians", value=None, met=None,
+                     detail=results["tf_hessians"]["status"]))
+  log_prob = results.get("log_prob", {})
+  if cell["dim"] <= 32 and log_prob.get("median_ms") is not None:
+    ratio = ours["median_ms"] / log_prob["median_ms"]
+    rows.append(dict(key, target="within 3x of log_prob (D ≤ 32)", value=ratio, met=bool(ratio <= 3), detail=""))
+  rows.append(dict(key, target="first call < 3 s", value=ours["first_call_s"], met=bool(ours["first_call_s"] < 3),
+                   detail=""))
+  return [dict(row, issue=4) for row in rows]
+
+
+def _targets(cells):
+  """The issues' targets per cell: which are met, by how much; issue #13's first."""
+  issue13, issue4 = [], []
+  for cell in cells:
+    if cell["results"].get("ours", {}).get("median_ms") is None:
+      continue
+    key = dict(flow=cell["flow"], dim=cell["dim"], dtype=cell["dtype"], num_points=cell["num_points"],
+               command=cell.get("command"))
+    issue13 += _issue13_targets(cell, key)
+    if cell["num_points"] <= FEW_POINTS:
+      issue4 += _issue4_targets(cell, key)
+  return issue13 + issue4
 
 
 def _format_ms(ms):
@@ -692,16 +844,37 @@ def _label(method):
   return METHODS[method].label if method in METHODS else PEERS.get(method, method)
 
 
+def _format_rate(points_per_s):
+  if points_per_s is None:
+    return "-"
+  return f"{points_per_s / 1e3:.3g}k" if points_per_s >= 1e3 else f"{points_per_s:.3g}"
+
+
+def _format_target(row):
+  verdict = "n/a " if row["met"] is None else ("met " if row["met"] else "MISS")
+  value = row["detail"] if row["value"] is None else f"{row['value']:.2f}" + (
+      "s" if "first call" in row["target"] else "x")
+  detail = f"  ({row['detail']})" if row["detail"] and row["value"] is not None else ""
+  cell = f"{row['flow']} D={row['dim']} {row['dtype']} N={row.get('num_points', '?')}"
+  command = f"   $ {row['command']}" if row.get("command") else ""
+  return f"  {verdict} {cell:36s} {row['target']:58s} {value}{detail}{command}"
+
+
 def format_report(report):
-  """The report's tables as text: one block per cell, then the exponents and the targets."""
+  """The report's tables as text: one block per cell, then the exponents and the targets.
+
+  Every figure is printed with the command that measures it again: each cell's block and each target row.
+  """
   lines = []
+  width = max([44] + [len(_label(m)) + 2 for c in report["cells"] for m in c["results"]])
   for cell in report["cells"]:
-    lines.append(f"{cell['flow']}, D={cell['dim']}, {cell['dtype']}, {cell['num_points']} points "
-                 f"({cell['num_bijectors']} bijectors)")
-    lines.append(f"  {'method':44s}{'median':>10s}{'IQR':>19s}{'calls':>6s}{'/log_prob':>10s}{'/ours':>8s}"
-                 f"{'1st call':>10s}{'dRSS MiB':>10s}{'rel err':>9s}")
+    lines.append(f"{cell['flow']}, D={cell['dim']}, {cell['dtype']}, N={cell['num_points']} points "
+                 f"({cell['num_bijectors']} bijectors)   $ {cell['command']}")
+    lines.append(f"  default call: {cell['execution']['reason']}")
+    lines.append(f"  {'method':{width}s}{'median':>10s}{'IQR':>19s}{'points/s':>10s}{'calls':>6s}{'/log_prob':>10s}"
+                 f"{'/ours':>8s}{'1st call':>10s}{'dRSS MiB':>10s}{'rel err':>9s}")
     for method, r in cell["results"].items():
-      head = f"  {_label(method):44s}"
+      head = f"  {_label(method):{width}s}"
       if r.get("median_ms") is None:
         extra = f"   (1st call {r['first_call_s']:.1f} s)" if r.get("first_call_s") is not None else ""
         lines.append(head + r["status"] + extra)
@@ -709,32 +882,35 @@ def format_report(report):
       iqr = f"{_format_ms(r['q1_ms'])}–{_format_ms(r['q3_ms'])}"
       error = "" if r.get("max_rel_error") is None else f"{r['max_rel_error']:.0e}" + ("" if r["agrees"] else "!")
       rss = "-" if r.get("peak_rss_delta_mib") is None else f"{r['peak_rss_delta_mib']:.0f}"
-      lines.append(head + f"{_format_ms(r['median_ms']):>10s}{iqr:>19s}{r['calls']:6d}"
+      lines.append(head + f"{_format_ms(r['median_ms']):>10s}{iqr:>19s}{_format_rate(r.get('points_per_s')):>10s}"
+                   f"{r['calls']:6d}"
                    f"{r.get('ratio_to_log_prob', float('nan')):9.1f}x{r.get('ratio_to_ours', float('nan')):7.2f}x"
                    f"{r['first_call_s']:9.2f}s{rss:>10s}{error:>9s}")
     lines.append("")
   if report["exponents"]:
-    lines.append("growth with D: log-log slope of median time vs D")
-    flows = sorted({(e["flow"], e["dtype"]) for e in report["exponents"]})
+    lines.append("growth with D: log-log slope of median time vs D   $ " + cell_command(
+        report.get("command_options", ""), report["settings"]["flows"], report["settings"]["dims"],
+        report["settings"]["dtypes"], report["settings"]["num_points"]))
+    rows = sorted({(e["flow"], e["dtype"], e["num_points"]) for e in report["exponents"]})
     methods = [m for m in list(METHODS) + list(PEERS) if any(e["method"] == m for e in report["exponents"])]
-    lines.append(f"  {'flow, dtype':30s}" + "".join(f"{m:>13s}" for m in methods))
-    for flow, dtype in flows:
-      values = {e["method"]: e["exponent"] for e in report["exponents"] if (e["flow"], e["dtype"]) == (flow, dtype)}
-      lines.append(f"  {flow + ', ' + dtype:30s}" + "".join(
+    lines.append(f"  {'flow, dtype, N':36s}" + "".join(f"{m:>13s}" for m in methods))
+    for flow, dtype, num_points in rows:
+      values = {e["method"]: e["exponent"] for e in report["exponents"]
+                if (e["flow"], e["dtype"], e["num_points"]) == (flow, dtype, num_points)}
+      lines.append(f"  {f'{flow}, {dtype}, N={num_points}':36s}" + "".join(
           f"{values[m]:13.2f}" if m in values else f"{'-':>13s}" for m in methods))
     lines.append("")
-  if report["targets"]:
-    lines.append("targets (issue #4)")
-    for row in report["targets"]:
-      verdict = "n/a " if row["met"] is None else ("met " if row["met"] else "MISS")
-      value = row["detail"] if row["value"] is None else f"{row['value']:.2f}" + (
-          "s" if "first call" in row["target"] else "x")
-      detail = f"  ({row['detail']})" if row["detail"] and row["value"] is not None else ""
-      lines.append(f"  {verdict} {row['flow']:18s} D={row['dim']:<4d} {row['dtype']:8s} {row['target']:48s} "
-                   f"{value}{detail}")
-    lines.append("")
-  disagreeing = [(c["flow"], c["dim"], c["dtype"], m) for c in report["cells"] for m, r in c["results"].items()
-                 if r.get("agrees") is False]
+  for issue, title in ((13, f"targets (issue #13: N ≤ {FEW_POINTS} latency, N ≥ {MANY_POINTS} throughput; "
+                            "D ≥ 64 rows for the stock flows)"),
+                       (4, f"targets (issue #4, stated at 16 points: cells with N ≤ {FEW_POINTS})")):
+    rows = [row for row in report["targets"] if row.get("issue", 4) == issue]
+    if rows:
+      measured = [row for row in rows if row["met"] is not None]
+      lines.append(f"{title}: {sum(row['met'] for row in measured)}/{len(measured)} met")
+      lines += [_format_target(row) for row in rows]
+      lines.append("")
+  disagreeing = [(c["flow"], c["dim"], c["dtype"], c["num_points"], m) for c in report["cells"]
+                 for m, r in c["results"].items() if r.get("agrees") is False]
   lines.append("agreement with ours: " + ("every method that ran agrees" if not disagreeing else
                                           f"DISAGREEMENT in {disagreeing}"))
   return "\n".join(lines)
@@ -776,9 +952,9 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
     flows: keys of `FLOWS`.
     dims: event sizes D.
     dtypes: "float32" and/or "float64".
-    num_points: N, the points per call.
+    num_points: the numbers of points N per call (an int: one).
     repeats: timed calls per method and cell (at most; fewer for methods slower than `time_budget` allows).
-    budget: seconds per call above which a method is skipped (predicted from a smaller D, or measured).
+    budget: seconds per call above which a method is skipped (predicted from a smaller cell, or measured).
     time_budget: seconds of timed calls per method and cell that decide how many calls a slow method gets.
     methods: keys of `METHODS` to time; "ours" and "log_prob" are always included.
     peers: keys of `PEERS`.
@@ -789,9 +965,10 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
 
   Returns:
     A dict: `schema`, `command`, `created`, `machine`, `versions`, `settings`, `methods` (key → label),
-    `cells` (one per flow, dtype, D: `results` per method with `status`, `median_ms`, `q1_ms`, `q3_ms`,
-    `min_ms`, `max_ms`, `calls`, `first_call_s`, `max_rel_error`, `agrees`, `peak_rss_delta_mib`,
-    `ratio_to_log_prob`, `ratio_to_ours`), `exponents`, `targets`, `wall_time_s`.
+    `cells` (one per flow, dtype, D, N: `command` reproducing it, `execution` (how the default call runs:
+    `xla`, `reason`), `results` per method with `status`, `median_ms`, `q1_ms`, `q3_ms`, `min_ms`, `max_ms`,
+    `calls`, `points_per_s`, `first_call_s`, `max_rel_error`, `agrees`, `peak_rss_delta_mib`, `ratio_to_log_prob`,
+    `ratio_to_ours`), `exponents`, `targets`, `wall_time_s`.
   """
   out = sys.stdout if out is None else out
   for name, allowed, values in (("flows", FLOWS, flows), ("methods", METHODS, methods), ("peers", PEERS, peers),
@@ -801,7 +978,8 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
       raise ValueError(f"unknown {name} {unknown}; choose from {sorted(allowed)}")
   if not dims or min(dims) < 2:
     raise ValueError(f"`dims` must be at least 2; got {list(dims)}.")
-  if num_points < 1 or repeats < 1:
+  num_points = sorted(set([num_points] if isinstance(num_points, int) else num_points))
+  if not num_points or num_points[0] < 1 or repeats < 1:
     raise ValueError(f"`num_points` and `repeats` must be at least 1; got {num_points}, {repeats}.")
   methods = [m for m in METHODS if m in _ALWAYS_RUN or m in methods]
   settings = dict(flows=list(flows), dims=sorted(set(dims)), dtypes=list(dtypes), num_points=num_points,
@@ -814,7 +992,8 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
   started = time.perf_counter()
   report = dict(schema=SCHEMA, command=command, created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 machine=_machine(), versions=_versions(), settings=settings,
-                methods={m: _label(m) for m in methods + list(peers)}, cells=[])
+                command_options=_command_options(settings), methods={m: _label(m) for m in methods + list(peers)},
+                cells=[])
   peer_objects, peer_errors = {}, {}
   for name in peers:
     try:
@@ -824,7 +1003,7 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
       peer_errors[name] = str(error)
       say(f"peer {name}: not available: {error}")
 
-  total = len(flows) * len(dtypes) * len(settings["dims"])
+  total = len(flows) * len(dtypes) * len(settings["dims"]) * len(num_points)
   rng = np.random.default_rng(seed)
   try:
     with tempfile.TemporaryDirectory(prefix="tfp_hessian_bench_") as workdir:
@@ -832,26 +1011,34 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
         for dtype in dtypes:
           history = {}
           for dim in settings["dims"]:
-            index = len(report["cells"]) + 1
-            say(f"[{index}/{total}] {flow_name} D={dim} {dtype}: building the flow and {num_points} points ...")
             bench_flow = build_flow(flow_name, dim, dtype, seed=seed)
             flow = bench_flow.distribution
-            # A fresh constant: no method may find the points in TFP's cache of sampled tensors.
-            z = tf.constant(flow.sample(num_points, seed=(seed, dim)).numpy())
-            runners = {m: (lambda m=m: _TfRunner(METHODS[m].make(flow), z)) for m in methods}
-            for name in peers:
-              if name in peer_objects:
-                runners[name] = lambda name=name: peer_objects[name].runner(bench_flow, z.numpy(), workdir)
-              else:
-                runners[name] = lambda name=name: (_ for _ in ()).throw(PeerError(peer_errors[name]))
-            cell_started = time.perf_counter()
-            results = _run_cell(z, dtype, runners, settings, history, rng)
-            for name, result in results.items():
-              history.setdefault(name, {})[dim] = result
-            report["cells"].append(dict(flow=flow_name, dim=dim, dtype=dtype, num_points=num_points,
-                                        num_bijectors=len(bench_flow.layers), results=results))
-            say(f"[{index}/{total}] {flow_name} D={dim} {dtype}: {_cell_summary(results)}; "
-                f"{time.perf_counter() - cell_started:.0f} s (total {time.perf_counter() - started:.0f} s)")
+            for n in num_points:
+              index = len(report["cells"]) + 1
+              name = f"{flow_name} D={dim} {dtype} N={n}"
+              say(f"[{index}/{total}] {name}: building the flow and {n} points ...")
+              z, kwargs = sample_points(bench_flow, n, seed)
+              execution = _execution(flow, z, kwargs)
+              runners = {m: (lambda m=m: _TfRunner(METHODS[m].make(flow, kwargs), z)) for m in methods}
+              unsupported = {}
+              for peer in peers:
+                if bench_flow.layers is None:
+                  unsupported[peer] = f"the {peer} peer rebuilds only the stock flows ({', '.join(STOCK_FLOWS)})"
+                elif peer in peer_objects:
+                  runners[peer] = lambda peer=peer: peer_objects[peer].runner(bench_flow, z.numpy(), workdir)
+                else:
+                  runners[peer] = lambda peer=peer: (_ for _ in ()).throw(PeerError(peer_errors[peer]))
+              runners.update({peer: None for peer in unsupported})
+              cell_started = time.perf_counter()
+              results = _run_cell(z, dtype, runners, settings, history, rng, unsupported)
+              for method, result in results.items():
+                history.setdefault(method, {})[dim, n] = result
+              cell = dict(flow=flow_name, dim=dim, dtype=dtype, num_points=n, num_bijectors=bench_flow.num_bijectors,
+                          command=cell_command(report["command_options"], [flow_name], [dim], [dtype], [n]),
+                          execution=execution, results=results)
+              report["cells"].append(cell)
+              say(f"[{index}/{total}] {name}: {_cell_summary(results)}; default call: {execution['reason']}; "
+                  f"{time.perf_counter() - cell_started:.0f} s (total {time.perf_counter() - started:.0f} s)")
   finally:
     for peer in peer_objects.values():
       peer.close()
@@ -864,6 +1051,36 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
   return report
 
 
+def _execution(distribution, z, kwargs):
+  """How the default call `log_prob_hessian` runs in a `tf.function` on these points: `{xla, reason}`."""
+  try:
+    plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
+  except Exception as error:  # pylint: disable=broad-except
+    return dict(xla=None, reason=f"unknown: {_reason(error)}")
+  return dict(xla=bool(plan.xla), reason=plan.reason)
+
+
+def _command_options(settings):
+  """The options of a run's settings that differ from the defaults, as a command line fragment."""
+  options = []
+  if settings["methods"] != list(METHODS):
+    options.append("--methods " + " ".join(settings["methods"]))
+  if settings["peers"]:
+    options.append("--peers " + " ".join(settings["peers"]))
+  for key in ("repeats", "budget", "time_budget", "seed"):
+    default = DEFAULTS.get(key, 0)
+    if settings[key] != default:
+      options.append(f"--{key.replace('_', '-')} {settings[key]:g}")
+  return " ".join(options)
+
+
+def cell_command(options, flows, dims, dtypes, num_points):
+  """The command that measures the given cells again, with the run's `options` (`_command_options`)."""
+  parts = ["python -m tfp_hessian bench", "--flow " + " ".join(flows), "--dim " + " ".join(map(str, dims)),
+           "--dtype " + " ".join(dtypes), "--num-points " + " ".join(map(str, num_points))]
+  return " ".join(parts + ([options] if options else []))
+
+
 def _cell_summary(results):
   ours = results.get("ours", {})
   if ours.get("median_ms") is None:
@@ -871,26 +1088,40 @@ def _cell_summary(results):
   parts = [f"ours {_format_ms(ours['median_ms'])}"]
   if results.get("log_prob", {}).get("ratio_to_ours"):
     parts.append(f"{1 / results['log_prob']['ratio_to_ours']:.1f}x log_prob")
-  alternatives = {m: r for m, r in results.items() if r.get("median_ms") is not None
-                  and (m in PEERS or (m in METHODS and METHODS[m].alternative))}
-  if alternatives:
-    fastest = min(alternatives, key=lambda m: alternatives[m]["median_ms"])
-    parts.append(f"fastest alternative {fastest} {_format_ms(alternatives[fastest]['median_ms'])}")
+  fastest, fastest_ms = _fastest_alternative(results)
+  if fastest:
+    parts.append(f"fastest alternative {fastest} {_format_ms(fastest_ms)}")
   problems = [m for m, r in results.items() if r["status"] != "ok" or r.get("agrees") is False]
   if problems:
     parts.append("not timed or disagreeing: " + ", ".join(problems))
   return ", ".join(parts)
 
 
+# Issue #13's table: the stock flows at every D of its targets, the example flows at the small D, one document.
+FULL_RUN = """issue #13's table (about 2 h on a quiet 2-core machine: 72 + 32 cells):
+  python -m tfp_hessian bench --flow elementwise_affine realnvp maf --dim 2 4 8 16 64 128 --peers jax \\
+      --json benchmarks/results.json
+  python -m tfp_hessian bench --flow research_flow conditional_maf --dim 2 4 8 16 --peers jax \\
+      --json benchmarks/results_examples.json
+  python benchmarks/report.py benchmarks/results.json benchmarks/results_examples.json --markdown BENCHMARKS.md \\
+      --plot benchmarks/time_vs_dim.png"""
+
+
 def add_arguments(parser):
   """Adds the benchmark's options to an `argparse` (sub)parser."""
-  parser.add_argument("--flow", nargs="+", choices=sorted(FLOWS), default=None, dest="flows",
-                      help=f"flows to benchmark (default: {' '.join(DEFAULTS['flows'])})")
+  parser.formatter_class = argparse.RawDescriptionHelpFormatter
+  parser.epilog = FULL_RUN
+  parser.add_argument("--flow", nargs="+", choices=list(FLOWS), default=None, dest="flows",
+                      help=f"flows to benchmark (default: the stock flows, {' '.join(DEFAULTS['flows'])}); "
+                           f"{' and '.join(EXAMPLE_FLOWS)} are tfp_hessian.examples' (their defaults but D), which "
+                           "the JAX peer does not rebuild")
   parser.add_argument("--dim", nargs="+", type=int, default=None, dest="dims",
-                      help="event sizes D (default: 16 64 128; --quick: 3 5)")
+                      help="event sizes D, at least 2 (default: 16 64 128; --quick: 3 5)")
   parser.add_argument("--dtype", nargs="+", choices=sorted(TOLERANCE), default=None, dest="dtypes",
                       help="dtypes (default: float32 float64; --quick: float64)")
-  parser.add_argument("--num-points", type=int, default=None, help="points N per call (default: 16; --quick: 4)")
+  parser.add_argument("--num-points", nargs="+", type=int, default=None,
+                      help=f"points N per call, one cell per N (default: {FEW_POINTS} {MANY_POINTS}, latency and "
+                           "throughput; --quick: 4)")
   parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
                       help="TensorFlow methods to time (default: all; log_prob and ours always run)")
   parser.add_argument("--peers", nargs="*", choices=sorted(PEERS), default=(),
@@ -906,7 +1137,8 @@ def add_arguments(parser):
   parser.add_argument("--jax-python", default=None, metavar="PATH",
                       help="interpreter of the JAX peer (default: benchmarks/jax_peer/.venv/bin/python)")
   parser.add_argument("--quick", action="store_true",
-                      help="tiny flows and few calls, for a smoke test (D = 3 5, float64, 4 points, 3 calls)")
+                      help="tiny flows and few calls, for a smoke test (D = 3 5, float64, 4 points, 3 calls, 0.5 s "
+                           "of calls per method); the options given explicitly override it")
 
 
 def run(args):
