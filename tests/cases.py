@@ -206,6 +206,11 @@ def _spline_edges(bijector, dtype):
   return tuple(values)
 
 
+def _then_inverse(bijector, below):
+  """`Chain([Invert(b), b, below])`: `b⁻¹ ∘ b` (the identity) over `below`."""
+  return tfb.Chain([tfb.Invert(bijector), bijector, below])
+
+
 def _batch_norm(dtype, rng, dim=DIM, **layer_kwargs):
   """Inference-mode `BatchNormalization` over a built layer with random moving statistics, gamma and beta."""
   layer = tf_keras.layers.BatchNormalization(epsilon=float(rng.uniform(1e-3, 0.1)), dtype=dtype, **layer_kwargs)
@@ -320,6 +325,21 @@ BIJECTORS = {
     "Invert(Chain)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(tfb.Chain([
         tfb.Tanh(), tfb.ScaleMatvecLU(*_lu(rng, dtype, dim)), tfb.Sinh()])), domain=lambda dtype, _: tfb.Tanh()),
     "Chain()": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([]), structure="linear"),
+    # A layer followed by its own inverse, the identity through a value next to the edge of the layer's range
+    # (1 - tanh(12) = 7.6e-11, ulp 1.1e-16). Nested tapes cancel the two exactly (TFP's cache hands the second
+    # one the first one's input); so must the sweep, by taking the second one's derivatives at that cached
+    # preimage rather than at the rounded value (issue 14: -0.99999292 for -1 at z = 12). A `Sinh` below gives
+    # the chain's second derivatives a scale of their own: those of the identity are exactly zero by tapes,
+    # through the cache, and zero to rounding (1e-15) by the sweep.
+    "Chain(Invert(Tanh), Tanh, Sinh)": BijectorCase(
+        lambda dtype, rng, dim=DIM: _then_inverse(tfb.Tanh(), tfb.Sinh()),
+        edges=lambda bijector, dtype: (12., -12., 17.) if dtype == np.float64 else (5., -6.)),
+    # The same with one instance on both sides: its parameters are tensors, and two instances built from two
+    # tensors would not be equal to TFP, and would share no cache entries.
+    "Chain(Invert(b), b, Sinh), b = Sigmoid(low, high)": BijectorCase(
+        lambda dtype, rng, dim=DIM: _then_inverse(
+            tfb.Sigmoid(low=tf.constant(-2., dtype), high=tf.constant(3., dtype)), tfb.Sinh()),
+        edges=lambda bijector, dtype: (25., 32., -30.) if dtype == np.float64 else (10., -12.)),
     # No analytic rule: the per-bijector autodiff fallback.
     "Ascending (fallback)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Ascending(), analytic=False),
     "SoftClip (fallback)": BijectorCase(

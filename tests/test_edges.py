@@ -155,3 +155,25 @@ def test_overflow_between_layers_is_shared_with_the_reference(dtype, z):
   assert abs(exact) < 2  # Finite and modest: nothing about the answer itself is extreme.
   assert not np.isfinite(tfp_hessian.log_prob_hessian(flow, points).numpy()[0, 0, 0])
   assert not np.isfinite(reference.tape_hessian(flow, points).numpy()[0, 0, 0])
+
+
+def test_preimage_is_shared_only_by_equal_bijectors():
+  """The scope of derivatives from the cached preimage (README, "NaN, validation and dtypes").
+
+  `Chain([Invert(Tanh()), Tanh()])` is the identity through `tanh(12)`, which float64 rounds to 7.6e-11 of the
+  edge of Tanh's range (ulp 1.1e-16). With equal bijectors TFP's cache holds the exact preimage `z` of that value,
+  and the second layer's derivatives are taken there: exactly -1. Two unequal instances (other names) share no
+  cache entries, so the second layer's derivatives are taken at the rounded value, 7.1e-6 off: the one pair of
+  layers still less accurate than nested tapes, which cancel there because TF's tanh gradient is formed from the
+  same rounded value.
+  """
+  base = tfd.MultivariateNormalDiag(tf.zeros([1], tf.float64))
+  z = tf.constant([[12.], [-12.]], tf.float64)
+  equal = tfd.TransformedDistribution(base, tfb.Chain([tfb.Invert(tfb.Tanh()), tfb.Tanh()]))
+  unequal = tfd.TransformedDistribution(base, tfb.Chain([tfb.Invert(tfb.Tanh(name="a")), tfb.Tanh(name="b")]))
+  for flow in (equal, unequal):
+    np.testing.assert_allclose(reference.tape_hessian(flow, z).numpy().ravel(), -1., rtol=1e-14)
+    np.testing.assert_allclose(reference.naive_hessian(flow, z).numpy().ravel(), -1., rtol=1e-14)
+  np.testing.assert_allclose(tfp_hessian.log_prob_hessian(equal, z).numpy().ravel(), -1., rtol=1e-14)
+  error = np.abs(tfp_hessian.log_prob_hessian(unequal, z).numpy().ravel() + 1.)
+  assert np.all((error > 1e-6) & (error < 1e-5)), error

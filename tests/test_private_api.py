@@ -54,3 +54,14 @@ def test_real_nvp_masked_size():
 
 def test_flatten_up_to():
   assert private_api.flatten_up_to({"a": None, "b": None}, {"b": [1, 2], "a": 3}) == [3, [1, 2]]
+
+
+def test_cached_preimage_is_an_input_of_forward_only():
+  x = tf.constant([12., -3.], tf.float64)
+  y = tfb.Tanh().forward(x)
+  assert private_api.cached_preimage(tfb.Tanh(), y, {}) is x  # equal bijectors share TFP's cache
+  assert private_api.cached_preimage(tfb.Tanh(name="other"), y, {}) is None
+  assert private_api.cached_preimage(tfb.Tanh(), tf.identity(y), {}) is None
+  given = tf.constant([0.5], tf.float64)
+  tfb.Tanh().inverse(given)  # cached too, but `given` is the input here: its `x` is computed from it
+  assert private_api.cached_preimage(tfb.Tanh(), given, {}) is None

@@ -13,6 +13,7 @@ from tensorflow_probability.python.bijectors import joint_map as joint_map_lib
 from tensorflow_probability.python.distributions import independent as independent_lib
 from tensorflow_probability.python.distributions import sample as sample_lib
 from tensorflow_probability.python.distributions import transformed_distribution as td_lib
+from tensorflow_probability.python.internal import cache_util
 
 __all__ = [
     "CHAIN",
@@ -22,6 +23,7 @@ __all__ = [
     "SAMPLE",
     "TRANSFORMED",
     "DeferredModule",
+    "cached_preimage",
     "flatten_up_to",
     "kwargs_split",
     "made_conditional_size",
@@ -57,6 +59,25 @@ def resolve_deferred(distribution):
   while isinstance(distribution, DeferredModule):
     distribution = distribution._build_module()  # pylint: disable=protected-access
   return distribution
+
+
+def cached_preimage(bijector, y, kwargs):
+  """`x` where TFP's bijector cache holds `y` as the output of `bijector.forward(x, **kwargs)`; else None.
+
+  The cache keeps both sides of every call, keyed by tensor identity and the bijector's parameterization (so
+  equal bijectors share entries). Only an output of `forward` counts: after `bijector.inverse(y)` the cache
+  holds `y` too, with the `x` computed from it, which is no more exact than `y`. TFP marks the output side of
+  an entry by the inputs it keeps alive (`dependencies`, None on the input side). The lookup adds no entry.
+  """
+  if not bijector._is_injective:  # pylint: disable=protected-access
+    return None  # TFP caches nothing for these.
+  cache = bijector._cache  # pylint: disable=protected-access
+  direction = cache._inverse_name  # pylint: disable=protected-access
+  key = cache_util.WeakStructRef(y, subkey=(cache.bijector, cache.bijector_class, direction, kwargs))
+  entry = cache.storage.get(key)
+  if entry is None or entry.dependencies is None:
+    return None
+  return entry.output_ref()
 
 
 def flatten_up_to(shallow, value):

@@ -197,6 +197,13 @@ class Pullback(abc.ABC):
     zeros = tf.zeros_like(self.flat_x)
     return self(zeros, _outer(zeros, zeros))
 
+  def inverted(self, y, y_layout=None):
+    """The pullback of `h⁻¹` at `self.x`, whose inverse image is `y`, the points this pullback was taken at.
+
+    Generally `InvertedPullback` (this map run backwards); structured pullbacks keep their structure.
+    """
+    return InvertedPullback(self, y, y_layout)
+
 
 class ElementwisePullback(Pullback):
   """`h` acts coordinate by coordinate: `x_i = φ(y_i)`.
@@ -271,6 +278,31 @@ class ElementwisePullback(Pullback):
     if self.d1 is not None:
       hess = hess / self.d1[..., :, tf.newaxis] / self.d1[..., tf.newaxis, :]
     return grad, hess
+
+  def inverted(self, y, y_layout=None):
+    """The elementwise pullback of the inverse map at `self.x`. This pullback's terms are those of a map `ψ` at
+    `y` (`self.x = ψ(y)`); those of `φ = ψ⁻¹` at `self.x` follow from them alone:
+
+    .. math::
+
+        φ' = 1/ψ', \\quad (\\log|φ'|)' = -(\\log|ψ'|)'/ψ', \\quad φ'' = φ' (\\log|φ'|)', \\quad
+        (\\log|φ'|)'' = \\big((\\log|ψ'|)'^2 - (\\log|ψ'|)''\\big)/ψ'^2.
+
+    Args:
+      y: the points this pullback's terms were taken at, `ψ(y) = self.x`; the new pullback's `x`.
+      y_layout: the layout of `y` (that of `self.x`: coordinatewise maps keep it); None for a vector.
+    """
+    reciprocal = None if self.d1 is None else tf.math.reciprocal(self.d1)
+    dlog1 = dlog2 = None
+    if self.dlog1 is not None:
+      dlog1 = -self.dlog1 if reciprocal is None else -self.dlog1 * reciprocal
+      dlog2 = self.dlog1 * self.dlog1
+    if self.dlog2 is not None:
+      dlog2 = -self.dlog2 if dlog2 is None else dlog2 - self.dlog2
+    if dlog2 is not None and reciprocal is not None:
+      dlog2 = dlog2 * reciprocal * reciprocal
+    d2 = None if dlog1 is None else (dlog1 if reciprocal is None else reciprocal * dlog1)
+    return ElementwisePullback.from_flat(y, -self.ildj, (reciprocal, d2, dlog1, dlog2), y_layout)
 
   def jacobian_transpose_times(self, matrix):
     return matrix if self.d1 is None else self.d1[..., :, tf.newaxis] * matrix

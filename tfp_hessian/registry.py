@@ -19,6 +19,12 @@ A *forward rule* `forward(bijector, x, layout, kwargs) -> Pullback` gives the pu
 `x` from the bijector's forward direction directly. `Invert` prefers it to running the inverse rule backwards: it
 needs no point `bijector.forward(x)` to be inverted again, which keeps full precision at the edges of the support.
 
+Where `y` came out of `bijector.forward(x)` and TFP's cache still holds `x` (the sampling pass; a layer below
+`Invert(b)` equal to `b`), a bijector with a forward rule is served from `x`, not `y`: the forward rule's terms
+at `x`, inverted (`Pullback.inverted`). `x` is exact where `y` is its rounding, which next to the edge of the
+bijector's range leaves its inverse's derivatives only `ε / distance to the edge`; and a layer followed by its
+own inverse then has both layers' derivatives at the same `x`, so they cancel as nested tapes' do.
+
 A subclass inherits its ancestor's rule only if it leaves the ancestor's math alone: a user's `tfb.Softplus`
 subclass that overrides `_inverse` gets the autodiff fallback, never a silently wrong analytic rule. A bijector
 of vector events can also carry its own rule as a `_hessian_pullback(y, **kwargs)` method.
@@ -29,6 +35,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfp_hessian import private_api
 from tfp_hessian.events import EventLayout
 
 __all__ = [
@@ -170,6 +177,18 @@ def forward_rule(bijector, layout=None):
       bijector, _VECTOR if layout is None else layout) else None
 
 
+def _from_preimage(bijector, y, layout, kwargs):
+  """The pullback of `bijector` at `y` from its cached preimage `x` (module docstring), or None."""
+  forward = forward_rule(bijector, layout)
+  if forward is None:
+    return None
+  x = private_api.cached_preimage(bijector, y, kwargs)
+  if x is None:
+    return None
+  # Forward rules serve maps that keep the event's layout (coordinatewise, or vectors to vectors).
+  return forward(bijector, x, layout, kwargs).inverted(x, layout)
+
+
 def fallback(bijector, y, layout, kwargs):
   """The autodiff pullback of `bijector` at `y`, whatever rules it has."""
   if not _FALLBACK:
@@ -199,6 +218,9 @@ def pullback(bijector, y, layout, kwargs=None):
   # error raised inside (a `validate_args` assertion) is given the bijector's name here.
   with tf.name_scope(f"{bijector.name}_pullback"):
     try:
+      from_preimage = _from_preimage(bijector, y, layout, kwargs)
+      if from_preimage is not None:
+        return from_preimage
       return lookup(bijector, layout)(bijector, y, layout, kwargs)
     except tf.errors.InvalidArgumentError as error:
       raise type(error)(error.node_def, error.op, f"{error.message}\n  raised by bijector {bijector.name!r} "
