@@ -47,7 +47,7 @@ def _cell(name, dim, points, dtype, rounds):
     function(z).numpy()
   hessians = {label: function(z).numpy() for label, function in functions.items()}
   scale = np.max(np.abs(hessians["graph"]))
-  difference = max(float(np.max(np.abs(h - hessians["graph"]))) / scale for h in hessians.values())
+  difference = max(float(np.max(np.abs(h - hessians["graph"])) / scale) for h in hessians.values())
   seconds = {label: [] for label in functions}
   for _ in range(rounds):
     for label, function in functions.items():
@@ -57,7 +57,7 @@ def _cell(name, dim, points, dtype, rounds):
   medians = {label: float(np.median(values)) for label, values in seconds.items()}
   return {"flow": name, "dim": dim, "points": points, "dtype": dtype.name,
           "plan": tfp_hessian.execution_plan(flow, z)._asdict(), "median_ms": {k: v * 1e3 for k, v in medians.items()},
-          "first_call_s": first, "graph_over_xla": medians["graph"] / medians["xla"],
+          "first_call_s": first, "graph_over_xla": float(medians["graph"] / medians["xla"]),
           "max_relative_difference": difference}
 
 

@@ -1,11 +1,13 @@
 """How a sweep runs inside a graph: compiled by XLA where that is measured to be faster, else as traced.
 
 At a few points the sweep's arithmetic is small and TensorFlow's executor, which dispatches every op on its own,
-spends most of a call between ops: a 4-layer MAF or RealNVP at D = 64 and 16 points runs 1.3–1.8× faster when
-XLA fuses the sweep into a few kernels (`python benchmarks/execution_choice.py`). At many points the batched
-matrix products dominate, XLA's are no faster than TensorFlow's, and a RealNVP at 1024 points runs slower
-compiled. XLA on CPU is also slow for triangular solves, cannot compile assertions (`validate_args`) or Python
-calls, and takes a second or so to compile.
+spends most of a call between ops: 4-layer MAF and RealNVP flows at D = 16 to 128 and 16 points ran 1.3–1.9×
+faster when XLA fused the sweep into a few kernels (`benchmarks/execution_choice.txt`, from
+`python benchmarks/execution_choice.py`). At many points the batched matrix products dominate, XLA's are no
+faster than TensorFlow's, and a RealNVP at D = 64 and 1024 points ran 0.66× as fast compiled. XLA on CPU is also
+slow for triangular solves at D ≥ 64 (an elementwise + affine flow ran 0.4–0.9× as fast), cannot compile
+assertions (`validate_args`) or Python calls, and compiling costs the first call 3–6 s more (measured under
+load).
 
 So, in a graph (a user's `tf.function`, or the compiled eager path of `compiled.py`), the sweep is first traced as
 a function of its own, and its ops decide, once per trace:
