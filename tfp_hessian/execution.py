@@ -18,7 +18,9 @@ a function of its own, and its ops decide, once per trace:
 
 Then the sweep runs compiled (`jit_compile=True`), else the traced function runs as it is. Either gives the
 same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are tested against the
-references. Called eagerly (a distribution's first call, op by op) nothing is compiled.
+references. Where `z` does not determine the base draw (a value between layers at the edge of a support), that
+rounding is amplified as it is in TFP's own `log_prob` compiled the same way (`tests/test_properties.py`). Called
+eagerly (a distribution's first call, op by op) nothing is compiled.
 """
 
 import collections
