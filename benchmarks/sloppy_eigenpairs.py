@@ -34,11 +34,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+import workers  # benchmarks/workers.py, beside this script
 
 FLOWS = ("elementwise_affine", "realnvp", "maf")
 DIMS = (1024, 4096)
@@ -215,16 +216,7 @@ def _profile(args):
 
 
 def _run(argv, timeout):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  start = time.perf_counter()
-  process = subprocess.run([sys.executable, __file__, "--worker", *argv], capture_output=True, text=True, env=env,
-                           timeout=timeout, check=False)
-  lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-  if process.returncode or not lines:
-    raise RuntimeError(f"worker {argv} failed ({process.returncode}):\n{process.stderr[-3000:]}")
-  report = json.loads(lines[-1][len("RESULT "):])
-  report["wall_s"] = time.perf_counter() - start
-  return report
+  return workers.run_worker(__file__, argv, timeout)
 
 
 def _extrapolate(cells, flow, dims, dense_dims):
