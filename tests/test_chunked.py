@@ -531,12 +531,12 @@ def test_refused_inside_tf_function():
 
 
 def test_readme_example_runs(tmp_path, monkeypatch):
-  readme = (ROOT / "README.md").read_text(encoding="utf-8")
+  readme = (ROOT / "docs" / "usage.md").read_text(encoding="utf-8")  # the README's section, moved to docs/
   section = readme.split("## Many points and many devices", 1)[1].split("\n## ", 1)[0]
   example = re.search(r"^```python\n(.*?)^```$", section, re.M | re.S).group(1)
   monkeypatch.chdir(tmp_path)
   namespace = {}
-  exec(compile(example, "README.md many-points example", "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(example, "docs/usage.md many-points example", "exec"), namespace)  # pylint: disable=exec-used
   flow, z = namespace["flow"], namespace["z"]
   cases.assert_close(namespace["hessian"], tfp_hessian.log_prob_hessian(flow, z), 1e-12)
   spectra = tfp_hessian.spectrum(tfp_hessian.log_prob_hessian(flow, z))
