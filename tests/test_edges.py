@@ -141,7 +141,7 @@ def test_edges_against_exact_hessian(name, dtype):
 
 @pytest.mark.parametrize("dtype, z", [(np.float64, -700.), (np.float32, -80.)], ids=["float64", "float32"])
 def test_overflow_between_layers_is_shared_with_the_reference(dtype, z):
-  """The documented limit of a layer-by-layer sweep (README, "NaN, validation and dtypes").
+  """The documented limit of a layer-by-layer sweep (docs/reliability.md, "NaN, validation and dtypes").
 
   `Log` over `Softplus` at `z = -700`: the exact Hessian is about -0.5, but the value between the layers is
   `y = e^z ≈ 1e-304`, where the Softplus layer's own curvature `1/y²` exceeds float64; the `Log` layer's
@@ -158,7 +158,7 @@ def test_overflow_between_layers_is_shared_with_the_reference(dtype, z):
 
 
 def test_preimage_is_shared_only_by_equal_bijectors():
-  """The scope of derivatives from the cached preimage (README, "NaN, validation and dtypes").
+  """The scope of derivatives from the cached preimage (docs/reliability.md, "NaN, validation and dtypes").
 
   `Chain([Invert(Tanh()), Tanh()])` is the identity through `tanh(12)`, which float64 rounds to 7.6e-11 of the
   edge of Tanh's range (ulp 1.1e-16). With equal bijectors TFP's cache holds the exact preimage `z` of that value,

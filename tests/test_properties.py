@@ -11,11 +11,11 @@ Profiles (`HYPOTHESIS_PROFILE`, default `ci`; both derandomized and database-fre
 flows):
 
     python -m pytest tests/test_properties.py                             # ci: 20 flows, about 75 s
-    HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 1,000 flows (README)
+    HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 1,000 flows (docs/reliability.md)
 
 The long profile runs outside CI. Its first 100 flows took 15.5 minutes on the shared 2-core machine under a
 load average of 6 (2026-11-30), so the 1,000 take about 2.5 hours there, about an hour on idle cores (500 took
-30 minutes before); see the README's reliability table for when it last passed.
+30 minutes before); see the reliability table in docs/reliability.md for when it last passed.
 """
 
 import dataclasses
@@ -91,7 +91,7 @@ class FlowSpec:
         # As users write it: for `Invert(b)` the domain map is `b` itself, so TFP's cache ties the two. The
         # references and, since issue 14, the sweep (derivatives from the cached preimage, `registry.py`) then
         # both see `b⁻¹ ∘ b` as the identity. Rebuilt under a name of its own (as before issue 14), the map would
-        # be an unequal instance, which shares no cache entries: that pair's limit is documented in the README
+        # be an unequal instance, which shares no cache entries: that pair's limit is documented in docs/reliability.md
         # ("NaN, validation and dtypes") and measured in `test_edges.py`, not drawn here.
         layers.append(case.domain(DTYPE, bijector))
       layers.append(bijector)
@@ -192,7 +192,7 @@ def test_random_flow_matches_tape_reference(spec):
   rtol = RTOL[DTYPE]
   # Where z does not determine the base draw (a value between two layers next to the edge of a support), the
   # reference's own error exceeds rtol: nested tapes evaluate the base at a draw off by more than rtol/10, and
-  # ours takes a layer's derivatives at the rounded value (README, "Failure modes and limits"). Both entry
+  # ours takes a layer's derivatives at the rounded value (a limit stated in docs/reliability.md). Both entry
   # points are compared where z determines the draw; log q at every finite point.
   determined = finite & _determined_by_z(flow, layers, z, expected, rtol)
   event(f"points determined by z to rtol/10: {determined.sum()} of {finite.sum()}")
