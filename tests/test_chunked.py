@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_hessian
-from tfp_hessian import chunked
+from tfp_hessian import chunk_step, chunked, flow_digest
 
 import cases
 import chunked_script
@@ -220,7 +220,7 @@ def test_a_kept_trace_computes_with_the_flow_and_kwargs_of_the_call():
   compiled = tf.function(tfp_hessian.log_prob_hessian, autograph=False)  # the reference: a trace of its own
   first = tfp_hessian.hessians_in_chunks(flow, z, chunk_size=4, progress=False, **kwargs)
   cases.assert_close(first, compiled(flow, z, **kwargs), 1e-12)
-  step = next(iter(next(iter(chunked._STEPS[flow].values())).values()))[1]  # pylint: disable=protected-access
+  step = next(iter(next(iter(chunk_step._STEPS[flow].values())).values()))[1]  # pylint: disable=protected-access
   weight = flow.bijector.parameters["shift_and_log_scale_fn"].trainable_weights[0]
   weight.assign_add(tf.fill(weight.shape, tf.constant(0.1, weight.dtype)))
   other = tf.nest.map_structure(lambda condition: condition + 1., kwargs)
@@ -241,7 +241,7 @@ def test_a_kept_trace_does_not_keep_its_flow_alive():
   flow, z = cases.flow_and_points(cases.BIJECTORS["RealNVP(DenseShiftAndLogScale)"], np.float64, seed=1,
                                   num_points=N, edges=False)
   tfp_hessian.hessians_in_chunks(flow, z, chunk_size=4, progress=False)
-  assert flow in chunked._STEPS  # pylint: disable=protected-access
+  assert flow in chunk_step._STEPS  # pylint: disable=protected-access
   alive = weakref.ref(flow)
   del flow
   gc.collect()
@@ -427,7 +427,7 @@ def test_flow_fingerprint_sees_layers_and_closures(name):
     flow, z = cases.flow_and_points(cases.BIJECTORS[name], np.float64, seed=1, num_points=2, edges=False)
     if nudge:
       _nudge_conditioner(flow)
-    digests.append(chunked._flow_digest(flow))  # pylint: disable=protected-access
+    digests.append(flow_digest.flow_digest(flow))
   assert digests[0] == digests[1] != digests[2]
 
 

@@ -18,6 +18,10 @@ that device memory holds one chunk's working set however large `N` is:
   (`strategy.gather`). Under `MultiWorkerMirroredStrategy` every worker reads the same points, computes its
   replicas' share of each chunk and receives the whole chunk; only the chief writes `out`.
 
+This module plans the chunks and runs them; the points are read as rows by `point_sources`, each chunk is computed
+by `chunk_step` (the `tf.function`, across the replicas), files are kept by `results_directory`, and the flow is
+fingerprinted (to resume, and to reuse a trace) by `flow_digest`.
+
 Default chunk size. Per replica, the number of points whose working set fits `MEMORY_BUDGET` (256 MiB):
 
 .. math::
@@ -42,19 +46,16 @@ keeps the progress bar and the resume points frequent when `D` is small.
 >>> result.eigenvalues                                                    # [N, D], memory-mapped
 """
 
-import hashlib
 import os
 import pathlib
-import weakref
 
 import numpy as np
 import tensorflow as tf
 import tqdm
-from tensorflow_probability.python.bijectors import bijector as bijector_lib
-from tensorflow_probability.python.distributions import distribution as distribution_lib
 
-from tfp_hessian import private_api, results_directory, sweep
-from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
+from tfp_hessian import chunk_step, point_sources, private_api, results_directory, sweep
+from tfp_hessian.flow_digest import flow_digest
+from tfp_hessian.spectrum import Spectrum
 from tfp_hessian.sweep import LogProbDerivatives
 
 __all__ = ["MEMORY_BUDGET", "default_chunk_size", "hessians_in_chunks"]
@@ -143,12 +144,33 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
     TypeError: if the distribution or the points are of an unsupported type or dtype.
     RuntimeError: if called inside `tf.function` (this is a Python loop over chunks).
   """
+  resolved, layout, dtype, strategy = _checked_flow_and_strategy(distribution, what, strategy, kwargs)
+  replicas = strategy.num_replicas_in_sync
+  chunk_size = _checked_chunk_size(chunk_size, layout.size, dtype, what, replicas)
+  if out is not None and not isinstance(out, (str, os.PathLike)):
+    raise ValueError(f"`out` must be a directory path or None; got {type(out).__name__}.")
+  source = point_sources.source(resolved, points, layout, dtype, kwargs, count=out is not None)
+  chunk_size = _fitted_chunk_size(chunk_size, source.num_points, replicas)
+  output = _output(out, strategy, what, layout.size, dtype, source.num_points, chunk_size)
+  # Every worker must start at the same point: the chief's, which is the one that read `out`.
+  start = chunk_step.agree_on_start(strategy, output.start if output is not None else 0)
+  done = _run(distribution, source, output, what, strategy, chunk_size, start, progress)
+  if done == 0:
+    raise ValueError("`points` holds no points.")
+  if source.num_points is not None and done != source.num_points:
+    raise ValueError(f"`points` ended after {done} points but announced {source.num_points}.")
+  if output is None:
+    return None
+  return _assemble(what, output.result())
+
+
+def _checked_flow_and_strategy(distribution, what, strategy, kwargs):
+  """`(resolved distribution, event layout, dtype, strategy)` once the call can be run as asked."""
   if not tf.executing_eagerly():
     raise RuntimeError("hessians_in_chunks is a Python loop over chunks: call it eagerly, not inside tf.function.")
   _check_what(what)
   resolved = private_api.resolve_deferred(distribution)
   layout = sweep.check_distribution(resolved, kwargs)
-  size = layout.size
   dtype = sweep.dtype_of(resolved)
   if any(batch.rank != 0 for batch in tf.nest.flatten(resolved.batch_shape)):
     raise ValueError(f"hessians_in_chunks needs a distribution of batch shape []; {resolved.name!r} has batch "
@@ -156,37 +178,45 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
   strategy = tf.distribute.get_strategy() if strategy is None else strategy
   if not isinstance(strategy, tf.distribute.Strategy):
     raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; got {type(strategy).__name__}.")
-  replicas = strategy.num_replicas_in_sync
+  return resolved, layout, dtype, strategy
+
+
+def _checked_chunk_size(chunk_size, size, dtype, what, replicas):
+  """The points per chunk over all replicas: `chunk_size` once checked, or the default for `replicas`."""
   if chunk_size is None:
-    chunk_size = default_chunk_size(size, dtype, what) * replicas
-  elif not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+    return default_chunk_size(size, dtype, what) * replicas
+  if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
     raise ValueError(f"`chunk_size` must be a positive integer; got {chunk_size!r}.")
-  elif chunk_size % replicas:
+  if chunk_size % replicas:
     raise ValueError(f"`chunk_size` must be a multiple of the strategy's {replicas} replicas; got {chunk_size}.")
-  if out is not None and not isinstance(out, (str, os.PathLike)):
-    raise ValueError(f"`out` must be a directory path or None; got {type(out).__name__}.")
-  source = _source(resolved, points, layout, dtype, kwargs, count=out is not None)
-  if source.num_points == 0:
+  return chunk_size
+
+
+def _fitted_chunk_size(chunk_size, num_points, replicas):
+  """`chunk_size`, or where fewer points are known, one chunk of just those (rounded up to the replicas), not
+  mostly padding."""
+  if num_points == 0:
     raise ValueError("`points` holds no points.")
-  if source.num_points is not None and chunk_size > source.num_points:
-    # Fewer points than one chunk: one chunk of just those (rounded up to the replicas), not mostly padding.
-    chunk_size = -(-source.num_points // replicas) * replicas
+  if num_points is not None and chunk_size > num_points:
+    return -(-num_points // replicas) * replicas
+  return chunk_size
 
+
+def _output(out, strategy, what, size, dtype, num_points, chunk_size):
+  """Where the results go: in memory, `out`'s files (on the chief), or nowhere (the other workers, with `out`)."""
   fields = _FIELDS[what]
-  request = {"what": what, "event_size": size, "dtype": dtype.name, "num_points": source.num_points}
   if out is None:
-    output = _MemoryOutput(fields)
-  elif strategy.extended.should_checkpoint:
-    output = results_directory.ResultsDirectory(pathlib.Path(out), fields, request,
-                                                _shapes(what, size, source.num_points), _dtypes(what, dtype),
-                                                chunk_size)
-  else:
-    output = None
-  # Every worker must start at the same point: the chief's, which is the one that read `out`.
-  start = _agree_on_start(strategy, output.start if output is not None else 0)
+    return _MemoryOutput(fields)
+  if not strategy.extended.should_checkpoint:
+    return None
+  request = {"what": what, "event_size": size, "dtype": dtype.name, "num_points": num_points}
+  return results_directory.ResultsDirectory(pathlib.Path(out), fields, request, _shapes(what, size, num_points),
+                                            _dtypes(what, dtype), chunk_size)
 
-  step, remember_step = _step(distribution, what, strategy, source.columns)
-  per_replica = chunk_size // replicas
+
+def _run(distribution, source, output, what, strategy, chunk_size, start, progress):
+  """Computes the chunks after the first `start` points, into `output`; returns the number of points done."""
+  step, remember_step = chunk_step.step_for(distribution, what, strategy, source.columns)
   reader = _Rechunker(source.blocks(chunk_size))
   reader.skip(start, output.consume_points_done if output is not None else lambda rows: None)
   if output is not None:
@@ -197,26 +227,24 @@ def hessians_in_chunks(distribution, points, *, what="hessian", chunk_size=None,
     for chunk in reader.chunks(chunk_size):
       if source.num_points is not None and done + len(chunk) > source.num_points:
         raise ValueError(f"`points` yielded more than the {source.num_points} points it announced.")
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], chunk_size - len(chunk), axis=0)])
-      values = strategy.experimental_distribute_values_from_function(
-          lambda context, padded=padded: padded[context.replica_id_in_sync_group * per_replica:
-                                                (context.replica_id_in_sync_group + 1) * per_replica])
-      results = [result.numpy()[:len(chunk)] for result in step(values, source.columns.shared)]
+      results = _compute(step, strategy, chunk, chunk_size, source.columns.shared)
       if done == start:
         remember_step()
       if output is not None:
         if done == start:
-          output.check_flow(_flow_digest((distribution, source.columns.shared)))
+          output.check_flow(flow_digest((distribution, source.columns.shared)))
         output.write(done, results, chunk)
       done += len(chunk)
       bar.update(len(chunk))
-  if done == 0:
-    raise ValueError("`points` holds no points.")
-  if source.num_points is not None and done != source.num_points:
-    raise ValueError(f"`points` ended after {done} points but announced {source.num_points}.")
-  if output is None:
-    return None
-  return _assemble(what, output.result())
+  return done
+
+
+def _compute(step, strategy, chunk, chunk_size, shared):
+  """A chunk's results as numpy arrays: its rows padded to `chunk_size` with copies of its last point (in the
+  flow's support), split across the replicas, and the padding's results dropped."""
+  padded = np.concatenate([chunk, np.repeat(chunk[-1:], chunk_size - len(chunk), axis=0)])
+  values = chunk_step.split_across_replicas(strategy, padded)
+  return [result.numpy()[:len(chunk)] for result in step(values, shared)]
 
 
 def _check_what(what):
@@ -241,224 +269,7 @@ def _assemble(what, arrays):
   return LogProbDerivatives(*arrays) if what == "derivatives" else Spectrum(*arrays)
 
 
-# The per-chunk `tf.function`s of earlier calls, by flow, then strategy, then `(what, row layout)`: another call on
-# the same flow reuses the trace. Weak keys, and steps that hold their flow and strategy only weakly, so that the
-# cache never keeps a flow (or its variables' memory) alive.
-_STEPS = weakref.WeakKeyDictionary()
-
-
-def _step(distribution, what, strategy, columns):
-  """The per-chunk `tf.function` of this flow, strategy, `what` and row layout: an earlier call's if the flow is
-  the same as when that one ran, else a new one.
-
-  A trace bakes in what the flow holds by value (tensors, numbers, the structure) and reads its variables when it
-  runs, so "the same" is `_flow_digest` with variables by identity: training the flow's variables keeps the trace,
-  a tensor replaced in its parameters or in a conditioner's closure does not.
-
-  Returns:
-    `(step, remember)`, `step(values, shared_kwargs)`; call `remember()` once the step has run: a flow whose Keras
-    layers are built on first use is fingerprinted as built, as the next call will find it.
-  """
-  steps = _STEPS.setdefault(distribution, weakref.WeakKeyDictionary()).setdefault(strategy, {})
-  key = (what, columns.signature)
-  cached = steps.get(key)
-  if cached is not None and cached[0] == _flow_digest(distribution, variable_values=False):
-    return cached[1], lambda: None
-  step = _new_step(weakref.ref(distribution), what, weakref.ref(strategy), columns.signature)
-
-  def remember():
-    steps[key] = (_flow_digest(distribution, variable_values=False), step)
-
-  return step, remember
-
-
-def _new_step(distribution_ref, what, strategy_ref, signature):
-  """The per-chunk `tf.function`: each replica's share computed by `strategy.run`, gathered in point order.
-
-  The flow and strategy are dereferenced only while tracing, inside a call of `hessians_in_chunks` that holds
-  them; the shared kwargs are arguments, not captures, so a cached step never computes with another call's.
-  """
-
-  def compute(rows, shared):
-    z, kwargs = _Columns.split(signature, rows, shared)
-    derivatives = sweep.log_prob_and_derivatives(distribution_ref(), z, **kwargs)
-    if what == "hessian":
-      return (derivatives.hessian,)
-    if what == "derivatives":
-      return tuple(derivatives)
-    eigenvalues, eigenvectors, finite = eigendecomposition(derivatives.hessian)
-    # Collectives take no bool: `finite` travels as int32.
-    return eigenvalues, eigenvectors, tf.cast(finite, tf.int32)
-
-  @tf.function(autograph=False)
-  def step(values, shared):
-    strategy = strategy_ref()
-    results = strategy.run(lambda rows: compute(rows, shared), args=(values,))
-    # One gather per tensor: `strategy.gather` of a nested structure returns the first replica's values only
-    # (TF 2.21, MirroredStrategy), silently.
-    results = [strategy.gather(result, axis=0) for result in results]
-    if what == "spectrum":
-      results[2] = tf.cast(results[2], tf.bool)
-    return tuple(results)
-
-  return step
-
-
-def _agree_on_start(strategy, start):
-  """The chief's `start` on every worker: the chief is the only one that reads `out`.
-
-  Each replica of the chief contributes `(start, 1)`, every other one `(0, 0)`: the sum over all replicas (across
-  workers too) divided by its count is the chief's `start`.
-  """
-  chief = strategy.extended.should_checkpoint
-  mine = tf.constant([start, 1] if chief else [0, 0], tf.int64)
-  values = strategy.experimental_distribute_values_from_function(lambda _: mine)
-  total, chiefs = strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy()
-  return int(total // chiefs)
-
-
-# Points.
-
-class _Columns:
-  """What a row of the points' `[N, n + m]` array holds: one point's flat event (`n`), then its own conditions.
-
-  Conditions given per point (`[N, C]` beside `[N, *event]`) travel in the rows, so chunking, padding, resuming
-  and the points' digest treat them with the points; the other kwargs are `shared`, the same for every chunk
-  (`None` where a per-point condition goes). `signature` is the rest, without any values: what a trace of
-  `split` depends on besides its arguments.
-  """
-
-  def __init__(self, layout, kwargs, per_point):
-    self.layout = layout
-    leaves = tf.nest.flatten(kwargs)
-    per_point_shapes = tuple((index, tuple(np.shape(leaves[index])[1:])) for index in per_point)
-    self.shared = tf.nest.pack_sequence_as(kwargs, [None if i in per_point else leaf for i, leaf in enumerate(leaves)])
-    self.signature = (layout, per_point_shapes)
-
-  @staticmethod
-  def split(signature, rows, shared):
-    """`(z, kwargs)` of a chunk's rows, `[c, n + m]`: the per-point conditions put into `shared`'s `None`s."""
-    layout, per_point = signature
-    leaves = tf.nest.flatten(shared)
-    offset = layout.size
-    for index, shape in per_point:
-      size = int(np.prod(shape, dtype=np.int64))
-      leaves[index] = tf.reshape(rows[:, offset:offset + size], (-1,) + shape)
-      offset += size
-    return layout.unflatten(rows[:, :layout.size]), tf.nest.pack_sequence_as(shared, leaves)
-
-
-def _per_point_conditions(kwargs, num_points, dtype):
-  """Indices of the kwargs' leaves that hold one condition per point (rank >= 2, `num_points` rows)."""
-  indices = []
-  for index, leaf in enumerate(tf.nest.flatten(kwargs)):
-    shape = np.shape(leaf) if hasattr(leaf, "shape") else ()
-    if len(shape) >= 2 and shape[0] == num_points:
-      if tf.as_dtype(leaf.dtype) != dtype:
-        raise TypeError(f"A per-point condition (kwargs leaf of shape {list(shape)}) must have the points' dtype "
-                        f"{dtype.name}; got dtype {tf.as_dtype(leaf.dtype).name}.")
-      indices.append(index)
-  return indices
-
-
-class _ArraySource:
-  """`[N, *event]` points (and per-point conditions) in host memory or memory-mapped, read in slices as rows."""
-
-  def __init__(self, arrays, columns):
-    self.arrays, self.columns = arrays, columns
-    self.num_points = len(arrays[0])
-
-  def blocks(self, size):
-    for begin in range(0, self.num_points, size):
-      parts = [np.asarray(array[begin:begin + size]) for array in self.arrays]
-      if len(parts) == 1 and parts[0].ndim == 2:
-        yield parts[0]
-      else:
-        yield np.concatenate([part.reshape(len(part), -1) for part in parts], axis=1)
-
-
-class _DatasetSource:
-  """A `tf.data.Dataset` of points or batches of points, read in order as `[b, n]` rows."""
-
-  def __init__(self, dataset, batched, num_points, columns):
-    self.dataset, self.batched, self.num_points, self.columns = dataset, batched, num_points, columns
-
-  def blocks(self, size):
-    dataset = self.dataset if self.batched else self.dataset.batch(size)
-    layout = self.columns.layout
-    # tf.data passes a tuple element as separate arguments.
-    flatten = lambda *element: layout.flatten(element[0] if len(element) == 1 else element)
-    for block in dataset.map(flatten).prefetch(1):
-      yield block.numpy()
-
-
-def _source(distribution, points, layout, dtype, kwargs, count):
-  """The points as an `_ArraySource` or `_DatasetSource`, validated before any Hessian is computed."""
-  if isinstance(points, tf.data.Dataset):
-    return _dataset_source(points, layout, dtype, kwargs, count)
-  parts = []
-  for part in layout.parts(points):
-    if isinstance(part, tf.Tensor):
-      part = part.numpy()
-    elif not hasattr(part, "dtype"):
-      part = np.asarray(part, dtype.as_numpy_dtype)
-    parts.append(part)
-  for part, shape in zip(parts, layout.shapes):
-    actual = tuple(getattr(part, "shape", ()))
-    if len(actual) != shape.rank + 1 or actual[1:] != tuple(shape.as_list()) or len(actual[:1]) != 1:
-      expected = (f"[N, D] with D = {shape[0]} (the distribution's event size)" if layout.is_vector else
-                  f"[N, {', '.join(str(d) for d in shape.as_list())}] (N points of the event {layout.describe()})")
-      raise ValueError(f"`points` must have shape {expected}; got shape {actual}.")
-  if len({len(part) for part in parts}) != 1:
-    raise ValueError(f"Every part of `points` must have the same number of rows; got {[len(p) for p in parts]}.")
-  # The sweep's own checks of the dtype, on no points at all.
-  sweep.points(distribution, layout.pack([part[:0] for part in parts]), kwargs)
-  per_point = _per_point_conditions(kwargs, len(parts[0]), dtype)
-  leaves = tf.nest.flatten(kwargs)
-  arrays = parts + [np.asarray(leaves[index]) for index in per_point]
-  return _ArraySource(arrays, _Columns(layout, kwargs, per_point))
-
-
-def _dataset_source(dataset, layout, dtype, kwargs, count):
-  spec = dataset.element_spec
-  what = "[D] or [b, D]" if layout.is_vector else f"one point or a batch of points of the event {layout.describe()}"
-  try:
-    specs = layout.parts(spec)
-  except ValueError:
-    specs = None
-  if specs is None or not all(isinstance(part, tf.TensorSpec) for part in specs):
-    raise TypeError(f"A `points` dataset must yield single tensors of shape {what}; its elements are {spec}."
-                    if layout.is_vector else f"A `points` dataset must yield {what}; its elements are {spec}.")
-  for part in specs:
-    if part.dtype != dtype:
-      raise TypeError(f"The `points` dataset yields dtype {part.dtype.name} but the distribution has dtype "
-                      f"{dtype.name}.")
-  extra = {part.shape.rank - shape.rank if part.shape.rank is not None else None
-           for part, shape in zip(specs, layout.shapes)}
-  if not extra <= {0, 1} or len(extra) != 1 or not all(
-      part.shape.rank is not None and part.shape[part.shape.rank - shape.rank:].is_compatible_with(shape)
-      for part, shape in zip(specs, layout.shapes)):
-    if layout.is_vector:
-      raise ValueError(f"A `points` dataset must yield elements of shape [D] or [b, D] with D = "
-                       f"{layout.shapes[0][0]}; its elements have shape {spec.shape}.")
-    raise ValueError(f"A `points` dataset must yield {what}; its elements are {spec}.")
-  batched = extra == {1}
-  cardinality = int(dataset.cardinality())
-  if cardinality == tf.data.INFINITE_CARDINALITY:
-    raise ValueError("The `points` dataset is infinite; take a finite number of points (`dataset.take(N)`).")
-  rows_per_element = specs[0].shape[0] if batched else 1
-  if cardinality != tf.data.UNKNOWN_CARDINALITY and rows_per_element is not None:
-    num_points = cardinality * rows_per_element
-  elif count:
-    if batched:
-      rows = lambda *element: tf.shape(tf.nest.flatten(element)[0], out_type=tf.int64)[0]
-    else:
-      rows = lambda *element: tf.constant(1, tf.int64)
-    num_points = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, *element: n + rows(*element)))
-  else:
-    num_points = None
-  return _DatasetSource(dataset, batched, num_points, _Columns(layout, kwargs, []))
-
+# Points, in chunks.
 
 class _Rechunker:
   """Blocks of any number of rows, re-cut into chunks of a fixed number of rows (the last one may be short)."""
@@ -530,63 +341,3 @@ class _MemoryOutput:
 
   def result(self):
     return [np.concatenate(chunks) for chunks in self._chunks]
-
-
-def _flow_digest(distribution, variable_values=True):
-  """sha256 of a flow's structure and parameters: its distributions', bijectors' and linear operators' classes and
-  `parameters`, with the values of tensors, variables (Keras layers' included) and of what callables close over.
-
-  With `variable_values=False` a variable counts by its identity, dtype and shape only: what a trace depends on.
-  Called after the flow has run once, so that lazily built layers and conditioners have their weights.
-  """
-  digest = hashlib.sha256()
-  seen = {}  # id -> object: holding the object keeps its id from being reused during the walk
-
-  def visit(value):
-    if id(value) in seen:
-      return
-    if isinstance(value, (list, tuple, dict)):
-      seen[id(value)] = value
-    if isinstance(value, (distribution_lib.Distribution, bijector_lib.Bijector, tf.linalg.LinearOperator)):
-      seen[id(value)] = value
-      digest.update(type(value).__qualname__.encode())
-      for key in sorted(value.parameters):
-        digest.update(key.encode())
-        visit(value.parameters[key])
-    elif not variable_values and (isinstance(value, tf.Variable) or (
-        hasattr(value, "assign") and hasattr(value, "shape") and hasattr(value, "dtype"))):
-      seen[id(value)] = value
-      digest.update(f"variable {id(value)} {value.dtype}{tuple(value.shape)}".encode())
-    elif isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, int, float, complex)) or (
-        hasattr(value, "__array__") and hasattr(value, "shape")):
-      array = np.asarray(value)
-      digest.update(f"{array.dtype}{array.shape}".encode())
-      digest.update(np.ascontiguousarray(array).tobytes())
-    elif isinstance(value, tf.Module) or (callable(value) and isinstance(getattr(value, "weights", None), list)):
-      # tf-keras layers and models (tf.Modules), Keras 3 layers: their variables, in a fixed order.
-      seen[id(value)] = value
-      digest.update(type(value).__qualname__.encode())
-      for variable in value.variables if isinstance(value, tf.Module) else value.weights:
-        visit(variable)
-    elif isinstance(value, (list, tuple)):
-      for item in value:
-        visit(item)
-    elif isinstance(value, dict):
-      for key in sorted(value, key=repr):
-        digest.update(repr(key).encode())
-        visit(value[key])
-    elif isinstance(value, (str, bool, type(None))):
-      digest.update(repr(value).encode())
-    elif callable(value):
-      seen[id(value)] = value
-      digest.update(getattr(value, "__qualname__", type(value).__qualname__).encode())
-      for cell in getattr(value, "__closure__", None) or ():
-        try:
-          visit(cell.cell_contents)
-        except ValueError:  # an empty cell
-          pass
-    else:
-      digest.update(type(value).__qualname__.encode())
-
-  visit(distribution)
-  return digest.hexdigest()

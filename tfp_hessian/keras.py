@@ -51,15 +51,7 @@ class _HessianSpectrumMonitor:
   def __init__(self, distribution, points=None, num_samples=None, every_n_epochs=1, seed=None, resample=False,
                initial=True, log_dir=None, prefix="hessian/", keep_eigenvectors=True, log_prob_kwargs=None):
     super().__init__()
-    if (points is None) == (num_samples is None):
-      raise ValueError("Give exactly one of `points` (fixed points) and `num_samples` (fresh samples of the "
-                       f"flow); got points={'None' if points is None else 'an array'}, num_samples={num_samples!r}.")
-    if not _is_int(every_n_epochs) or every_n_epochs < 1:
-      raise ValueError(f"`every_n_epochs` must be an integer >= 1; got {every_n_epochs!r}.")
-    if num_samples is not None and (not _is_int(num_samples) or num_samples < 1):
-      raise ValueError(f"`num_samples` must be an integer >= 1; got {num_samples!r}.")
-    if seed is not None and not _is_int(seed):
-      raise ValueError(f"`seed` must be an integer or None; got {seed!r}.")
+    _check_arguments(points, num_samples, every_n_epochs, seed)
     self.every_n_epochs = int(every_n_epochs)
     self.initial = initial
     self.log_dir = None if log_dir is None else str(log_dir)
@@ -68,31 +60,16 @@ class _HessianSpectrumMonitor:
     self.spectra = []
     self._resample = resample
     self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0] >> 1)  # a non-negative int32
-    self._writer = None
+    self._tensorboard = None
     self._before_training = False
-    log_prob_kwargs = dict(log_prob_kwargs or {})
-    is_distribution = isinstance(distribution, (tfp.distributions.Distribution, private_api.DeferredModule))
-    get_distribution = distribution if callable(distribution) and not is_distribution else lambda: distribution
-    # Traced here, once: a misfit distribution or points raise the library's error now, not after an epoch,
-    # and every epoch then runs the same graph. The stateless seed is an argument, so resampling never retraces.
-    if points is None:
-      def compute(seed):
-        _, hessian = sampling.sample_and_log_prob_hessian(get_distribution(), num_samples, seed=seed,
-                                                          **log_prob_kwargs)
-        return eigendecomposition(hessian)
-    else:
-      def compute(seed):
-        del seed
-        return eigendecomposition(sweep.log_prob_hessian(get_distribution(), points, **log_prob_kwargs))
-    self._compute = tf.function(compute, input_signature=[tf.TensorSpec([2], tf.int32)], autograph=False)
-    self._compute.get_concrete_function()
+    self._compute = _traced_spectra(distribution, points, num_samples, dict(log_prob_kwargs or {}))
 
   # -- Keras hooks ---------------------------------------------------------------------------------------------
 
   def on_train_begin(self, logs=None):
     del logs
-    if self.log_dir is not None and self._writer is None:
-      self._writer = tf.summary.create_file_writer(self.log_dir)
+    if self.log_dir is not None and self._tensorboard is None:
+      self._tensorboard = _TensorBoardLog(self.log_dir)
     self._before_training = self.initial
 
   def on_epoch_begin(self, epoch, logs=None):
@@ -110,9 +87,9 @@ class _HessianSpectrumMonitor:
 
   def on_train_end(self, logs=None):
     del logs
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
 
   # -- implementation ------------------------------------------------------------------------------------------
 
@@ -126,20 +103,7 @@ class _HessianSpectrumMonitor:
 
     Per point the same numbers as `tfp_hessian.decades` and `tfp_hessian.condition_number`, then medians.
     """
-    eigenvalues = np.asarray(spectrum.eigenvalues)
-    size = eigenvalues.shape[-1]
-    finite = np.asarray(spectrum.finite).reshape(-1)
-    magnitude = np.abs(eigenvalues.reshape(-1, size)[finite])
-    keys = ("stiffest", "sloppiest", "decades", "condition_number")
-    if not magnitude.size:
-      values = dict.fromkeys(keys, float("nan"))
-    else:
-      with np.errstate(divide="ignore", invalid="ignore"):  # a zero eigenvalue: inf, as tfp_hessian.decades
-        ratio = magnitude[:, 0] / magnitude[:, -1]
-      values = dict(zip(keys, (np.median(magnitude[:, 0]), np.median(magnitude[:, -1]),
-                               np.median(np.log10(ratio)), np.median(ratio))))
-    values["finite_fraction"] = finite.mean() if finite.size else float("nan")
-    return {self.prefix + name: float(value) for name, value in values.items()}
+    return {self.prefix + name: float(value) for name, value in _medians(spectrum).items()}
 
   def _record(self, epoch):
     spectrum = self.compute_spectrum(epoch)
@@ -147,24 +111,94 @@ class _HessianSpectrumMonitor:
     if not self.keep_eigenvectors:
       spectrum = spectrum._replace(eigenvectors=None)
     self.spectra.append((epoch, spectrum))
-    if self._writer is not None:
-      self._write(epoch, summary, spectrum)
+    if self._tensorboard is not None:
+      self._tensorboard.write(epoch, summary, self.prefix + "log10_abs_eigenvalues", spectrum)
     return summary
 
-  def _write(self, epoch, summary, spectrum):
-    """Scalars and a histogram of `log10 |λ|`, in TensorBoard's own formats (TensorBoard need not be installed)."""
+
+class _TensorBoardLog:
+  """TensorBoard event files in `log_dir`, in TensorBoard's own formats (TensorBoard need not be installed)."""
+
+  def __init__(self, log_dir):
+    self._writer = tf.summary.create_file_writer(log_dir)
+
+  def write(self, epoch, summary, histogram_tag, spectrum):
+    """The scalars of `summary` and, under `histogram_tag`, a histogram of `log10 |λ|`, at step `epoch`."""
     with self._writer.as_default(step=epoch):
       for tag, value in summary.items():
         tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_metadata("scalars"))
-      with np.errstate(divide="ignore"):
-        log_magnitude = np.log10(np.abs(spectrum.eigenvalues[spectrum.finite])).reshape(-1)
-      log_magnitude = log_magnitude[np.isfinite(log_magnitude)]  # a zero eigenvalue has no place on the axis
-      if log_magnitude.size:
-        counts, edges = np.histogram(log_magnitude, bins=_HISTOGRAM_BINS)
-        buckets = np.stack([edges[:-1], edges[1:], counts], axis=-1)
-        tf.summary.write(self.prefix + "log10_abs_eigenvalues", tf.constant(buckets, tf.float64),
-                         metadata=_metadata("histograms"))
+      buckets = _log10_histogram(spectrum)
+      if buckets is not None:
+        tf.summary.write(histogram_tag, tf.constant(buckets, tf.float64), metadata=_metadata("histograms"))
     self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+def _check_arguments(points, num_samples, every_n_epochs, seed):
+  """Refuses what the callbacks cannot run with, naming the argument, before anything is traced."""
+  if (points is None) == (num_samples is None):
+    raise ValueError("Give exactly one of `points` (fixed points) and `num_samples` (fresh samples of the "
+                     f"flow); got points={'None' if points is None else 'an array'}, num_samples={num_samples!r}.")
+  if not _is_int(every_n_epochs) or every_n_epochs < 1:
+    raise ValueError(f"`every_n_epochs` must be an integer >= 1; got {every_n_epochs!r}.")
+  if num_samples is not None and (not _is_int(num_samples) or num_samples < 1):
+    raise ValueError(f"`num_samples` must be an integer >= 1; got {num_samples!r}.")
+  if seed is not None and not _is_int(seed):
+    raise ValueError(f"`seed` must be an integer or None; got {seed!r}.")
+
+
+def _traced_spectra(distribution, points, num_samples, log_prob_kwargs):
+  """The `tf.function` from a stateless seed `[2]` to the spectra at `points` or at `num_samples` samples.
+
+  Traced here, once: a misfit distribution or points raise the library's error now, not after an epoch, and
+  every epoch then runs the same graph. The stateless seed is an argument, so resampling never retraces.
+  """
+  is_distribution = isinstance(distribution, (tfp.distributions.Distribution, private_api.DeferredModule))
+  get_distribution = distribution if callable(distribution) and not is_distribution else lambda: distribution
+  if points is None:
+    def compute(seed):
+      _, hessian = sampling.sample_and_log_prob_hessian(get_distribution(), num_samples, seed=seed,
+                                                        **log_prob_kwargs)
+      return eigendecomposition(hessian)
+  else:
+    def compute(seed):
+      del seed
+      return eigendecomposition(sweep.log_prob_hessian(get_distribution(), points, **log_prob_kwargs))
+  compute = tf.function(compute, input_signature=[tf.TensorSpec([2], tf.int32)], autograph=False)
+  compute.get_concrete_function()
+  return compute
+
+
+def _medians(spectrum):
+  """`{name: value}` of the logged scalars, unprefixed: medians over the finite points, and `finite_fraction`."""
+  eigenvalues = np.asarray(spectrum.eigenvalues)
+  size = eigenvalues.shape[-1]
+  finite = np.asarray(spectrum.finite).reshape(-1)
+  magnitude = np.abs(eigenvalues.reshape(-1, size)[finite])
+  keys = ("stiffest", "sloppiest", "decades", "condition_number")
+  if not magnitude.size:
+    values = dict.fromkeys(keys, float("nan"))
+  else:
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero eigenvalue: inf, as tfp_hessian.decades
+      ratio = magnitude[:, 0] / magnitude[:, -1]
+    values = dict(zip(keys, (np.median(magnitude[:, 0]), np.median(magnitude[:, -1]),
+                             np.median(np.log10(ratio)), np.median(ratio))))
+  values["finite_fraction"] = finite.mean() if finite.size else float("nan")
+  return values
+
+
+def _log10_histogram(spectrum):
+  """TensorBoard's histogram buckets `[bins, 3]` (left edge, right edge, count) of `log10 |λ|` over the finite
+  points, or None if there is no such eigenvalue."""
+  with np.errstate(divide="ignore"):
+    log_magnitude = np.log10(np.abs(spectrum.eigenvalues[spectrum.finite])).reshape(-1)
+  log_magnitude = log_magnitude[np.isfinite(log_magnitude)]  # a zero eigenvalue has no place on the axis
+  if not log_magnitude.size:
+    return None
+  counts, edges = np.histogram(log_magnitude, bins=_HISTOGRAM_BINS)
+  return np.stack([edges[:-1], edges[1:], counts], axis=-1)
 
 
 def _metadata(plugin_name):
