@@ -54,7 +54,7 @@ from tensorflow_probability.python.bijectors import bijector as bijector_lib
 from tensorflow_probability.python.distributions import distribution as distribution_lib
 
 from tfp_hessian import private_api, results_directory, sweep
-from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
+from tfp_hessian.stiff_sloppy import Spectrum, spectrum as eigendecomposition
 from tfp_hessian.sweep import LogProbDerivatives
 
 __all__ = ["MEMORY_BUDGET", "default_chunk_size", "hessians_in_chunks"]
