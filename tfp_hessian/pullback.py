@@ -894,10 +894,10 @@ class ConditionedAffinePullback(Pullback):
   (`_factored_affine_pullback`).
 
   Args:
-    y: `[*batch, D]`, the points; `x` and `ildj` follow from the conditioner's outputs.
+    y: `[*batch, D]`, the points; `x` and `ildj` follow from the conditioner's outputs. Unused with `outputs`.
     conditioner: `ConditionerDerivatives` with `2D` outputs, `[m, s]`, as functions of the whole `y`.
-    outputs: the layer's `_AffineOutputs` at `y` where already computed (`with_output_permuted` passes those of
-      the layer with a permutation folded in); None computes them from `y` and `conditioner`.
+    outputs: the layer's `_AffineOutputs` where already computed (`with_output_permuted` passes those of the
+      layer with a permutation folded in); None computes them from `y` and `conditioner`.
   """
 
   def __init__(self, y, conditioner, outputs=None):
