@@ -23,7 +23,7 @@ from tfp_hessian.pullback import ConditionedAffinePullback
 
 
 def _forced_factored(pullback):
-  if pullback._weights_order is not None:  # pylint: disable=protected-access
+  if pullback._outputs.network_order is not None:  # pylint: disable=protected-access
     return None
   return getattr(pullback._conditioner, "linear_readout", None)  # pylint: disable=protected-access
 

@@ -13,9 +13,9 @@ from tfp_hessian.hvp import log_prob_hvp
 from tfp_hessian.memory import get_memory_limit, set_memory_limit
 from tfp_hessian.pullback import Pullback
 from tfp_hessian.results_directory import keep_verified_chunks
-from tfp_hessian.spectrum import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
-                                  stiff_sloppy_split)
 from tfp_hessian.sampling import sample_and_log_prob_derivatives, sample_and_log_prob_hessian
+from tfp_hessian.stiff_sloppy import (Spectrum, condition_number, coordinate_contributions, decades, spectrum,
+                                      stiff_sloppy_split)
 from tfp_hessian.sweep import LogProbDerivatives, execution_plan, log_prob_and_derivatives, log_prob_hessian
 
 __version__ = "0.1.0"

@@ -22,7 +22,7 @@ from tfp_hessian import events, private_api
 
 tfd = tfp.distributions
 
-__all__ = ["log_prob_derivatives", "has_closed_form"]
+__all__ = ["log_prob_derivatives", "is_structured_base"]
 
 _INDEPENDENT = private_api.INDEPENDENT
 _SAMPLE = private_api.SAMPLE
@@ -158,8 +158,13 @@ def _joint(distribution, x, layout):
   return log_prob, tf.concat(grads, axis=-1), tf.linalg.LinearOperatorBlockDiag(hessians).to_dense()
 
 
-def has_closed_form(distribution):
-  """True if `distribution`'s derivatives have a closed form here (so a flow stops unwrapping at it)."""
+def is_structured_base(distribution):
+  """True if `log_prob_derivatives` uses `distribution`'s structure rather than nested tapes on its `log_prob`.
+
+  That is a multivariate normal (closed form) or a coordinatewise distribution (a diagonal Hessian, in closed form
+  for `Normal` and by elementwise tapes otherwise). The sweep takes such a distribution whole as the base even
+  where it is a `TransformedDistribution` (`MultivariateNormalTriL` is one), rather than unwrapping its bijector.
+  """
   return isinstance(distribution, tfd.MultivariateNormalLinearOperator) or _is_coordinatewise(distribution)
 
 

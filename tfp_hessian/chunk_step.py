@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfp_hessian import point_sources, sweep
 from tfp_hessian.flow_digest import flow_digest
-from tfp_hessian.spectrum import spectrum as eigendecomposition
+from tfp_hessian.stiff_sloppy import spectrum as eigendecomposition
 
 __all__ = ["agree_on_start", "split_across_replicas", "step_for"]
 

@@ -55,7 +55,7 @@ import tqdm
 
 from tfp_hessian import chunk_step, point_sources, private_api, results_directory, sweep
 from tfp_hessian.flow_digest import flow_digest
-from tfp_hessian.spectrum import Spectrum
+from tfp_hessian.stiff_sloppy import Spectrum
 from tfp_hessian.sweep import LogProbDerivatives
 
 __all__ = ["MEMORY_BUDGET", "default_chunk_size", "hessians_in_chunks"]

@@ -65,7 +65,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_hessian import compiled, hvp, private_api, sweep
-from tfp_hessian.spectrum import _largest_component_positive
+from tfp_hessian.stiff_sloppy import _largest_component_positive
 
 __all__ = ["Eigenpairs", "top_eigenpairs"]
 

@@ -12,18 +12,16 @@ product, whatever the bijectors (neural conditioners included), and stores only 
 does: the flow's activations and `O(D)` per point, never `[*batch, D, D]`.
 
 Why not forward-over-reverse (a `tf.autodiff.ForwardAccumulator` over the tape gradient), the textbook choice?
-Measured (BENCHMARKS.md, "Large D (matrix-free)": `python benchmarks/large_d.py`, float32, 4 points, the three
-benchmark flows at D = 1024 and 4096, calls interleaved), it is slower in TensorFlow: most ops have no
-forward-mode rule there, so the accumulator runs their backward function twice, and reverse-over-reverse took
-0.52–0.77× its time in every cell. It also fails inside `tf.function` on flows whose `log_prob` runs a
+It is slower in TensorFlow (every cell of "Large D (matrix-free)" in BENCHMARKS.md, which has the timings:
+`python benchmarks/large_d.py`): most ops have no forward-mode rule there, so the accumulator runs their
+backward function twice. It also fails inside `tf.function` on flows whose `log_prob` runs a
 `tf.while_loop` (an IAF's sequential forward pass): TensorFlow 2.21 raises a `SystemError` while building the tape
 gradient under the accumulator. `forward_over_reverse` stays here for the benchmark. Against the dense sweep
-(`log_prob_hessian(...) @ v`) a product is 35× (elementwise + affine) to 330–360× (RealNVP, MAF) faster at
-D = 1024.
+(`log_prob_hessian(...) @ v`) a product is far cheaper, the more so the larger D (the same measurements).
 
 Many products at the same points (Lanczos, CG) share one linearization: `hessian_operator` records the gradient
-once, on a persistent tape, and each product is then one backward pass of the gradient (0.37–0.64× the time of
-a `log_prob_hvp` call in the same measurements).
+once, on a persistent tape, and each product is then one backward pass of the gradient, cheaper than a
+`log_prob_hvp` call (the same measurements).
 
 >>> hv = tfp_hessian.log_prob_hvp(flow, z, v)   # z, v: [*batch, D] -> [*batch, D]
 """

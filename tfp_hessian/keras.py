@@ -38,7 +38,7 @@ import tensorflow_probability as tfp
 from tensorflow.core.framework import summary_pb2
 
 from tfp_hessian import private_api, sampling, sweep
-from tfp_hessian.spectrum import Spectrum, spectrum as eigendecomposition
+from tfp_hessian.stiff_sloppy import Spectrum, spectrum as eigendecomposition
 
 __all__ = ["HessianSpectrumCallback", "Keras3HessianSpectrumCallback"]
 

@@ -13,8 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_hessian import sweep
-# By name: `tfp_hessian.spectrum` is the function once the package is imported, the module only in sys.modules.
-from tfp_hessian.spectrum import Spectrum, spectrum as eigendecompose
+from tfp_hessian.stiff_sloppy import Spectrum, spectrum as eigendecompose
 
 __all__ = ["NEGATIVE_COLOR", "POSITIVE_COLOR", "SLOPPY_COLOR", "STIFF_COLOR", "density_with_directions",
            "eigenvalue_ladder"]

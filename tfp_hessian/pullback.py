@@ -20,7 +20,6 @@ which the next bijector takes, keeps the event's own structure (``x_layout`` say
 """
 
 import abc
-import copy
 
 import tensorflow as tf
 
@@ -203,6 +202,20 @@ class Pullback(abc.ABC):
     Generally `InvertedPullback` (this map run backwards); structured pullbacks keep their structure.
     """
     return InvertedPullback(self, y, y_layout)
+
+  def with_output_permuted(self, source):
+    """This pullback followed by `x ↦ gather(x, source)`, a permutation of its vector output, as one pullback;
+    None (the default) where it has no cheaper form than the two apart.
+
+    `ComposedPullback` folds each permutation between vectors into the layer on its `y` side through this. A
+    layer with a dense Jacobian then gathers that Jacobian's rows once, where a `PermutationPullback` after it
+    would gather both axes of every incoming Hessian: TF's gathers across the last axis are slow.
+
+    Args:
+      source: `σ`, an integer vector of length `n_x`: the new pullback's `x` is `gather(self.x, σ, axis=-1)`.
+    """
+    del source
+    return None
 
 
 class ElementwisePullback(Pullback):
@@ -699,18 +712,19 @@ def _merge_autodiff(layers):
 def _fuse_permutations(layers):
   """`layers` with each permutation folded into the layer on its `y` side, where that layer can take it.
 
-  A permutation after a layer with a dense Jacobian (`permute_output`) costs that layer a gather of its
-  Jacobian's rows instead of gathering both axes of every incoming Hessian: TF's gathers across the last axis
-  are slow. Layers are ordered from the `y` side, so the permutation acts on its predecessor's `x`.
+  Layers are ordered from the `y` side, so the permutation acts on its predecessor's `x`
+  (`Pullback.with_output_permuted`).
   """
   fused = []
   for layer in layers:
+    folded = None
     # Only a permutation between vectors: one into another layout (a `Reshape`) changes what `x` is.
-    if (isinstance(layer, PermutationPullback) and fused and layer.x_layout.is_vector
-        and getattr(fused[-1], "permute_output", None) is not None):
-      fused[-1] = fused[-1].permute_output(layer.source)
-    else:
+    if isinstance(layer, PermutationPullback) and fused and layer.x_layout.is_vector:
+      folded = fused[-1].with_output_permuted(layer.source)
+    if folded is None:
       fused.append(layer)
+    else:
+      fused[-1] = folded
   return fused
 
 
@@ -752,6 +766,113 @@ class ComposedPullback(Pullback):
     return matrix
 
 
+class _AffineOutputs:
+  """What an affine layer `x = (y - m(y)) ⊙ a`, `a = exp(-s(y))`, computed at its points, in the pullback's
+  output order: `x`, `a` and `ildj`, and the Jacobians `(J, S)`, formed on first use.
+
+  A permutation folded into the layer (`permuted`) gathers their rows; `network_order` then maps the network's
+  outputs to the rows they became (None: the network's own order).
+
+  Args:
+    x: `[*batch, D]`.
+    scale: `a`, `[*batch, D]`.
+    ildj: `-Σ s`, `[*batch]`.
+    conditioner: `ConditionerDerivatives` with `2D` outputs, `[m, s]`, as functions of the whole `y`.
+    jacobians: `(J, S)`, each `[*batch, D, D]`, where already formed; None forms them on first use.
+    network_order: the network's output order, where a permutation was folded in; None for none.
+  """
+
+  def __init__(self, x, scale, ildj, conditioner, jacobians=None, network_order=None):
+    self.x, self.scale, self.ildj = x, scale, ildj
+    self.conditioner = conditioner
+    self.network_order = network_order
+    self._jacobians = jacobians
+
+  @classmethod
+  def at(cls, y, conditioner):
+    """The outputs at points `y`, `[*batch, D]`, from the conditioner's `(m, s)`."""
+    d = y.shape[-1]
+    shift, log_scale = conditioner.outputs[..., :d], conditioner.outputs[..., d:]
+    scale = tf.exp(-log_scale)
+    return cls((y - shift) * scale, scale, -tf.reduce_sum(log_scale, axis=-1), conditioner)
+
+  def jacobians(self):
+    """`(J, S)`: `J = diag(a) - a ⊙ M - x ⊙ S` and `S = ∂s/∂y` (rows scaled), each `[*batch, D, D]`."""
+    if self._jacobians is None:
+      d = self.x.shape[-1]
+      log_scale_jacobian = self.conditioner.jacobian[..., d:, :]
+      jacobian = _add_to_diagonal(-(self.scale[..., tf.newaxis] * self.conditioner.jacobian[..., :d, :]
+                                    + self.x[..., tf.newaxis] * log_scale_jacobian), self.scale)
+      self._jacobians = jacobian, log_scale_jacobian
+    return self._jacobians
+
+  def permuted(self, source):
+    """The outputs of this layer followed by `x ↦ gather(x, source)`, a permutation of its output.
+
+    The rows of every `∂/∂y` matrix are gathered once; the network's weights are gathered back to its own
+    output order (`Σ_i v_i ∇²x_{σ(i)} = Σ_j (v∘σ⁻¹)_j ∇²x_j`).
+    """
+    # Network output j is output σ⁻¹(j) now; after an earlier fold, σ⁻¹ of the output it had become.
+    order = tf.math.invert_permutation(source)
+    if self.network_order is not None:
+      order = tf.gather(order, self.network_order)
+    return _AffineOutputs(tf.gather(self.x, source, axis=-1), tf.gather(self.scale, source, axis=-1), self.ildj,
+                          self.conditioner, tuple(tf.gather(m, source, axis=-2) for m in self.jacobians()), order)
+
+  def network_weights(self, grad):
+    """The weights `[v ⊙ a, v ⊙ x + 1]` of the network's second derivatives for `v = grad`, in its own order."""
+    weights = tf.concat([grad * self.scale, grad * self.x + 1], axis=-1)
+    if self.network_order is None:
+      return weights
+    order = self.network_order
+    return tf.gather(weights, tf.concat([order, order + tf.size(order, out_type=order.dtype)], 0), axis=-1)
+
+
+def _factored_affine_pullback(outputs, grad, hess, kernel, d1):
+  """The dense pullback of `ConditionedAffinePullback` with its Jacobian kept factored through the read-out layer.
+
+  Where the network reads `(m, s)` out linearly from a hidden layer of `H < D` units, `a_L = σ(z_L)`, the
+  Jacobian stays factored: `J = diag(a) - P B`, `S = Q B`, with `B = diag(σ'(z_L)) Z_L` (`[H, D]`),
+  `Q = W_sᵀ` and `P = diag(a) W_mᵀ + diag(x) W_sᵀ` (`[D, H]`, `W = [W_m, W_s]` the read-out kernel). With
+  `T = ∇²F P + V Q`, `K = diag(a) T B` and `N = Pᵀ T + W_s diag(v ⊙ a) W_mᵀ` (`[H, H]`),
+
+  .. math::
+
+      ∇^2G = \\operatorname{diag}(a) ∇^2F \\operatorname{diag}(a) - K - K^T
+          + Z_L^T \\big(\\operatorname{diag}(σ') N \\operatorname{diag}(σ') - \\operatorname{diag}(c_L)\\big) Z_L
+          - \\sum_{l<L} Z_l^T \\operatorname{diag}(c_l) Z_l,
+
+  `O(D²H)` per point instead of `O(D³)` (`x ⊙ S` cancels between `P` and `V X S`).
+
+  Args:
+    outputs: the layer's `_AffineOutputs`, in the network's own output order.
+    grad: `∇F`, `[*batch, D]`.
+    hess: `∇²F`, `[*batch, D, D]`.
+    kernel: `W`, the read-out kernel, `[H, 2D]`.
+    d1: `σ'(z_L)`, `[*batch, H]`.
+  """
+  d = outputs.x.shape[-1]
+  weights = outputs.network_weights(grad)
+  (z_last, c_last), *others = outputs.conditioner.factors(weights)
+  a, x = outputs.scale, outputs.x
+  m_kernel, s_kernel = kernel[:, :d], kernel[:, d:]  # W_m, W_s: [H, D]
+  m_rows, s_rows = tf.transpose(m_kernel), tf.transpose(s_kernel)  # W_mᵀ, Q = W_sᵀ: [D, H]
+  p = a[..., tf.newaxis] * m_rows + x[..., tf.newaxis] * s_rows
+  t = tf.linalg.matmul(hess, p) + grad[..., tf.newaxis] * s_rows
+  minus_cross = tf.linalg.matmul(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], z_last)  # -K
+  middle = (tf.linalg.matmul(p, t, adjoint_a=True)
+            + tf.linalg.matmul(s_kernel * (grad * a)[..., tf.newaxis, :], m_rows))
+  middle = _add_to_diagonal(middle * _outer(d1, d1), -c_last)
+  # One sum of the [D, D] terms: each binary add would read and write a whole Hessian again.
+  terms = [hess * _outer(a, a), minus_cross, tf.linalg.matrix_transpose(minus_cross),
+           tf.linalg.matmul(z_last, tf.linalg.matmul(middle, z_last), adjoint_a=True)]
+  terms += [tf.linalg.matmul(z, -c[..., tf.newaxis] * z, adjoint_a=True) for z, c in others]
+  hess = _sum(terms)
+  # ∇G = Jᵀ g - Sᵀ 1 = a ⊙ g - Bᵀ W w, the network's own adjoint at its read-out.
+  adjoint = tf.tensordot(weights, kernel, [[-1], [1]])
+  return a * grad - _transpose_times(z_last, d1 * adjoint), hess
+
+
 class ConditionedAffinePullback(Pullback):
   """`x = (y - m(y)) ⊙ exp(-s(y))` with a conditioner network `(m, s)`: RealNVP and MAF layers.
 
@@ -769,141 +890,74 @@ class ConditionedAffinePullback(Pullback):
 
   With `Z_l`, `c_l` the network's own factors (`Σ w ∇²o = Σ_l Z_lᵀ diag(c_l) Z_l`, where it has them) the
   pullback is `∇²G = Jᵀ(∇²F J - V S) - Sᵀ(V J + V X S) - Σ_l Z_lᵀ diag(c_l) Z_l`: batched products only.
-
-  Where the network reads `(m, s)` out linearly from a hidden layer of `H < D` units, `a_L = σ(z_L)`, the
-  Jacobian stays factored: `J = diag(a) - P B`, `S = Q B`, with `B = diag(σ'(z_L)) Z_L` (`[H, D]`),
-  `Q = W_sᵀ` and `P = diag(a) W_mᵀ + diag(x) W_sᵀ` (`[D, H]`, `W = [W_m, W_s]` the read-out kernel). With
-  `T = ∇²F P + V Q`, `K = diag(a) T B` and `N = Pᵀ T + W_s diag(v ⊙ a) W_mᵀ` (`[H, H]`),
-
-  .. math::
-
-      ∇^2G = \\operatorname{diag}(a) ∇^2F \\operatorname{diag}(a) - K - K^T
-          + Z_L^T \\big(\\operatorname{diag}(σ') N \\operatorname{diag}(σ') - \\operatorname{diag}(c_L)\\big) Z_L
-          - \\sum_{l<L} Z_l^T \\operatorname{diag}(c_l) Z_l,
-
-  `O(D²H)` per point instead of `O(D³)` (`x ⊙ S` cancels between `P` and `V X S`).
+  Where the network reads `(m, s)` out linearly from fewer hidden units than `D`, `J` is never formed
+  (`_factored_affine_pullback`).
 
   Args:
-    y: `[*batch, D]`, the points; `x` and `ildj` follow from the conditioner's outputs.
+    y: `[*batch, D]`, the points; `x` and `ildj` follow from the conditioner's outputs. Unused with `outputs`.
     conditioner: `ConditionerDerivatives` with `2D` outputs, `[m, s]`, as functions of the whole `y`.
+    outputs: the layer's `_AffineOutputs` where already computed (`with_output_permuted` passes those of the
+      layer with a permutation folded in); None computes them from `y` and `conditioner`.
   """
 
-  def __init__(self, y, conditioner):
-    d = y.shape[-1]
-    shift, log_scale = conditioner.outputs[..., :d], conditioner.outputs[..., d:]
-    self._scale = tf.exp(-log_scale)
-    x = (y - shift) * self._scale
-    super().__init__(x, -tf.reduce_sum(log_scale, axis=-1))
+  def __init__(self, y, conditioner, outputs=None):
+    if outputs is None:
+      outputs = _AffineOutputs.at(y, conditioner)
+    super().__init__(outputs.x, outputs.ildj)
     self._conditioner = conditioner
-    self._weights_order = None  # the network's output order, where a permutation was folded in
-    self._dense = None  # (J, S), formed on first use
+    self._outputs = outputs
 
   @property
   def conditioner(self):
     """The `ConditionerDerivatives` of the layer's network, as its rule built them."""
     return self._conditioner
 
-  def _jacobians(self):
-    """`(J, S)`, each `[*batch, D, D]`."""
-    if self._dense is None:
-      d = self.x.shape[-1]
-      log_scale_jacobian = self._conditioner.jacobian[..., d:, :]
-      jacobian = _add_to_diagonal(-(self._scale[..., tf.newaxis] * self._conditioner.jacobian[..., :d, :]
-                                    + self.x[..., tf.newaxis] * log_scale_jacobian), self._scale)
-      self._dense = jacobian, log_scale_jacobian
-    return self._dense
-
   def _readout(self):
     """The conditioner's `linear_readout` where the factored pullback is the cheaper (`H < D`), else None."""
     readout = getattr(self._conditioner, "linear_readout", None)
-    if readout is None or self._weights_order is not None:
+    if readout is None or self._outputs.network_order is not None:
       return None
     width, size = readout[0].shape[0], self.x.shape[-1]
     if width is None or size is None or width >= size:
       return None
     return readout
 
-  @property
-  def permute_output(self):
-    """`_permute_output` (dense Jacobian), or None: the factored form keeps `diag(a)` apart from the rows."""
-    return None if self._readout() is not None else self._permute_output
-
-  def _permute_output(self, source):
-    """The pullback of this layer followed by `x ↦ gather(x, source)`, a permutation of its output.
-
-    The rows of every `∂/∂y` matrix are gathered once; the network's weights are gathered back to its own
-    output order (`Σ_i v_i ∇²x_{σ(i)} = Σ_j (v∘σ⁻¹)_j ∇²x_j`).
-    """
-    fused = copy.copy(self)
-    fused.x = tf.gather(self.x, source, axis=-1)
-    fused._scale = tf.gather(self._scale, source, axis=-1)
-    fused._dense = tuple(tf.gather(m, source, axis=-2) for m in self._jacobians())
-    # Network output j is fused output σ⁻¹(j); after an earlier fusion, σ⁻¹ of the output it became.
-    order = tf.math.invert_permutation(source)
-    if self._weights_order is not None:
-      order = tf.gather(order, self._weights_order)
-    fused._weights_order = order
-    return fused
-
-  def _network_weights(self, grad):
-    weights = tf.concat([grad * self._scale, grad * self.x + 1], axis=-1)
-    if self._weights_order is None:
-      return weights
-    order = self._weights_order
-    return tf.gather(weights, tf.concat([order, order + tf.size(order, out_type=order.dtype)], 0), axis=-1)
+  def with_output_permuted(self, source):
+    """The dense Jacobian's rows gathered (`_AffineOutputs.permuted`); None where the pullback is factored
+    (`_readout`), which keeps `diag(a)` apart from the rows."""
+    if self._readout() is not None:
+      return None
+    return ConditionedAffinePullback(None, self._conditioner, self._outputs.permuted(source))
 
   def _curvature(self, grad):
     """`Σ_i v_i ∇²x_i + ∇² ildj` for `v = grad` (class docstring)."""
-    j, s = self._jacobians()
+    j, s = self._outputs.jacobians()
     jvs = tf.linalg.matmul(j, grad[..., tf.newaxis] * s, adjoint_a=True)
     svs = tf.linalg.matmul(s, (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True)
-    network = self._conditioner.contract(self._network_weights(grad))
+    network = self._conditioner.contract(self._outputs.network_weights(grad))
     return -(jvs + tf.linalg.matrix_transpose(jvs) + svs + network)
 
   def _ildj_gradient(self):
-    return -tf.reduce_sum(self._jacobians()[1], axis=-2)
+    return -tf.reduce_sum(self._outputs.jacobians()[1], axis=-2)
 
   def __call__(self, grad, hess):
     readout = self._readout()
     if readout is not None:
-      return self._factored_call(grad, hess, *readout)
-    j, s = self._jacobians()
+      return _factored_affine_pullback(self._outputs, grad, hess, *readout)
+    j, s = self._outputs.jacobians()
     v = grad[..., tf.newaxis]
     # Kᵀ (Q K) block by block: separate products cost the same flops as one stacked product, without copying
     # the blocks into it.
     hess = (tf.linalg.matmul(j, tf.linalg.matmul(hess, j) - v * s, adjoint_a=True)
             - tf.linalg.matmul(s, v * j + (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True))
-    hess = _subtract_contraction(hess, self._conditioner, self._network_weights(grad))
+    hess = _subtract_contraction(hess, self._conditioner, self._outputs.network_weights(grad))
     return _transpose_times(j, grad) + self._ildj_gradient(), hess
 
-  def _factored_call(self, grad, hess, kernel, d1):
-    """`__call__` with the Jacobian kept factored through the read-out layer (class docstring)."""
-    d = self.x.shape[-1]
-    weights = self._network_weights(grad)
-    (z_last, c_last), *others = self._conditioner.factors(weights)
-    a, x = self._scale, self.x
-    m_kernel, s_kernel = kernel[:, :d], kernel[:, d:]  # W_m, W_s: [H, D]
-    m_rows, s_rows = tf.transpose(m_kernel), tf.transpose(s_kernel)  # W_mᵀ, Q = W_sᵀ: [D, H]
-    p = a[..., tf.newaxis] * m_rows + x[..., tf.newaxis] * s_rows
-    t = tf.linalg.matmul(hess, p) + grad[..., tf.newaxis] * s_rows
-    minus_cross = tf.linalg.matmul(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], z_last)  # -K
-    middle = (tf.linalg.matmul(p, t, adjoint_a=True)
-              + tf.linalg.matmul(s_kernel * (grad * a)[..., tf.newaxis, :], m_rows))
-    middle = _add_to_diagonal(middle * _outer(d1, d1), -c_last)
-    # One sum of the [D, D] terms: each binary add would read and write a whole Hessian again.
-    terms = [hess * _outer(a, a), minus_cross, tf.linalg.matrix_transpose(minus_cross),
-             tf.linalg.matmul(z_last, tf.linalg.matmul(middle, z_last), adjoint_a=True)]
-    terms += [tf.linalg.matmul(z, -c[..., tf.newaxis] * z, adjoint_a=True) for z, c in others]
-    hess = _sum(terms)
-    # ∇G = Jᵀ g - Sᵀ 1 = a ⊙ g - Bᵀ W w, the network's own adjoint at its read-out.
-    adjoint = tf.tensordot(weights, kernel, [[-1], [1]])
-    return a * grad - _transpose_times(z_last, d1 * adjoint), hess
-
   def invert(self, grad, hess):
-    return _pull_forward(self._jacobians()[0], grad - self._ildj_gradient(), hess, self._curvature)
+    return _pull_forward(self._outputs.jacobians()[0], grad - self._ildj_gradient(), hess, self._curvature)
 
   def jacobian(self):
-    return self._jacobians()[0]
+    return self._outputs.jacobians()[0]
 
   def hessian(self):
     # One contraction per output coordinate: for inspection and tests only.
@@ -939,8 +993,6 @@ class CouplingPullback(ConditionedAffinePullback):
     conditioner: `ConditionerDerivatives` of the network on `y_C`, with outputs `[m, s]` (`2|T|`).
   """
 
-  permute_output = None  # Folding a permutation in would break the blocks.
-
   def __init__(self, y, conditioning, transformed, conditioner):
     super().__init__(y, conditioners.EmbeddedConditioner(conditioner, y.shape[-1], conditioning, transformed))
     self._blocks = conditioning, transformed
@@ -950,10 +1002,13 @@ class CouplingPullback(ConditionedAffinePullback):
   def conditioner(self):
     return self._coupling
 
+  def with_output_permuted(self, source):
+    return None  # Folding a permutation in would break the blocks.
+
   def __call__(self, grad, hess):
     c, t = self._blocks
     size = t.stop - t.start
-    a, x_t = self._scale[..., t], self.x[..., t]
+    a, x_t = self._outputs.scale[..., t], self.x[..., t]
     m_jac, s_jac = self._coupling.jacobian[..., :size, :], self._coupling.jacobian[..., size:, :]
     b = -(a[..., tf.newaxis] * m_jac + x_t[..., tf.newaxis] * s_jac)
     v = grad[..., t]

@@ -40,7 +40,7 @@ LogProbDerivatives.__doc__ = """Value `[*batch]`, gradient `[*batch, n]` and Hes
 def _unwrap(distribution, kwargs):
   """`(layers, base, base_kwargs)`: the flow's `(bijector, its kwargs)` from the `z` side, the base and its kwargs."""
   layers = []
-  while isinstance(distribution, private_api.TRANSFORMED) and not bases.has_closed_form(distribution):
+  while isinstance(distribution, private_api.TRANSFORMED) and not bases.is_structured_base(distribution):
     distribution_kwargs, bijector_kwargs = private_api.kwargs_split(distribution, kwargs)
     layers.append((distribution.bijector, dict(bijector_kwargs or {})))
     kwargs = dict(distribution_kwargs or {})

@@ -30,9 +30,9 @@ tfb = tfp.bijectors
 
 def _check_inference_mode(bijector, layout=None, kwargs=None):
   del layout, kwargs
-  # `_training` is the constructor's `training` argument; TFP exposes no public accessor. A tensor or variable
-  # could turn True later, so only a static False passes.
-  training = bijector._training  # pylint: disable=protected-access
+  # The constructor's `training` argument, as given (TFP keeps the same object as `_training`). A tensor or
+  # variable could turn True later, so only a static False passes.
+  training = bijector.parameters["training"]
   static = tf.get_static_value(training)
   if static is None or bool(static):
     raise ValueError(

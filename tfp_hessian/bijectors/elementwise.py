@@ -184,6 +184,13 @@ def _sinh(bijector, y, x):
   return d1, d1 * dlog1, dlog1, (u * u - w * w) * (w / q) * (w / q)
 
 
+def _sinh_arcsinh_multiplier(tailweight):
+  """TFP's output multiplier `m = 2 / sinh(asinh(2) δ)` of `SinhArcsinh` (so `2 ↦ 2` at zero skewness), as its
+  private `_output_multiplier` computes it, in the dtype of `tailweight`."""
+  two = tf.constant(2., tailweight.dtype)
+  return two / tf.sinh(tf.asinh(two) * tailweight)
+
+
 @elementwise_rule(tfb.SinhArcsinh)
 def _sinh_arcsinh(bijector, y, x):
   # φ = sinh(u) with u = asinh(s)/δ - ε and s = y/m (m is TFP's output multiplier). With
@@ -192,7 +199,7 @@ def _sinh_arcsinh(bijector, y, x):
   del x
   tailweight = tf.cast(bijector.tailweight, y.dtype)
   skewness = tf.cast(bijector.skewness, y.dtype)
-  m = bijector._output_multiplier(tailweight)  # pylint: disable=protected-access
+  m = _sinh_arcsinh_multiplier(tailweight)
   s = y / m
   r = tf.math.reciprocal(1 + s * s)
   u = tf.asinh(s) / tailweight - skewness
@@ -309,7 +316,7 @@ def _sinh_arcsinh_forward(bijector, x, y):
   del y
   tailweight = tf.cast(bijector.tailweight, x.dtype)
   skewness = tf.cast(bijector.skewness, x.dtype)
-  m = bijector._output_multiplier(tailweight)  # pylint: disable=protected-access
+  m = _sinh_arcsinh_multiplier(tailweight)
   r = tf.math.reciprocal(1 + x * x)
   v = (tf.asinh(x) + skewness) * tailweight
   dv = tailweight * tf.sqrt(r)

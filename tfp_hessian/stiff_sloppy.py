@@ -1,5 +1,8 @@
 """Eigendecomposition of log-density Hessians: stiff and sloppy directions.
 
+Names: `spectrum(hessian)` computes a `Spectrum` (the eigenpairs of every point); the summaries below take one,
+as their argument `spectrum`.
+
 A Hessian `H = ∇²_z log q(z)` is symmetric, so per point
 
 .. math::
@@ -142,12 +145,12 @@ def _largest_component_positive(eigenvectors):
   return eigenvectors * sign[..., tf.newaxis, :]
 
 
-def _field(spectrum_, name):
+def _field(decomposition, name):
   """One field of a `Spectrum` as a tensor (only that one: a summary may drop the eigenvectors to save memory)."""
-  if not isinstance(spectrum_, Spectrum):
+  if not isinstance(decomposition, Spectrum):
     raise TypeError(f"`spectrum` must be a tfp_hessian.Spectrum (from `tfp_hessian.spectrum`); got "
-                    f"{type(spectrum_).__name__}.")
-  return tf.convert_to_tensor(getattr(spectrum_, name))
+                    f"{type(decomposition).__name__}.")
+  return tf.convert_to_tensor(getattr(decomposition, name))
 
 
 def stiff_sloppy_split(spectrum, rtol=None, count=None):  # pylint: disable=redefined-outer-name
