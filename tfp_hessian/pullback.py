@@ -24,7 +24,7 @@ import copy
 
 import tensorflow as tf
 
-from tfp_hessian import conditioners
+from tfp_hessian import conditioners, tapes
 from tfp_hessian.events import EventLayout
 
 __all__ = [
@@ -422,9 +422,6 @@ class PermutationPullback(Pullback):
     return tf.zeros(tf.concat([tf.shape(x), [d, d]], 0), x.dtype)
 
 
-_ZERO = tf.UnconnectedGradients.ZERO
-
-
 class AutodiffPullback(Pullback):
   """Any differentiable `h`, given as a function of flat points, differentiated by nested tapes on it alone.
 
@@ -468,20 +465,14 @@ class AutodiffPullback(Pullback):
         total += 0.5 * tf.reduce_sum(moved * tf.linalg.matvec(hess, moved))
       return total
 
-    return _nested_tape_derivatives(phi, y)[1:]
+    # A fresh tensor: TFP's caches must not cut it off the tapes.
+    return tapes.per_point_hessian(phi, tf.identity(y))[1:]
 
   def _first_order(self):
     """`(J, ∇ ildj)` by one tape, for `invert` and inspection."""
     if self._first is None:
-      y = tf.identity(self._y)
-      batch_rank = y.shape.rank - 1
-      with tf.GradientTape(persistent=True) as tape:
-        tape.watch(y)
-        x, ildj = self._fn(y)
-        x_summed = tf.reduce_sum(x, axis=list(range(batch_rank)))
-      jacobian = _batch_first(tape.jacobian(x_summed, y, unconnected_gradients=_ZERO), batch_rank)
-      self._first = jacobian, tape.gradient(ildj, y, unconnected_gradients=_ZERO)
-      del tape
+      _, jacobian, ildj_gradient = tapes.per_point_jacobian(self._fn, tf.identity(self._y), with_gradient=True)
+      self._first = jacobian, ildj_gradient
     return self._first
 
   def __call__(self, grad, hess):
@@ -516,7 +507,7 @@ class AutodiffPullback(Pullback):
       x, ildj = self._fn(y)
       return log_prob_fn(x) + ildj
 
-    return _nested_tape_derivatives(log_prob, self._y)
+    return tapes.per_point_hessian(log_prob, tf.identity(self._y))
 
   def invert(self, grad, hess):
     jacobian, ildj_gradient = self._first_order()
@@ -524,26 +515,6 @@ class AutodiffPullback(Pullback):
 
   def jacobian(self):
     return self._first_order()[0]
-
-
-def _nested_tape_derivatives(objective, y):
-  """`(objective(y), ∇, ∇²)` at every point of `y` `[*batch, n]` by nested tapes, `objective` giving per-point
-  values or their sum: points are independent, so derivatives of sums over the batch are per-point ones."""
-  y = tf.identity(y)  # A fresh tensor: TFP's caches must not cut it off the tapes.
-  batch_rank = y.shape.rank - 1
-  with tf.GradientTape() as outer:
-    outer.watch(y)
-    with tf.GradientTape() as inner:
-      inner.watch(y)
-      value = objective(y)
-    gradient = inner.gradient(value, y, unconnected_gradients=_ZERO)
-    summed = tf.reduce_sum(gradient, axis=list(range(batch_rank)))
-  return value, gradient, _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
-
-
-def _batch_first(jacobian, batch_rank):
-  """`[n, *batch, m]` (a jacobian of sums over the batch) to `[*batch, n, m]`."""
-  return tf.transpose(jacobian, list(range(1, batch_rank + 1)) + [0, batch_rank + 1])
 
 
 class BlockPullback(Pullback):
