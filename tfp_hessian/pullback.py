@@ -37,6 +37,7 @@ __all__ = [
     "InvertedPullback",
     "block_pullback",
     "ComposedPullback",
+    "pull_back",
     "ConditionedAffinePullback",
     "CouplingPullback",
 ]
@@ -685,6 +686,19 @@ def _fuse_permutations(layers):
   return fused
 
 
+def pull_back(layers, grad, hess):
+  """`(grad, hess)` pulled back through `layers`, base side first: the sweep's chain rule (`sweep.py`).
+
+  Args:
+    layers: pullbacks ordered from the `y` side, each taken at the previous one's `x`.
+    grad: `[*batch, n]` on the `x` side of the last layer.
+    hess: `[*batch, n, n]` there.
+  """
+  for layer in reversed(layers):
+    grad, hess = layer(grad, hess)
+  return grad, hess
+
+
 class ComposedPullback(Pullback):
   """The pullback of a composition `h = h_K ∘ … ∘ h_1` (a `Chain`): its layers' pullbacks, base side first.
 
@@ -703,9 +717,7 @@ class ComposedPullback(Pullback):
     self.layers = layers
 
   def __call__(self, grad, hess):
-    for layer in reversed(self.layers):
-      grad, hess = layer(grad, hess)
-    return grad, hess
+    return pull_back(self.layers, grad, hess)
 
   def invert(self, grad, hess):
     for layer in self.layers:
