@@ -10,6 +10,9 @@ records that gradient so that it can be differentiated again. What is differenti
 - `hessian_vector_product` and `linearized_hessian_vector_product`: the gradient of `∇f · v` (reverse over
   reverse), or of `∇f` with output gradient `v` on a tape kept for many `v`.
 
+First derivatives take one tape: `gradient`, and `per_point_jacobian` (the Jacobian of outputs summed over the
+batch, batch moved first).
+
 Points are independent everywhere: `fn` gives per-point values or their sum, and derivatives of sums over the
 batch are per-point derivatives. `x` is watched as given; a caller whose `x` TFP may have cached (TFP caches the
 inverse of tensors it produced, which would cut them off the tapes) passes a fresh `tf.identity(x)`.
