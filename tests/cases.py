@@ -15,6 +15,9 @@ import tf_keras
 
 from tfp_hessian.conditioners import DenseShiftAndLogScale
 from tfp_hessian.examples import BoxMap, Shear  # noqa: F401  (user-written bijectors, without rules)
+from tfp_hessian.examples import autoregressive_network
+
+from factories import lower_triangular
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -105,23 +108,10 @@ def _made(dtype, rng, activation="tanh", hidden_units=(7, 6), dim=DIM, condition
           conditional_layers="all_layers"):
   """A built `tfb.AutoregressiveNetwork` with random masked weights, computing in `dtype` throughout.
 
-  Its activation layers take Keras' floatx when they are created, so floatx is set to `dtype` while the network
-  is built (otherwise a float64 network computes its activations in float32). With `conditional_size` it is a
-  conditional network (`conditional_input` of that size, added to the first or every layer).
+  With `conditional_size` it is a conditional network (`conditional_input` of that size, added to the first or
+  every layer).
   """
-  floatx = tf_keras.backend.floatx()
-  tf_keras.backend.set_floatx(np.dtype(dtype).name)
-  conditional = dict(conditional=True, conditional_event_shape=[conditional_size],
-                     conditional_input_layers=conditional_layers) if conditional_size else {}
-  try:
-    made = tfb.AutoregressiveNetwork(params=2, event_shape=[dim], hidden_units=list(hidden_units),
-                                     activation=activation, dtype=dtype, **conditional)
-    if conditional_size:
-      made(tf.zeros([1, dim], dtype), conditional_input=tf.zeros([1, conditional_size], dtype))
-    else:
-      made(tf.zeros([1, dim], dtype))
-  finally:
-    tf_keras.backend.set_floatx(floatx)
+  made = autoregressive_network(dim, hidden_units, dtype, activation, conditional_size, conditional_layers)
   dense = [layer for layer in made._network.layers if isinstance(layer, tf_keras.layers.Dense)]
   masked = [layer for layer in dense if layer.use_bias]  # the condition's layers have no bias and no mask
   for layer, mask in zip(masked, made._masks):
@@ -438,8 +428,7 @@ BIJECTORS.update({f"Invert({name})": _inverted(case) for name, case in list(BIJE
 def random_base(dtype, rng, dim=DIM):
   """A correlated Gaussian base with nonzero mean, so every term of the pullback is exercised."""
   loc = tf.constant(rng.normal(size=dim), dtype)
-  scale_tril = tf.constant(np.tril(rng.normal(size=(dim, dim)) * 0.3) + np.diag(rng.uniform(0.7, 1.3, dim)), dtype)
-  return tfd.MultivariateNormalTriL(loc, scale_tril)
+  return tfd.MultivariateNormalTriL(loc, lower_triangular(rng, dtype, dim, 0.3, (0.7, 1.3), strict=False))
 
 
 def flow_and_points(case, dtype, seed=0, num_points=4, edges=True):

@@ -17,6 +17,7 @@ from tfp_hessian import bench
 from tfp_hessian import eigenpairs as eigenpairs_lib
 
 from cases import BIJECTORS, DIM, DTYPES, RTOL, _made, _real_nvp_dense, flow_and_points, random_base
+from factories import lower_triangular
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -25,7 +26,7 @@ K = 3
 
 
 def _tril(rng, dtype, dim=D):
-  return tf.constant(np.tril(rng.normal(size=(dim, dim)) * 0.3, -1) + np.diag(rng.uniform(0.5, 2., dim)), dtype)
+  return lower_triangular(rng, dtype, dim, 0.3, (0.5, 2.))
 
 
 def _elementwise_affine(dtype, rng, dim=D):

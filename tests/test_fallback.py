@@ -17,6 +17,7 @@ from tfp_hessian.bijectors import autodiff
 from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback
 
 from cases import BIJECTORS, DIM, RTOL, assert_close, flow_and_points
+from factories import lower_triangular
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -58,9 +59,8 @@ FLAT = {
 def _flow(make, domain, seed=0):
   """`(flow, z)`: the bijector over a correlated Gaussian (through `domain` first), and points of the flow."""
   rng = np.random.default_rng(seed)
-  base = tfd.MultivariateNormalTriL(
-      tf.constant(rng.normal(size=DIM) * 0.5), tf.constant(np.tril(rng.normal(size=(DIM, DIM)) * 0.3)
-                                                           + np.diag(rng.uniform(0.7, 1.3, DIM))))
+  base = tfd.MultivariateNormalTriL(tf.constant(rng.normal(size=DIM) * 0.5),
+                                    lower_triangular(rng, np.float64, DIM, 0.3, (0.7, 1.3), strict=False))
   if domain is not None:
     base = tfd.TransformedDistribution(base, domain)
   flow = tfd.TransformedDistribution(base, make())

@@ -18,6 +18,7 @@ from tfp_hessian import reference, registry
 
 from cases import BIJECTORS, DIM, DTYPES, RTOL, BoxMap, Shear, _made, _real_nvp_dense, assert_close, random_base
 from cases import _batch_norm as cases_batch_norm
+from factories import lower_triangular
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -37,8 +38,7 @@ def _vec(rng, dtype, low, high, size=D):  # noqa: D103
 
 def _tril(rng, dtype, size=D):
   """Lower triangular, positive diagonal well away from 0 and 1, so also a valid MVN scale."""
-  m = np.tril(rng.normal(size=(size, size)) * 0.5, -1) + np.diag(rng.uniform(0.6, 1.6, size))
-  return tf.constant(m, dtype)
+  return lower_triangular(rng, dtype, size, 0.5, (0.6, 1.6))
 
 
 def _lu(rng, dtype):

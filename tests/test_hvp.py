@@ -9,6 +9,7 @@ import tfp_hessian
 from tfp_hessian import hvp, reference
 
 from cases import BIJECTORS, DIM, DTYPES, RTOL, assert_close, flow_and_points, random_base
+from factories import lower_triangular
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -59,8 +60,8 @@ def _batched_flow(dtype, rng):
   """A flow with batch shape [2]: two bases' means under one chain."""
   base = random_base(dtype, rng)
   base = tfd.MultivariateNormalTriL(tf.constant(rng.normal(size=(2, DIM)), dtype), base.scale.to_dense())
-  bijector = tfb.Chain([tfb.Softplus(), tfb.ScaleMatvecTriL(tf.constant(
-      np.tril(rng.normal(size=(DIM, DIM)) * 0.4) + np.diag(rng.uniform(1., 2., DIM)), dtype))])
+  bijector = tfb.Chain([tfb.Softplus(), tfb.ScaleMatvecTriL(lower_triangular(rng, dtype, DIM, 0.4, (1., 2.),
+                                                                            strict=False))])
   return tfd.TransformedDistribution(base, bijector)
 
 

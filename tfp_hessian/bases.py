@@ -18,7 +18,7 @@ every cross term.
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_hessian import events, private_api
+from tfp_hessian import events, private_api, tapes
 
 tfd = tfp.distributions
 
@@ -66,15 +66,9 @@ def _scalar_derivatives(scalar_distribution, x):
     return d1, -tf.broadcast_to(precision, tf.shape(d1))
   # Coordinates are independent, so the gradient of the sum is the vector of per-coordinate derivatives.
   x = tf.identity(x)
-  with tf.GradientTape() as outer:
-    outer.watch(x)
-    with tf.GradientTape() as inner:
-      inner.watch(x)
-      log_prob = scalar_distribution.log_prob(x)
-    d1 = inner.gradient(log_prob, x)
-    _raise_if_not_differentiable(scalar_distribution, d1)
-  # ZERO, not None, where the log density is linear in x (its gradient is then constant).
-  return d1, outer.gradient(d1, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  _, d1, d2 = tapes.coordinatewise_derivatives(
+      scalar_distribution.log_prob, x, check=lambda d1: _raise_if_not_differentiable(scalar_distribution, d1))
+  return d1, d2
 
 
 def _coordinatewise(distribution, x, layout):
@@ -116,18 +110,9 @@ def _is_coordinatewise(distribution):
 def _autodiff(distribution, x, layout, kwargs):
   """Nested tapes over `log_prob` on the flat event; points are independent, so sums give per-point terms."""
   flat = tf.identity(layout.flatten(x))
-  batch_rank = flat.shape.rank - 1
-  with tf.GradientTape() as outer:
-    outer.watch(flat)
-    with tf.GradientTape() as inner:
-      inner.watch(flat)
-      log_prob = distribution.log_prob(layout.unflatten(flat), **kwargs)
-    grad = inner.gradient(log_prob, flat)
-    _raise_if_not_differentiable(distribution, grad)
-    summed = tf.reduce_sum(grad, axis=list(range(batch_rank)))
-  hess = outer.jacobian(summed, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # [n, *batch, n]
-  hess = tf.transpose(hess, list(range(1, batch_rank + 1)) + [0, batch_rank + 1])
-  return log_prob, grad, hess
+  return tapes.per_point_hessian(
+      lambda flat: distribution.log_prob(layout.unflatten(flat), **kwargs), flat,
+      unconnected_gradients=tapes.NONE, check=lambda grad: _raise_if_not_differentiable(distribution, grad))
 
 
 def _independent_parts(distribution):

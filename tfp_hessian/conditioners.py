@@ -25,7 +25,7 @@ import tensorflow as tf
 import tf_keras
 from tensorflow_probability.python.bijectors import masked_autoregressive as maf_lib
 
-from tfp_hessian import private_api
+from tfp_hessian import private_api, tapes
 
 __all__ = [
     "ConditionerDerivatives",
@@ -185,34 +185,13 @@ class AutodiffDerivatives(ConditionerDerivatives):
       y = tf.broadcast_to(y, tf.concat([tf.broadcast_dynamic_shape(tf.shape(outputs)[:-1], tf.shape(y)[:-1]),
                                         tf.shape(y)[-1:]], 0))
     self._y = tf.identity(y)
-    self._batch_axes = list(range(self._y.shape.rank - 1))
-    with tf.GradientTape() as tape:
-      tape.watch(self._y)
-      self.outputs = fn(self._y)
-      summed = tf.reduce_sum(self.outputs, axis=self._batch_axes)
-    self.jacobian = self._per_point(tape.jacobian(summed, self._y, unconnected_gradients=_ZERO))
-
-  def _per_point(self, jacobian):
-    """`[P, *batch, D]` (a jacobian of sums over the batch) to `[*batch, P, D]`."""
-    rank = len(self._batch_axes)
-    return tf.transpose(jacobian, list(range(1, rank + 1)) + [0, rank + 1])
+    self.outputs, self.jacobian, _ = tapes.per_point_jacobian(fn, self._y)
 
   def contract(self, weights):
     extra = weights.shape.rank - self.outputs.shape.rank
     if extra > 0:  # Several weight vectors per point (inspection only): one contraction each.
       return tf.stack([self.contract(w) for w in tf.unstack(weights)])
-    y = tf.identity(self._y)
-    with tf.GradientTape() as outer:
-      outer.watch(y)
-      with tf.GradientTape() as inner:
-        inner.watch(y)
-        outputs = self._fn(y)
-      grad = inner.gradient(outputs, y, output_gradients=weights, unconnected_gradients=_ZERO)
-      summed = tf.reduce_sum(grad, axis=self._batch_axes)
-    return self._per_point(outer.jacobian(summed, y, unconnected_gradients=_ZERO))
-
-
-_ZERO = tf.UnconnectedGradients.ZERO
+    return tapes.per_point_hessian(self._fn, tf.identity(self._y), output_gradients=weights)[2]
 
 
 class EmbeddedConditioner(ConditionerDerivatives):

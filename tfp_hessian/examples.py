@@ -18,7 +18,8 @@ import tf_keras
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
-__all__ = ["BoxMap", "Shear", "conditional_maf", "named_model", "named_surrogate", "research_flow"]
+__all__ = ["BoxMap", "Shear", "autoregressive_network", "conditional_maf", "named_model", "named_surrogate",
+           "research_flow"]
 
 
 class BoxMap(tfb.Bijector):
@@ -75,18 +76,38 @@ class Shear(tfb.Bijector):
     return tf.zeros_like(y[..., 0])
 
 
-def _made(rng, dim, hidden_units, dtype, conditional_size=None):
-  """A built `tfb.AutoregressiveNetwork` (tanh) with random masked weights, computing in `dtype` throughout."""
+def autoregressive_network(dim, hidden_units, dtype, activation="tanh", conditional_size=None,
+                           conditional_layers="all_layers"):
+  """A built `tfb.AutoregressiveNetwork(params=2)` over `[dim]` events, computing in `dtype` throughout.
+
+  Its activation layers take tf-keras' floatx when they are created, so floatx is `dtype` while the network is
+  built (otherwise a float64 network computes its activations in float32). Its weights are Keras' initial ones.
+
+  Args:
+    dim: the event size.
+    hidden_units: the sizes of its hidden layers.
+    dtype: float32 or float64.
+    activation: of the hidden layers.
+    conditional_size: the size of a `conditional_input` it also reads; None for none.
+    conditional_layers: where the condition enters, "all_layers" or "first_layer".
+  """
   floatx = tf_keras.backend.floatx()
-  tf_keras.backend.set_floatx(tf.as_dtype(dtype).name)  # the activations take floatx when they are created
-  conditional = dict(conditional=True, conditional_event_shape=[conditional_size]) if conditional_size else {}
+  tf_keras.backend.set_floatx(tf.as_dtype(dtype).name)
+  conditional = dict(conditional=True, conditional_event_shape=[conditional_size],
+                     conditional_input_layers=conditional_layers) if conditional_size else {}
   try:
     made = tfb.AutoregressiveNetwork(params=2, event_shape=[dim], hidden_units=list(hidden_units),
-                                     activation="tanh", dtype=dtype, **conditional)
+                                     activation=activation, dtype=dtype, **conditional)
     condition = dict(conditional_input=tf.zeros([1, conditional_size], dtype)) if conditional_size else {}
     made(tf.zeros([1, dim], dtype), **condition)
   finally:
     tf_keras.backend.set_floatx(floatx)
+  return made
+
+
+def _made(rng, dim, hidden_units, dtype, conditional_size=None):
+  """A built `tfb.AutoregressiveNetwork` (tanh) with random masked weights, computing in `dtype` throughout."""
+  made = autoregressive_network(dim, hidden_units, dtype, conditional_size=conditional_size)
   for weight in made.trainable_weights:
     if weight.shape.rank == 2:
       weight.assign(rng.normal(size=weight.shape) / np.sqrt(weight.shape[0]) * 1.2)  # masked by its constraint

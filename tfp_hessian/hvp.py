@@ -28,7 +28,7 @@ once, on a persistent tape, and each product is then one backward pass of the gr
 
 import tensorflow as tf
 
-from tfp_hessian import compiled, sweep
+from tfp_hessian import compiled, sweep, tapes
 
 __all__ = ["hessian_operator", "log_prob_hvp"]
 
@@ -125,18 +125,8 @@ def hessian_operator(distribution, z, name="hessian_operator", **kwargs):
   """
   with tf.name_scope(name):
     z, log_prob_fn = sweep.flat_log_prob(distribution, z, kwargs)
-    with tf.GradientTape(persistent=True) as outer:
-      outer.watch(z)
-      with tf.GradientTape() as inner:
-        inner.watch(z)
-        log_prob = log_prob_fn(z)
-      gradient = inner.gradient(log_prob, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-  def matvec(v):
-    v = tangents(z, v)
-    return outer.gradient(gradient, z, output_gradients=v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-  return z, matvec
+    product = tapes.linearized_hessian_vector_product(log_prob_fn, z)
+  return z, lambda v: product(tangents(z, v))
 
 
 def reverse_over_reverse(log_prob_fn, z, v):
@@ -147,11 +137,4 @@ def reverse_over_reverse(log_prob_fn, z, v):
     z: `[*batch, n]`, each point its own (broadcast against the distribution's batch shape).
     v: `[*batch, n]`.
   """
-  with tf.GradientTape() as outer:
-    outer.watch(z)
-    with tf.GradientTape() as inner:
-      inner.watch(z)
-      log_prob = log_prob_fn(z)
-    gradient = inner.gradient(log_prob, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    directional = tf.reduce_sum(gradient * v)
-  return outer.gradient(directional, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return tapes.hessian_vector_product(log_prob_fn, z, v)

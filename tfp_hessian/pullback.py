@@ -23,7 +23,7 @@ import abc
 
 import tensorflow as tf
 
-from tfp_hessian import conditioners
+from tfp_hessian import conditioners, tapes
 from tfp_hessian.events import EventLayout
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "InvertedPullback",
     "block_pullback",
     "ComposedPullback",
+    "pull_back",
     "ConditionedAffinePullback",
     "CouplingPullback",
 ]
@@ -435,9 +436,6 @@ class PermutationPullback(Pullback):
     return tf.zeros(tf.concat([tf.shape(x), [d, d]], 0), x.dtype)
 
 
-_ZERO = tf.UnconnectedGradients.ZERO
-
-
 class AutodiffPullback(Pullback):
   """Any differentiable `h`, given as a function of flat points, differentiated by nested tapes on it alone.
 
@@ -481,20 +479,14 @@ class AutodiffPullback(Pullback):
         total += 0.5 * tf.reduce_sum(moved * tf.linalg.matvec(hess, moved))
       return total
 
-    return _nested_tape_derivatives(phi, y)[1:]
+    # A fresh tensor: TFP's caches must not cut it off the tapes.
+    return tapes.per_point_hessian(phi, tf.identity(y))[1:]
 
   def _first_order(self):
     """`(J, ∇ ildj)` by one tape, for `invert` and inspection."""
     if self._first is None:
-      y = tf.identity(self._y)
-      batch_rank = y.shape.rank - 1
-      with tf.GradientTape(persistent=True) as tape:
-        tape.watch(y)
-        x, ildj = self._fn(y)
-        x_summed = tf.reduce_sum(x, axis=list(range(batch_rank)))
-      jacobian = _batch_first(tape.jacobian(x_summed, y, unconnected_gradients=_ZERO), batch_rank)
-      self._first = jacobian, tape.gradient(ildj, y, unconnected_gradients=_ZERO)
-      del tape
+      _, jacobian, ildj_gradient = tapes.per_point_jacobian(self._fn, tf.identity(self._y), with_gradient=True)
+      self._first = jacobian, ildj_gradient
     return self._first
 
   def __call__(self, grad, hess):
@@ -529,7 +521,7 @@ class AutodiffPullback(Pullback):
       x, ildj = self._fn(y)
       return log_prob_fn(x) + ildj
 
-    return _nested_tape_derivatives(log_prob, self._y)
+    return tapes.per_point_hessian(log_prob, tf.identity(self._y))
 
   def invert(self, grad, hess):
     jacobian, ildj_gradient = self._first_order()
@@ -537,26 +529,6 @@ class AutodiffPullback(Pullback):
 
   def jacobian(self):
     return self._first_order()[0]
-
-
-def _nested_tape_derivatives(objective, y):
-  """`(objective(y), ∇, ∇²)` at every point of `y` `[*batch, n]` by nested tapes, `objective` giving per-point
-  values or their sum: points are independent, so derivatives of sums over the batch are per-point ones."""
-  y = tf.identity(y)  # A fresh tensor: TFP's caches must not cut it off the tapes.
-  batch_rank = y.shape.rank - 1
-  with tf.GradientTape() as outer:
-    outer.watch(y)
-    with tf.GradientTape() as inner:
-      inner.watch(y)
-      value = objective(y)
-    gradient = inner.gradient(value, y, unconnected_gradients=_ZERO)
-    summed = tf.reduce_sum(gradient, axis=list(range(batch_rank)))
-  return value, gradient, _batch_first(outer.jacobian(summed, y, unconnected_gradients=_ZERO), batch_rank)
-
-
-def _batch_first(jacobian, batch_rank):
-  """`[n, *batch, m]` (a jacobian of sums over the batch) to `[*batch, n, m]`."""
-  return tf.transpose(jacobian, list(range(1, batch_rank + 1)) + [0, batch_rank + 1])
 
 
 class BlockPullback(Pullback):
@@ -728,6 +700,19 @@ def _fuse_permutations(layers):
   return fused
 
 
+def pull_back(layers, grad, hess):
+  """`(grad, hess)` pulled back through `layers`, base side first: the sweep's chain rule (`sweep.py`).
+
+  Args:
+    layers: pullbacks ordered from the `y` side, each taken at the previous one's `x`.
+    grad: `[*batch, n]` on the `x` side of the last layer.
+    hess: `[*batch, n, n]` there.
+  """
+  for layer in reversed(layers):
+    grad, hess = layer(grad, hess)
+  return grad, hess
+
+
 class ComposedPullback(Pullback):
   """The pullback of a composition `h = h_K ∘ … ∘ h_1` (a `Chain`): its layers' pullbacks, base side first.
 
@@ -746,9 +731,7 @@ class ComposedPullback(Pullback):
     self.layers = layers
 
   def __call__(self, grad, hess):
-    for layer in reversed(self.layers):
-      grad, hess = layer(grad, hess)
-    return grad, hess
+    return pull_back(self.layers, grad, hess)
 
   def invert(self, grad, hess):
     for layer in self.layers:

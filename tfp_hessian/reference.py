@@ -15,7 +15,7 @@ TFP's cache of sampled tensors cannot cut them off the tape.
 import numpy as np
 import tensorflow as tf
 
-from tfp_hessian import events, private_api
+from tfp_hessian import events, private_api, tapes
 
 __all__ = ["naive_hessian", "tape_gradient", "tape_hessian"]
 
@@ -66,21 +66,14 @@ _EAGER_LOOP_MAX_SIZE = 32
 def tape_hessian(distribution, z, **kwargs):
   """Per-point Hessians of `distribution.log_prob` by nested `GradientTape`s, `[*batch, n, n]`."""
   flat, batch, layout, distribution = _flat_points(distribution, z, kwargs)
-  with tf.GradientTape(persistent=True) as outer:
-    outer.watch(flat)
-    with tf.GradientTape() as inner:
-      inner.watch(flat)
-      log_prob = _summed_log_prob(distribution, flat, batch, layout, kwargs)
-    grad = inner.gradient(log_prob, flat)
   use_pfor = tf.inside_function() or layout.size > _EAGER_LOOP_MAX_SIZE
-  hess = outer.batch_jacobian(grad, flat, experimental_use_pfor=use_pfor)
+  hess = tapes.batch_hessian(lambda flat: _summed_log_prob(distribution, flat, batch, layout, kwargs), flat,
+                             experimental_use_pfor=use_pfor)
   return tf.reshape(hess, batch.concatenate([layout.size, layout.size]))
 
 
 def tape_gradient(distribution, z, **kwargs):
   """Per-point gradients of `distribution.log_prob` by one `GradientTape`, `[*batch, n]`."""
   flat, batch, layout, distribution = _flat_points(distribution, z, kwargs)
-  with tf.GradientTape() as tape:
-    tape.watch(flat)
-    log_prob = _summed_log_prob(distribution, flat, batch, layout, kwargs)
-  return tf.reshape(tape.gradient(log_prob, flat), batch.concatenate([layout.size]))
+  _, grad = tapes.gradient(lambda flat: _summed_log_prob(distribution, flat, batch, layout, kwargs), flat)
+  return tf.reshape(grad, batch.concatenate([layout.size]))

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_hessian import bases, compiled, events, execution, private_api, registry
-from tfp_hessian.pullback import AutodiffPullback, ComposedPullback
+from tfp_hessian.pullback import AutodiffPullback, ComposedPullback, pull_back
 
 tfd = tfp.distributions
 
@@ -169,8 +169,8 @@ def sweep(distribution, z, layout, kwargs=None):
         lambda x: base.log_prob(x_layout.unflatten(x)))
   else:
     log_prob, grad, hess = bases.log_prob_derivatives(base, y, layout, base_kwargs)
+  grad, hess = pull_back(pullbacks, grad, hess)
   for pullback in reversed(pullbacks):
-    grad, hess = pullback(grad, hess)
     log_prob = log_prob + pullback.ildj
   hess = 0.5 * (hess + tf.linalg.matrix_transpose(hess))
   return LogProbDerivatives(log_prob, grad, hess)

@@ -21,12 +21,10 @@ broadcasting. For a coordinatewise bijector the coordinates are independent too,
 import numpy as np
 import tensorflow as tf
 
-from tfp_hessian import events, registry
+from tfp_hessian import events, registry, tapes
 from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback
 
 __all__ = ["autodiff_rule", "elementwise_autodiff_rule", "flat_autodiff_rule", "is_coordinatewise"]
-
-_ZERO = tf.UnconnectedGradients.ZERO
 
 
 def is_coordinatewise(bijector):
@@ -59,20 +57,14 @@ def elementwise_autodiff_rule(bijector, y, layout, kwargs):
   """
   # A fresh tensor: TFP caches the inverse of tensors it produced, which would cut `x` off the tape.
   y = tf.identity(y)
-  with tf.GradientTape(persistent=True) as outer:
-    outer.watch(y)
-    with tf.GradientTape(persistent=True) as inner:
-      inner.watch(y)
-      x = bijector.inverse(y, **kwargs)
-      log_d1 = bijector.inverse_log_det_jacobian(y, event_ndims=0, **kwargs)
-      x_sum, log_d1_sum = tf.reduce_sum(x), tf.reduce_sum(log_d1)
-    d1 = inner.gradient(x_sum, y)
-    _raise_if_not_differentiable(bijector, d1)
-    dlog1 = inner.gradient(log_d1_sum, y, unconnected_gradients=_ZERO)
-    d1_sum, dlog1_sum = tf.reduce_sum(d1), tf.reduce_sum(dlog1)
-  d2 = outer.gradient(d1_sum, y, unconnected_gradients=_ZERO)
-  dlog2 = outer.gradient(dlog1_sum, y, unconnected_gradients=_ZERO)
-  del inner, outer
+
+  def inverse_and_log_d1(y):
+    return bijector.inverse(y, **kwargs), bijector.inverse_log_det_jacobian(y, event_ndims=0, **kwargs)
+
+  # None for `φ'` where autodiff cannot see through the inverse (a clear error); zero for a constant log-det.
+  (x, _), (d1, dlog1), (d2, dlog2) = tapes.coordinatewise_derivatives(
+      inverse_and_log_d1, y, unconnected_gradients=(tapes.NONE, tapes.ZERO),
+      check=lambda first: _raise_if_not_differentiable(bijector, first[0]))
   # TFP reduces the per-coordinate log-det it has just cached, so this costs a sum.
   ildj = bijector.inverse_log_det_jacobian(y, event_ndims=layout.ranks, **kwargs)
   return ElementwisePullback(x, ildj, d1=d1, d2=d2, dlog1=dlog1, dlog2=dlog2, x_layout=layout)
@@ -82,13 +74,14 @@ def flat_autodiff_rule(bijector, y, layout, kwargs):
   """`AutodiffPullback` of any `bijector` at `y` (any event layout): the inverse as a function of flat points."""
   x_ranks = bijector.inverse_event_ndims(layout.ranks, **kwargs)
   flat_y = tf.identity(layout.flatten(y))  # Fresh: TFP's cache of sampled tensors would cut it off the tape.
-  with tf.GradientTape() as tape:
-    tape.watch(flat_y)
+
+  def summed_inverse(flat_y):
     x = bijector.inverse(layout.unflatten(flat_y), **kwargs)
     x_layout = events.layout_of(x, x_ranks)
-    flat_x = x_layout.flatten(x)
-    total = tf.reduce_sum(flat_x)
-  _raise_if_not_differentiable(bijector, tape.gradient(total, flat_y))
+    return tf.reduce_sum(x_layout.flatten(x)), (x, x_layout)
+
+  (_, (x, x_layout)), gradient = tapes.gradient(summed_inverse, flat_y, has_aux=True)
+  _raise_if_not_differentiable(bijector, gradient)
   ildj = bijector.inverse_log_det_jacobian(layout.unflatten(flat_y), event_ndims=layout.ranks, **kwargs)
 
   def inverse(points):
