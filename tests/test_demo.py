@@ -1,6 +1,5 @@
 """The demo, in process and as `python -m tfp_hessian demo`: it runs, agrees with autodiff and exits 0."""
 
-import io
 import os
 import re
 import subprocess
@@ -22,21 +21,11 @@ def _agreement(output):
   return float(match.group(1)), match.group(2)
 
 
-def test_run_demo_agrees_with_references():
-  out = io.StringIO()
-  result = demo.run_demo(dim=4, num_points=3, seed=1, repeats=2, out=out)
-  assert result.ok
-  assert _agreement(out.getvalue())[1] == "OK"
-  assert len(result.disagreement) == 4
-  assert max(result.disagreement.values()) <= demo.TOLERANCE
-  assert result.eigenvalues.shape == (4,)
-  np.testing.assert_array_equal(np.abs(result.eigenvalues), np.sort(np.abs(result.eigenvalues))[::-1])
-  assert list(result.timings) == ["ours, tf.function", "ours, eager", "tf.hessians, tf.function",
-                                  "nested tapes, tf.function", "log_prob alone, tf.function"]
-  assert all(seconds > 0 for seconds in result.timings.values())
-
-
-def test_main_prints_report_and_returns_zero(capsys):
+def test_main_prints_report_agrees_with_references_and_returns_zero(monkeypatch, capsys):
+  """One demo run through the command line: its report, and the `DemoResult` behind it."""
+  results = []
+  run_demo = demo.run_demo
+  monkeypatch.setattr(demo, "run_demo", lambda **kwargs: results.append(run_demo(**kwargs)) or results[-1])
   status = cli.main(["demo"] + SMALL)
   output = capsys.readouterr().out
   assert status == 0
@@ -45,6 +34,15 @@ def test_main_prints_report_and_returns_zero(capsys):
   assert verdict == "OK"
   assert "stiff -> sloppy" in output
   assert "median of 2 calls" in output
+  [result] = results
+  assert result.ok
+  assert len(result.disagreement) == 4
+  assert max(result.disagreement.values()) <= demo.TOLERANCE
+  assert result.eigenvalues.shape == (4,)
+  np.testing.assert_array_equal(np.abs(result.eigenvalues), np.sort(np.abs(result.eigenvalues))[::-1])
+  assert list(result.timings) == ["ours, tf.function", "ours, eager", "tf.hessians, tf.function",
+                                  "nested tapes, tf.function", "log_prob alone, tf.function"]
+  assert all(seconds > 0 for seconds in result.timings.values())
 
 
 def test_main_returns_one_when_agreement_fails(monkeypatch, capsys):
@@ -64,18 +62,15 @@ def test_demo_rejects_dim_below_two():
     cli.main(["demo", "--dim", "1"])
 
 
-def test_module_command_line():
+def test_module_command_line(tmp_path):
+  """`python -m tfp_hessian demo` in a fresh process: it agrees with autodiff, exits 0 and, with matplotlib
+  installed (the test extra has it), writes its figure without being asked."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  completed = subprocess.run([sys.executable, "-m", "tfp_hessian", "demo"] + SMALL, capture_output=True,
-                             text=True, env=env, timeout=300, check=False)
+  args = [arg for arg in SMALL if arg != "--no-figure"]
+  completed = subprocess.run([sys.executable, "-m", "tfp_hessian", "demo"] + args, capture_output=True,
+                             text=True, env=env, cwd=tmp_path, timeout=300, check=False)
   assert completed.returncode == 0, completed.stdout + completed.stderr
   disagreement, verdict = _agreement(completed.stdout)
   assert disagreement <= 1e-8
   assert verdict == "OK"
-
-
-def test_demo_writes_the_ladder_figure_by_default(tmp_path, monkeypatch):
-  """With matplotlib installed (the test extra has it), the demo writes its figure without being asked."""
-  monkeypatch.chdir(tmp_path)
-  assert cli.main(["demo"] + [arg for arg in SMALL if arg != "--no-figure"]) == 0
   assert (tmp_path / demo.DEFAULT_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
