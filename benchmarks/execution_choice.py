@@ -20,7 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import bench, execution
+from tfp_hessian import execution
+
+import harness  # benchmarks/harness/, beside this script
 
 
 def _function(flow, xla):
@@ -35,7 +37,7 @@ def _function(flow, xla):
 
 
 def _cell(name, dim, points, dtype, rounds):
-  made = bench.build_flow(name, dim, dtype)
+  made = harness.build_flow(name, dim, dtype)
   flow = made.distribution
   z = tf.constant(flow.sample(points, seed=(1, 2)).numpy())
   functions = {"graph": _function(flow, False), "xla": _function(flow, True), "default": _function(flow, None)}

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfp_hessian import bench
+import harness  # benchmarks/harness/, beside this script
 
 
 def _gemm_chains(num_products, shape, dtype):
@@ -53,18 +53,18 @@ def main():
   parser.add_argument("--rounds", type=int, default=40)
   args = parser.parse_args()
   dtype = tf.as_dtype(args.dtype)
-  flow = bench.build_flow("maf", args.dim, dtype)
+  flow = harness.build_flow("maf", args.dim, dtype)
   z = flow.distribution.sample(args.num_points, seed=1)
-  products = 8 * bench.NUM_LAYERS
+  products = 8 * harness.flows.NUM_LAYERS
   shape = [args.num_points, args.dim, args.dim]
   a = tf.random.normal(shape, dtype=dtype)
   b = tf.random.normal(shape, dtype=dtype) / np.sqrt(args.dim).astype(dtype.as_numpy_dtype)
   gemms = _gemm_chains(products, shape, dtype)
   calls = {
       "gemms": lambda: gemms(a, b),
-      "log_prob": lambda f=bench.METHODS["log_prob"].make(flow.distribution): f(z),
-      "ours": lambda f=bench.METHODS["ours"].make(flow.distribution): f(z),
-      "tapes": lambda f=bench.METHODS["tapes"].make(flow.distribution): f(z),
+      "log_prob": lambda f=harness.METHODS["log_prob"].make(flow.distribution, {}): f(z),
+      "ours": lambda f=harness.METHODS["ours"].make(flow.distribution, {}): f(z),
+      "tapes": lambda f=harness.METHODS["tapes"].make(flow.distribution, {}): f(z),
   }
   for call in calls.values():
     for _ in range(3):
@@ -77,7 +77,7 @@ def main():
       calls[name]()
       times[name].append(time.perf_counter() - start)
   median = {name: 1e3 * np.median(values) for name, values in times.items()}
-  print(f"MAF, {bench.NUM_LAYERS} layers, D = H = {args.dim}, N = {args.num_points}, {args.dtype}; "
+  print(f"MAF, {harness.flows.NUM_LAYERS} layers, D = H = {args.dim}, N = {args.num_points}, {args.dtype}; "
         f"median ms over {args.rounds} interleaved rounds")
   print(f"  {products} batched [{args.num_points}, {args.dim}, {args.dim}] products alone: {median['gemms']:.2f}")
   for name in ("log_prob", "ours", "tapes"):

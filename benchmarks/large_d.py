@@ -1,10 +1,10 @@
 """Large D, matrix-free: Hessian–vector products and the top-k eigenpairs against the dense sweep (issue #6).
 
-Two measurements, on `tfp_hessian.bench`'s flows (4 layers, random weights: `elementwise_affine`, `realnvp`,
+Two measurements, on the flows of `harness` (4 layers, random weights: `elementwise_affine`, `realnvp`,
 `maf`) over a flattened 32×32 (D = 1024) and 64×64 (D = 4096) image, float32, `N` points sampled from the flow:
 
 1. **Products** (one subprocess per flow and D, the methods' calls interleaved round-robin, medians): the same
-   `H v` by forward-over-reverse (`hvp.forward_over_reverse`), reverse-over-reverse (`log_prob_hvp`), one product
+   `H v` by forward-over-reverse (`harness.forward_over_reverse`), reverse-over-reverse (`log_prob_hvp`), one product
    of a recorded linearization (`hvp.hessian_operator`: what each Lanczos step costs) and the dense sweep
    `log_prob_hessian(...) @ v`; `log_prob` for scale.
 2. **Top k = 10 stiff eigenpairs** (each method in its own subprocess, so that its peak RSS is its own):
@@ -56,14 +56,15 @@ def _peak_rss_mib():
 
 def _setup(flow, dim):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from tfp_hessian import bench  # pylint: disable=import-outside-toplevel
-  distribution = bench.build_flow(flow, dim, tf.float32).distribution
+  import harness  # pylint: disable=import-outside-toplevel
+  distribution = harness.build_flow(flow, dim, tf.float32).distribution
   z = tf.constant(distribution.sample(NUM_POINTS, seed=(1, 2)).numpy())
   return tf, distribution, z
 
 
 def _products(tf, distribution, z, dense):
   """Times of one `H v` per method, interleaved; relative differences against reverse-over-reverse."""
+  import harness  # pylint: disable=import-outside-toplevel
   import tfp_hessian  # pylint: disable=import-outside-toplevel
   from tfp_hessian import hvp  # pylint: disable=import-outside-toplevel
   v = tf.random.stateless_normal(z.shape, (3, 4), dtype=z.dtype)
@@ -78,7 +79,7 @@ def _products(tf, distribution, z, dense):
 
   methods = {
       "log_prob": function(lambda z, v: distribution.log_prob(tf.identity(z))),
-      "forward_over_reverse": function(lambda z, v: hvp.forward_over_reverse(distribution, tf.identity(z), v)),
+      "forward_over_reverse": function(lambda z, v: harness.forward_over_reverse(distribution, tf.identity(z), v)),
       "reverse_over_reverse": function(lambda z, v: tfp_hessian.log_prob_hvp(distribution, z, v)),
       "linearized_1": linearized(1),
       f"linearized_{LINEARIZED}": linearized(LINEARIZED),
@@ -113,7 +114,7 @@ def _products(tf, distribution, z, dense):
 def _eigenpairs(tf, distribution, z, method, out):
   """Time and peak RSS of the top-K stiff eigenpairs by one method; eigenvalues saved to `out`."""
   import tfp_hessian
-  from tfp_hessian import bench  # pylint: disable=import-outside-toplevel  # pylint: disable=import-outside-toplevel
+  from harness import PeakRss  # pylint: disable=import-outside-toplevel
   if method == "lanczos":
     fn = lambda z: tfp_hessian.top_eigenpairs(distribution, z, K, which="stiff")
   else:
@@ -122,7 +123,7 @@ def _eigenpairs(tf, distribution, z, method, out):
       return spectrum.eigenvalues[..., :K], spectrum.eigenvectors[..., :K]
   fn = tf.function(fn, autograph=False)
   baseline = _rss_mib()
-  with bench._PeakRss() as peak:  # pylint: disable=protected-access
+  with PeakRss() as peak:
     start = time.perf_counter()
     result = fn(z)
     tf.nest.map_structure(lambda t: t.numpy(), result)

@@ -18,8 +18,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfp_hessian import bench, log_prob_hessian
+from tfp_hessian import log_prob_hessian
 from tfp_hessian.pullback import ConditionedAffinePullback
+
+import harness  # benchmarks/harness/, beside this script
 
 
 def _forced_factored(pullback):
@@ -48,13 +50,13 @@ def main():
   parser.add_argument("--rounds", type=int, default=40)
   args = parser.parse_args()
   for dim in args.dim:
-    flow = bench.build_flow("maf", dim, tf.as_dtype(args.dtype))
+    flow = harness.build_flow("maf", dim, tf.as_dtype(args.dtype))
     z = flow.distribution.sample(args.num_points, seed=1)
     calls = {
         "dense": _traced(flow.distribution, z, lambda pullback: None),
         "factored": _traced(flow.distribution, z, _forced_factored),
         "auto": _traced(flow.distribution, z, None),
-        "tapes": bench.METHODS["tapes"].make(flow.distribution),
+        "tapes": harness.METHODS["tapes"].make(flow.distribution, {}),
     }
     results = {name: call(z).numpy() for name, call in calls.items()}
     scale = np.max(np.abs(results["tapes"]))
@@ -70,7 +72,7 @@ def main():
         times[name].append(time.perf_counter() - start)
     median = {name: 1e3 * np.median(values) for name, values in times.items()}
     disagreement = max(np.max(np.abs(results[name] - results["tapes"])) / scale for name in calls)
-    print(f"MAF D = {dim}, H = {bench.HIDDEN_UNITS[-1]}, N = {args.num_points}, {args.dtype}: "
+    print(f"MAF D = {dim}, H = {harness.flows.HIDDEN_UNITS[-1]}, N = {args.num_points}, {args.dtype}: "
           + ", ".join(f"{name} {median[name]:.2f} ms" for name in calls)
           + f"; dense / factored = {median['dense'] / median['factored']:.2f}"
           + f"; worst disagreement with tapes {disagreement:.1e} of the largest entry")

@@ -1,6 +1,6 @@
 """Sloppy eigenpairs at large D: `top_eigenpairs(which="sloppy")` against the dense sweep and `eigh` (issue #14).
 
-The 5 sloppiest pairs (smallest `|λ|`) of `tfp_hessian.bench`'s flows (`elementwise_affine`, `realnvp`, `maf`:
+The 5 sloppiest pairs (smallest `|λ|`) of the flows of `harness` (`elementwise_affine`, `realnvp`, `maf`:
 4 layers, random weights) at D = 1024 and 4096, float64, 4 points sampled from the flow, whose Hessians are
 indefinite: their sloppiest eigenvalues are interior ones. One subprocess per flow and D (so that each has the
 machine's memory to itself); in it both methods are `tf.function`s, traced and run once, then called
@@ -51,8 +51,8 @@ ROUNDS = 3
 
 def _setup(flow, dim):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from tfp_hessian import bench  # pylint: disable=import-outside-toplevel
-  distribution = bench.build_flow(flow, dim, tf.float64).distribution
+  import harness  # pylint: disable=import-outside-toplevel
+  distribution = harness.build_flow(flow, dim, tf.float64).distribution
   z = tf.constant(distribution.sample(NUM_POINTS, seed=(1, 2)).numpy())
   return tf, distribution, z
 

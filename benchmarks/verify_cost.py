@@ -12,7 +12,7 @@ results: the record's checksums are the real ones, without computing 10⁵ Hessi
 - *result check*: `result()` after a call that wrote every chunk itself, which reads back what it wrote;
 - *checksums while writing*: the crc32 of each chunk's results in memory, what `write` adds per chunk;
 - *computing*: `hessians_in_chunks` (in memory) over `--compute-points` points of each benchmark flow
-  (`tfp_hessian.bench`: elementwise_affine, realnvp, maf; 4 layers) in the default chunk size, after one call
+  (`harness`: elementwise_affine, realnvp, maf; 4 layers) in the default chunk size, after one call
   that traces, extrapolated linearly to `--num-points`.
 
     python benchmarks/verify_cost.py [--num-points 100000] [--dim 32] [--what hessian] [--json PATH]
@@ -31,7 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import bench, chunked, results_directory
+from tfp_hessian import chunked, results_directory
+
+import harness  # benchmarks/harness/, beside this script
 
 
 def _write_fake_run(directory, what, dim, num_points, chunk_size, rng):
@@ -80,7 +82,7 @@ def _resume_check(directory, points, spec, chunk_size):
 
 
 def _compute_seconds(name, dim, num_points, chunk_size):
-  flow = bench.build_flow(name, dim, tf.float64).distribution
+  flow = harness.build_flow(name, dim, tf.float64).distribution
   z = flow.sample(num_points, seed=(1, 2)).numpy()
   tfp_hessian.hessians_in_chunks(flow, z[:chunk_size], chunk_size=chunk_size, progress=False)  # traces
   started = time.perf_counter()

@@ -1,6 +1,12 @@
 import os
+import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# The benchmark harness lives in the repository, not the package: tests import it as `harness`, as the scripts
+# in benchmarks/ do.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
 # The files whose tests take half a minute or more each (a property search, subprocesses, notebooks, the
 # benchmark CLI) are run first: pytest-xdist hands tests out in collection order, so this way the workers finish

@@ -14,17 +14,18 @@ import pytest
 import tensorflow as tf
 
 from tfp_hessian import __main__ as cli
-from tfp_hessian import bench
+
+import harness  # benchmarks/harness/ (tests/conftest.py puts benchmarks/ on sys.path)
 
 # D = 2, the smallest: a RealNVP masks one coordinate, a MADE has one input that conditions the other.
 TINY = dict(dims=(2, 3), dtypes=("float64",), num_points=(3,), repeats=2, time_budget=0.1)
 RESULT_KEYS = {"status", "first_call_s", "median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "calls",
                "points_per_s", "peak_rss_delta_mib", "ratio_to_log_prob", "ratio_to_ours"}
-JAX_PYTHON = pathlib.Path(bench.__file__).resolve().parents[1] / "benchmarks" / "jax_peer" / ".venv" / "bin" / "python"
+JAX_PYTHON = pathlib.Path(harness.__file__).resolve().parents[1] / "jax_peer" / ".venv" / "bin" / "python"
 
 
 def _check_report(report, flows, dims, dtypes, methods, num_points=(3,)):
-  assert report["schema"] == bench.SCHEMA
+  assert report["schema"] == harness.SCHEMA
   assert {"cpu", "cores"} <= set(report["machine"])
   assert {"tensorflow", "tensorflow_probability", "tfp_hessian"} <= set(report["versions"])
   cells = [(c["flow"], c["dim"], c["dtype"], c["num_points"]) for c in report["cells"]]
@@ -42,26 +43,26 @@ def _check_report(report, flows, dims, dtypes, methods, num_points=(3,)):
       assert math.isclose(result["points_per_s"], cell["num_points"] / result["median_ms"] * 1e3)
       if method != "log_prob":
         assert result["agrees"], (cell["flow"], cell["dim"], method, result["max_rel_error"])
-        assert result["max_rel_error"] <= bench.TOLERANCE[cell["dtype"]]
+        assert result["max_rel_error"] <= harness.TOLERANCE[cell["dtype"]]
     assert results["ours"]["max_rel_error"] == 0
     assert math.isclose(results["ours"]["ratio_to_ours"], 1)
   assert {(e["flow"], e["dtype"], e["num_points"], e["method"]) for e in report["exponents"]} == (
       {(f, t, n, m) for f in flows for t in dtypes for n in num_points for m in methods} if len(dims) > 1 else set())
   targets = {(row["issue"], row["target"]) for row in report["targets"]}
-  if min(num_points) <= bench.FEW_POINTS:
+  if min(num_points) <= harness.FEW_POINTS:
     assert (4, "first call < 3 s") in targets and (4, "within 3x of log_prob (D ≤ 32)") in targets
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", sorted(bench.FLOWS))
+@pytest.mark.parametrize("name", sorted(harness.FLOWS))
 def test_build_flow(name, dtype):
-  flow = bench.build_flow(name, 6, dtype)
+  flow = harness.build_flow(name, 6, dtype)
   assert flow.distribution.dtype == tf.as_dtype(dtype)
   assert flow.distribution.event_shape == [6]
-  z, kwargs = bench.sample_points(flow, 3, seed=1)
+  z, kwargs = harness.sample_points(flow, 3, seed=1)
   assert z.shape == [3, 6]
   assert np.all(np.isfinite(flow.distribution.log_prob(z, **kwargs).numpy()))
-  if name in bench.EXAMPLE_FLOWS:
+  if name in harness.EXAMPLE_FLOWS:
     assert flow.layers is None and flow.base is None  # no recipe: no peer can rebuild it
     assert bool(kwargs) == (name == "conditional_maf")
     return
@@ -80,7 +81,7 @@ def test_build_flow(name, dtype):
 
 def test_made_kernels_are_masked():
   # A MADE whose first kernel lets input i reach its own outputs would not be autoregressive.
-  made = bench.build_flow("maf", 6, "float64").distribution.bijector.bijectors[0].parameters[
+  made = harness.build_flow("maf", 6, "float64").distribution.bijector.bijectors[0].parameters[
       "shift_and_log_scale_fn"]
   y = tf.constant(np.random.default_rng(0).normal(size=(1, 6)))
   with tf.GradientTape() as tape:
@@ -94,9 +95,9 @@ def test_made_kernels_are_masked():
 
 
 def test_run_bench_every_stock_flow():
-  report = bench.run_bench(flows=tuple(bench.STOCK_FLOWS), methods=("tapes",), **TINY)
-  _check_report(report, list(bench.STOCK_FLOWS), [2, 3], ["float64"], ["log_prob", "ours", "tapes"])
-  text = bench.format_report(report)
+  report = harness.run_bench(flows=tuple(harness.STOCK_FLOWS), methods=("tapes",), **TINY)
+  _check_report(report, list(harness.STOCK_FLOWS), [2, 3], ["float64"], ["log_prob", "ours", "tapes"])
+  text = harness.format_report(report)
   assert "growth with D" in text and "targets (issue #4" in text
   assert "every method that ran agrees" in text
 
@@ -122,11 +123,11 @@ def test_cli_few_and_many_points_of_a_conditional_flow(tmp_path, capsys):
     assert f"$ {cell['command']}" in output
     assert f"  default call: {cell['execution']['reason']}" in output
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    harness.add_arguments(parser)
     parsed = parser.parse_args(shlex.split(cell["command"])[4:])
     assert (parsed.flows, parsed.dims, parsed.dtypes, parsed.num_points, parsed.peers) == (
         [cell["flow"]], [cell["dim"]], [cell["dtype"]], [cell["num_points"]], ["jax"])
-    assert (parsed.repeats, parsed.time_budget) == (bench.QUICK["repeats"], bench.QUICK["time_budget"])
+    assert (parsed.repeats, parsed.time_budget) == (harness.QUICK["repeats"], harness.QUICK["time_budget"])
     assert parsed.methods == ["log_prob", "ours", "tapes"]
   rows = {(r["num_points"], r["target"]) for r in report["targets"] if r["issue"] == 13}
   assert rows == {(4, "within 1.5x of log_prob (D ≤ 16, N ≤ 16)"),
@@ -151,7 +152,7 @@ def test_issue13_targets():
       _cell("realnvp", 32, 1024, dict(log_prob=2., ours=30., tapes=31.)),  # no issue-13 target at D = 32
       _cell("elementwise_affine", 4, 1024, dict(log_prob=2., ours=30., tapes=None)),
   ]
-  rows = [r for r in bench._targets(cells) if r["issue"] == 13]  # pylint: disable=protected-access
+  rows = [r for r in harness.summaries.targets(cells) if r["issue"] == 13]
   got = [(r["flow"], r["dim"], r["num_points"], r["target"].split(" (")[0], r["value"], r["met"], r["detail"])
          for r in rows]
   assert got == [
@@ -161,7 +162,7 @@ def test_issue13_targets():
       ("realnvp", 8, 1024, "ahead of every alternative", 1., False, "fastest alternative: tapes"),
       ("elementwise_affine", 4, 1024, "ahead of every alternative", None, None, "no alternative timed"),
   ]
-  issue4 = {(r["flow"], r["dim"], r["num_points"]) for r in bench._targets(cells) if r["issue"] == 4}
+  issue4 = {(r["flow"], r["dim"], r["num_points"]) for r in harness.summaries.targets(cells) if r["issue"] == 4}
   assert issue4 == {("maf", 128, 16), ("research_flow", 64, 16), ("realnvp", 8, 16)}  # N ≤ 16 only
 
 
@@ -169,10 +170,10 @@ def test_predictions_from_smaller_cells():
   seconds = lambda s: dict(status="ok", median_ms=1e3 * s)  # noqa: E731
   previous = {(16, 16): seconds(0.1), (32, 16): seconds(1.6), (64, 16): seconds(2.)}
   # From the smaller D at the same N, at least as D³; from fewer points at the same D, as N^points_power.
-  assert math.isclose(bench._predicted_seconds(previous, 128, 16), 16.)  # pylint: disable=protected-access
-  assert math.isclose(bench._predicted_seconds(previous, 64, 1024), 128.)  # pylint: disable=protected-access
-  assert math.isclose(bench._predicted_seconds(previous, 64, 32, points_power=2), 8.)  # pylint: disable=protected-access
-  assert bench._predicted_seconds(previous, 8, 16) is None  # pylint: disable=protected-access
+  assert math.isclose(harness.measurement.predicted_seconds(previous, 128, 16), 16.)
+  assert math.isclose(harness.measurement.predicted_seconds(previous, 64, 1024), 128.)
+  assert math.isclose(harness.measurement.predicted_seconds(previous, 64, 32, points_power=2), 8.)
+  assert harness.measurement.predicted_seconds(previous, 8, 16) is None
 
 
 def test_cli_writes_json(tmp_path, capsys):
@@ -184,7 +185,7 @@ def test_cli_writes_json(tmp_path, capsys):
   assert "[1/2] realnvp D=3 float32 N=4" in output and "[2/2] realnvp D=5 float32 N=4" in output
   report = json.loads(path.read_text())
   _check_report(report, ["realnvp"], [3, 5], ["float32"], ["log_prob", "ours", "tf_hessians"], num_points=(4,))
-  assert report["settings"]["num_points"] == list(bench.QUICK["num_points"])
+  assert report["settings"]["num_points"] == list(harness.QUICK["num_points"])
 
 
 def test_a_failing_method_is_reported_and_the_run_goes_on(monkeypatch):
@@ -193,35 +194,35 @@ def test_a_failing_method_is_reported_and_the_run_goes_on(monkeypatch):
       raise LookupError("No gradient defined for operation XlaDynamicUpdateSlice")
     return fn
 
-  monkeypatch.setitem(bench.METHODS, "broken", bench.Method("broken", broken))
-  report = bench.run_bench(flows=("elementwise_affine",), methods=("broken",), **TINY)
+  monkeypatch.setitem(harness.METHODS, "broken", harness.Method("broken", broken))
+  report = harness.run_bench(flows=("elementwise_affine",), methods=("broken",), **TINY)
   for cell in report["cells"]:
     assert cell["results"]["broken"]["status"].startswith("failed: LookupError: No gradient defined")
     assert cell["results"]["ours"]["status"] == "ok"
-  assert "failed: LookupError" in bench.format_report(report)
+  assert "failed: LookupError" in harness.format_report(report)
 
 
 @pytest.mark.parametrize("cells, smaller", [(dict(dims=(3, 4)), "a smaller D"),
                                              (dict(dims=(3,), num_points=(3, 5)), "fewer points")])
 def test_methods_over_budget_are_skipped(cells, smaller):
-  report = bench.run_bench(flows=("elementwise_affine",), methods=("tapes",), budget=0., **dict(TINY, **cells))
+  report = harness.run_bench(flows=("elementwise_affine",), methods=("tapes",), budget=0., **dict(TINY, **cells))
   first, second = report["cells"]
   # In the first cell a method runs once to be measured; it exceeds a zero budget and is not timed further.
   assert first["results"]["tapes"]["status"].startswith("skipped: > budget")
   assert second["results"]["tapes"]["status"] == f"skipped: > budget at {smaller}"
   assert second["results"]["ours"]["status"] == "ok"  # ours and log_prob always run.
-  assert "skipped: > budget" in bench.format_report(report)
+  assert "skipped: > budget" in harness.format_report(report)
 
 
 def test_unknown_names_are_refused():
   with pytest.raises(ValueError, match="unknown flows"):
-    bench.run_bench(flows=("glow",))
+    harness.run_bench(flows=("glow",))
   with pytest.raises(ValueError, match="`dims` must be at least 2"):
-    bench.run_bench(dims=(1,))
+    harness.run_bench(dims=(1,))
 
 
 def test_a_missing_peer_is_reported(tmp_path):
-  report = bench.run_bench(flows=("maf",), methods=(), peers=("jax",), jax_python=tmp_path / "none",
+  report = harness.run_bench(flows=("maf",), methods=(), peers=("jax",), jax_python=tmp_path / "none",
                            **dict(TINY, dims=(2,)))
   assert report["cells"][0]["results"]["jax"]["status"].startswith("failed: PeerError: no JAX environment")
 
@@ -229,16 +230,16 @@ def test_a_missing_peer_is_reported(tmp_path):
 @pytest.mark.slow
 def test_quick_cli_runs_every_method(tmp_path, capsys):
   path = tmp_path / "bench.json"
-  assert cli.main(["bench", "--quick", "--flow", *bench.FLOWS, "--json", str(path)]) == 0
+  assert cli.main(["bench", "--quick", "--flow", *harness.FLOWS, "--json", str(path)]) == 0
   report = json.loads(path.read_text())
-  _check_report(report, list(bench.FLOWS), list(bench.QUICK["dims"]), list(bench.QUICK["dtypes"]),
-                list(bench.METHODS), num_points=bench.QUICK["num_points"])
+  _check_report(report, list(harness.FLOWS), list(harness.QUICK["dims"]), list(harness.QUICK["dtypes"]),
+                list(harness.METHODS), num_points=harness.QUICK["num_points"])
   assert "agreement with ours: every method that ran agrees" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not JAX_PYTHON.exists(), reason="no JAX peer venv: run benchmarks/jax_peer/setup.sh")
 def test_jax_peer_agrees():
-  report = bench.run_bench(flows=tuple(bench.STOCK_FLOWS), methods=(), peers=("jax",),
+  report = harness.run_bench(flows=tuple(harness.STOCK_FLOWS), methods=(), peers=("jax",),
                            **dict(TINY, dtypes=("float64", "float32")))
-  _check_report(report, list(bench.STOCK_FLOWS), [2, 3], ["float64", "float32"], ["log_prob", "ours", "jax"])
+  _check_report(report, list(harness.STOCK_FLOWS), [2, 3], ["float64", "float32"], ["log_prob", "ours", "jax"])
   assert report["versions"]["jax_peer_jax"]

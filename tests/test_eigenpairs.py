@@ -2,7 +2,7 @@
 
 The flows have event size `D = 24`, more than the iterations the stiff pairs need, so Lanczos stops on its own
 convergence test there; the sloppy pairs of indefinite Hessians are interior eigenvalues, which Lanczos resolves
-only when the Krylov space is (nearly) all of R^D. The large-D benchmark's flows (`tfp_hessian.bench`) at
+only when the Krylov space is (nearly) all of R^D. The large-D benchmark's flows (`benchmarks/harness`) at
 `D = 128` take the sloppy iteration's blocks of `D // 32 = 4` vectors; at `D = 1024` (marked slow) they are the
 issue's target.
 """
@@ -13,9 +13,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_hessian
-from tfp_hessian import bench
 from tfp_hessian import eigenpairs as eigenpairs_lib
 
+import harness  # benchmarks/harness/ (tests/conftest.py puts benchmarks/ on sys.path)
 from cases import BIJECTORS, DIM, DTYPES, RTOL, _made, _real_nvp_dense, flow_and_points, random_base
 from factories import lower_triangular
 
@@ -107,7 +107,7 @@ def _assert_sloppy_subspace(pairs, hessian):
 
 
 def _bench_flow_and_points(name, dim, num_points=3):
-  flow = bench.build_flow(name, dim, np.float64).distribution
+  flow = harness.build_flow(name, dim, np.float64).distribution
   return flow, tf.constant(flow.sample(num_points, seed=(1, 2)).numpy())
 
 
@@ -138,7 +138,7 @@ def test_against_dense_spectrum(name, dtype, which):
 # block iteration with their products under `vectorized_map` (a compiled call of RealNVP's runs in 0.6 s): they run
 # in the full suite; neural products in blocks stay in the fast set through the conditional MAF below.
 @pytest.mark.parametrize("name", [name if name == "elementwise_affine" else pytest.param(name, marks=pytest.mark.slow)
-                                  for name in bench.FLOWS])
+                                  for name in harness.FLOWS])
 def test_sloppy_interior_pairs_in_blocks(name):
   """Indefinite Hessians at D = 128 (blocks of 4): the sloppiest pairs, interior, match the dense ones."""
   flow, z = _bench_flow_and_points(name, 128)

@@ -2,7 +2,8 @@
 
 Commands:
   demo   Hessians of a random flow, checked against autodiff, with its spectrum and timings (`demo.py`).
-  bench  `log_prob_hessian` timed against tf.hessians, nested tapes, forward-over-reverse and JAX (`bench.py`).
+  bench  `log_prob_hessian` timed against tf.hessians, nested tapes, forward-over-reverse and JAX (`bench.py`:
+         the harness of a source checkout, `benchmarks/harness/`).
 """
 
 import argparse
@@ -28,7 +29,10 @@ def main(argv=None):
     subparser = subparsers.add_parser(name, help=command.HELP, description=command.HELP)
     command.add_arguments(subparser)
     subparser.set_defaults(run=command.run)
-  args = parser.parse_args(argv)
+  args, unrecognized = parser.parse_known_args(argv)
+  # A command that takes any arguments (`bench` without its harness) explains itself; the others refuse them.
+  if unrecognized and not getattr(args, "any_arguments", False):
+    parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
   return args.run(args)
 
 

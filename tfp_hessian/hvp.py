@@ -16,8 +16,9 @@ It is slower in TensorFlow (every cell of "Large D (matrix-free)" in BENCHMARKS.
 `python benchmarks/large_d.py`): most ops have no forward-mode rule there, so the accumulator runs their
 backward function twice. It also fails inside `tf.function` on flows whose `log_prob` runs a
 `tf.while_loop` (an IAF's sequential forward pass): TensorFlow 2.21 raises a `SystemError` while building the tape
-gradient under the accumulator. `forward_over_reverse` stays here for the benchmark. Against the dense sweep
-(`log_prob_hessian(...) @ v`) a product is far cheaper, the more so the larger D (the same measurements).
+gradient under the accumulator. The benchmark's version is in `benchmarks/harness/methods.py`. Against the
+dense sweep (`log_prob_hessian(...) @ v`) a product is far cheaper, the more so the larger D (the same
+measurements).
 
 Many products at the same points (Lanczos, CG) share one linearization: `hessian_operator` records the gradient
 once, on a persistent tape, and each product is then one backward pass of the gradient, cheaper than a
@@ -88,21 +89,6 @@ def tangents(z, v):
   if v.shape.is_fully_defined() and expected.is_fully_defined():
     return v if v.shape == expected else tf.broadcast_to(v, expected)
   return tf.ensure_shape(tf.broadcast_to(v, tf.shape(z)), expected)
-
-
-def forward_over_reverse(distribution, z, v):
-  """`H v` as `reverse_over_reverse`, by a `ForwardAccumulator` over the tape gradient (for the benchmark).
-
-  Every point must be its own (broadcast to the distribution's batch shape, as `sweep.points` does): the tape
-  differentiates the summed log density, which is per point only then. Fails inside `tf.function` on flows with a
-  `tf.while_loop` in `log_prob` (see the module docstring).
-  """
-  with tf.autodiff.ForwardAccumulator(primals=z, tangents=v) as accumulator:
-    with tf.GradientTape() as tape:
-      tape.watch(z)
-      log_prob = distribution.log_prob(z)
-    gradient = tape.gradient(log_prob, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  return accumulator.jvp(gradient, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 @tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)

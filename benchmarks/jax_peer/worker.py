@@ -3,7 +3,7 @@
 It reads one JSON request per line on stdin and answers one JSON line on stdout:
 
 - `{"op": "versions"}`: the versions of jax, jaxlib, numpy and TFP here.
-- `{"op": "load", "inputs": NPZ, "output": NPY}`: rebuilds the flow of NPZ (written by `tfp_hessian.bench`:
+- `{"op": "load", "inputs": NPZ, "output": NPY}`: rebuilds the flow of NPZ (written by `benchmarks/harness/peer.py`:
   the recipe as JSON under `spec`, the arrays by key, the points under `z`) with TFP's JAX substrate, compiles
   `jax.jit(jax.vmap(jax.hessian(log_prob)))`, calls it once on the points (timed: tracing and compiling
   included, `first_call_s`) and saves the Hessians `[N, D, D]` to NPY.
