@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from tfp_hessian import private_api
 from tfp_hessian.conditioners import DenseShiftAndLogScale
 from tfp_hessian.examples import BoxMap, Shear  # noqa: F401  (user-written bijectors, without rules)
 from tfp_hessian.examples import autoregressive_network
@@ -112,9 +113,9 @@ def _made(dtype, rng, activation="tanh", hidden_units=(7, 6), dim=DIM, condition
   every layer).
   """
   made = autoregressive_network(dim, hidden_units, dtype, activation, conditional_size, conditional_layers)
-  dense = [layer for layer in made._network.layers if isinstance(layer, tf_keras.layers.Dense)]
+  dense = [layer for layer in private_api.made_model(made).layers if isinstance(layer, tf_keras.layers.Dense)]
   masked = [layer for layer in dense if layer.use_bias]  # the condition's layers have no bias and no mask
-  for layer, mask in zip(masked, made._masks):
+  for layer, mask in zip(masked, private_api.made_masks(made)):
     n_in = layer.kernel.shape[0]
     layer.kernel.assign(rng.normal(size=layer.kernel.shape) / np.sqrt(n_in) * 1.5 * mask)
     layer.bias.assign(rng.normal(size=layer.bias.shape) * 0.3)

@@ -42,6 +42,8 @@ def test_made_accessors():
   assert private_api.made_model(made) is None  # not built yet
   made(tf.zeros([1, 3]), conditional_input=tf.zeros([1, 2]))
   assert isinstance(private_api.made_model(made), tf_keras.Model)
+  masks = private_api.made_masks(made)
+  assert [mask.shape for mask in masks] == [(3, 4), (4, 6)]  # input -> hidden -> 2 params per coordinate
   assert private_api.made_is_conditional(made) and private_api.made_conditional_size(made) == 2
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "kwargs_split",
     "made_conditional_size",
     "made_is_conditional",
+    "made_masks",
     "made_model",
     "real_nvp_masked_size",
     "resolve_deferred",
@@ -83,6 +84,11 @@ def cached_preimage(bijector, y, kwargs):
 def flatten_up_to(shallow, value):
   """`value`'s sub-structures at the leaves of `shallow`, in flatten order (TF's `nest.flatten_up_to`)."""
   return tf_nest.flatten_up_to(shallow, value, check_types=False)
+
+
+def made_masks(network):
+  """The masks of a built `tfb.AutoregressiveNetwork`'s masked kernels, input layer first (numpy, `[in, out]`)."""
+  return network._masks  # pylint: disable=protected-access
 
 
 def made_model(network):

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
-from tfp_hessian import examples
+from tfp_hessian import examples, private_api
 from tfp_hessian.conditioners import DenseShiftAndLogScale
 
 tfb = tfp.bijectors
@@ -101,20 +101,9 @@ def _realnvp_coupling(dim, dtype, rng):
 
 
 def _made(dim, dtype, rng):
-  """A built `tfb.AutoregressiveNetwork` with random masked kernels (as tests/cases.py `_made`).
-
-  Its activation layers take tf-keras' floatx when they are created, so floatx is the flow's dtype while the
-  network is built; otherwise a float64 network computes its activations in float32.
-  """
-  floatx = tf_keras.backend.floatx()
-  tf_keras.backend.set_floatx(tf.as_dtype(dtype).name)
-  try:
-    made = tfb.AutoregressiveNetwork(params=2, event_shape=[dim], hidden_units=list(HIDDEN_UNITS),
-                                     activation="tanh", dtype=dtype)
-    made(tf.zeros([1, dim], dtype))
-  finally:
-    tf_keras.backend.set_floatx(floatx)
-  network, masks = made._network, made._masks  # pylint: disable=protected-access
+  """A built `tfb.AutoregressiveNetwork` (`examples.autoregressive_network`) with random masked kernels."""
+  made = examples.autoregressive_network(dim, HIDDEN_UNITS, dtype)
+  network, masks = private_api.made_model(made), private_api.made_masks(made)
   dense = [layer for layer in network.layers if isinstance(layer, tf_keras.layers.Dense)]
   kernels, biases = [], []
   for layer, mask, gain in zip(dense, masks, _conditioner_gains(len(dense))):
