@@ -774,11 +774,16 @@ _KINDS = {
     "batch [B, 1]; one point [D]": (("batch [B, 1]", "batch [B]"), 0, "one point [D]"),
     "Variable batch; points [N, 1, D]": (("Variable batch [B, D]", "batch [B]"), 0, "points [N, 1, D]"),
 }
-# The kinds CI checks (the tensor form is that of the cases above; one point form is enough there). CI compares
-# them in `test_bijectors`' main test only, in float64, and Python floats in float32 too (they are float32).
-_FAST_KINDS = {"float": (np.float64, np.float32), "Variable": (np.float64,),
-               "other parameterisations": (np.float64,), "batch": (np.float64,),
-               "Variable batch; points [N, 1, D]": (np.float64,)}
+# `{chain: {kind: dtypes}}` CI checks, in `test_bijectors`' main test only (about 80 s of one core in all): Python
+# floats in float32 (where they are what users write), the rest in float64. The tensor form is that of the cases
+# above, a scalar variable there is `Scale(tf.Variable)`, and the linear chain's variables and batch are in its
+# "Variable batch" chain.
+_FAST_KINDS = {
+    "elementwise": {"float": (np.float32,), "Variable": (np.float64,), "other parameterisations": (np.float64,),
+                    "batch": (np.float64,), "Variable batch; points [N, 1, D]": (np.float64,)},
+    "linear": {"float": (np.float32,), "other parameterisations": (np.float64,),
+               "Variable batch; points [N, 1, D]": (np.float64,)},
+}
 
 
 def _chain_case(members, points):
@@ -841,6 +846,6 @@ BIJECTORS.update(_INVERTED_FORMS)
 FORM_NAMES = frozenset(FORM_CASES) | frozenset(FORM_CHAINS) | frozenset(_INVERTED_FORMS)
 # `{name: dtypes}` of the form cases CI runs in `test_bijectors`' main test; the rest of them, and the other tests
 # of them, run in the full suite (`slow`, `CI_RUN_SLOW=1`).
-FAST_FORMS = {f"Chain[{chain}: {kind}]": dtypes for chain in _CHAINS for kind, dtypes in _FAST_KINDS.items()
-              if f"Chain[{chain}: {kind}]" in FORM_CHAINS}
+FAST_FORMS = {f"Chain[{chain}: {kind}]": dtypes for chain, kinds in _FAST_KINDS.items()
+              for kind, dtypes in kinds.items()}
 FAST_FORMS["Invert(Chain[elementwise: batch])"] = (np.float64,)
