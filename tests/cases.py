@@ -516,8 +516,10 @@ class Parameter:
       the parameter's own (none for a number, `[dim]` for a vector, `[dim, dim]` for a matrix).
     per_coordinate: whether a number broadcasts against the points' coordinates (`Scale`'s `scale`), so that a
       vector of them is one per coordinate; if not, its leading axes are a batch (`LinearOperatorScaledIdentity`).
-    moves_support: whether the parameter moves the edge of the support (`Softplus`'s `low`): a point drawn under
-      one batch member may then lie outside another's support, so no points are broadcast against a batch.
+    moves_support: whether the parameter moves the edge of the support (`Softplus`'s `low`), or how near it the
+      points lie (`Power`'s: a point drawn under one power is `x^(p0/p1)` under another, next to 0 or far out, where
+      the pullback's round trip loses digits by nature, `test_bijectors`): a point drawn under one batch member
+      may then lie outside another's support, or at its edge, so no points are broadcast against a batch.
   """
 
   draw: Callable[[np.random.Generator, Tuple[int, ...], int], np.ndarray]
@@ -691,7 +693,7 @@ FAMILIES = {
         {"skewness": _numbers(0.2, 1.)}, {"tailweight": _numbers(0.5, 2., sign=1.)},
         {"skewness": _numbers(0.2, 1.), "tailweight": _numbers(0.5, 2., sign=1.)}), edges=(-50., 50.)),
     # On y > 0 (the `Exp` below), so any power, of either sign, has a reference (see "Power(3)").
-    "Power": Family(_stock(tfb.Power), ({"power": _numbers(0.5, 3.)},), edges=(1e-3, 1e3),
+    "Power": Family(_stock(tfb.Power), ({"power": _numbers(0.5, 3., moves_support=True)},), edges=(1e-3, 1e3),
                     domain=lambda dtype, _: tfb.Exp()),
     "ScaleMatvecDiag": Family(_stock(tfb.ScaleMatvecDiag), ({"scale_diag": _vectors(0.5, 2.)},),
                               structure="linear"),
@@ -830,8 +832,8 @@ FORM_CHAINS = _chain_cases()
 
 
 def _inverted_form(case):
-  """`Invert` of a form case (its forward rule); a batch has no edges (`Family.edges`)."""
-  inverted = _inverted(case)
+  """`Invert` of a form case (its forward rule), at the same points; a batch has no edges (`Family.edges`)."""
+  inverted = dataclasses.replace(_inverted(case), points=case.points)
   return inverted if case.edges else dataclasses.replace(inverted, edges=())
 
 
