@@ -110,8 +110,9 @@ class FlowSpec:
 def flow_specs(draw):
   dim = draw(st.integers(1, MAX_DIM))
   names = sorted(name for name, case in BIJECTORS.items() if case.min_dim <= dim and name not in FORM_NAMES)
-  # Points broadcast against a batch are not drawn here: the points are sampled, so carry the whole batch.
-  forms = sorted(name for name in FORM_NAMES if BIJECTORS[name].points is None)
+  # Points broadcast against a batch are not drawn here: the points are sampled, so carry the whole batch. Nor
+  # are the chains of forms (one per kind, for CI): their layers are drawn one by one.
+  forms = sorted(name for name in FORM_NAMES if BIJECTORS[name].points is None and "Chain[" not in name)
   layer = st.one_of(st.sampled_from(names), st.sampled_from(forms))
   layers = draw(st.lists(layer, min_size=1, max_size=MAX_LAYERS))
   return FlowSpec(dim=dim, layers=tuple(layers), base=draw(st.sampled_from(sorted(BASES))),
