@@ -6,7 +6,7 @@ tests in `test_bijectors.py` then check it against both references.
 """
 
 import dataclasses
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -42,6 +42,8 @@ class BijectorCase:
     domain: `(dtype, bijector) -> domain bijector` mapping R^D onto the case bijector's forward domain where
       that is not all of R^D; the base is then a flow itself (a nested TransformedDistribution).
     min_dim: the smallest event size `make` accepts (a coupling layer needs a coordinate on either side).
+    points: `z -> points` taken from the sampled points `[N, *batch, D]`, for points that broadcast against the
+      bijector's batch (`POINT_FORMS`); None keeps them.
   """
 
   make: Callable[[np.dtype, np.random.Generator], tfb.Bijector]
@@ -50,6 +52,7 @@ class BijectorCase:
   structure: Optional[str] = None
   domain: Optional[Callable[[np.dtype, tfb.Bijector], tfb.Bijector]] = None
   min_dim: int = 1
+  points: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
 
 
 def _vec(rng, dtype, low=-1., high=1., size=DIM):
@@ -445,7 +448,8 @@ def flow_and_points(case, dtype, seed=0, num_points=4, edges=True):
   edge_points = np.repeat(z[:1], len(edges), axis=0)
   for row, value in enumerate(edges):
     edge_points[row, row % DIM] = value
-  return flow, tf.constant(np.concatenate([z, edge_points]), dtype)
+  z = tf.constant(np.concatenate([z, edge_points]), dtype)
+  return flow, z if case.points is None else case.points(z)
 
 
 class SpyExp(tfb.Exp):
@@ -480,3 +484,360 @@ def assert_close(actual, expected, rtol, event_ndims=2, what="Hessian"):
   assert error[worst] <= rtol, (
       f"{what}: worst entry {worst}: {actual[worst]!r} vs {expected[worst]!r}, error "
       f"{error[worst]:.3g} of the point's largest entry > rtol {rtol:g}")
+
+
+# -- Every parameter form of every stock bijector (issue 14) ----------------------------------------------------
+#
+# `tfb.Scale(0.7)` once raised inside its rule, where the cases above only wrote vectors. For each stock bijector
+# with an analytic rule that takes parameters, `FAMILIES` names each parameterisation TFP offers and how each
+# parameter's random values are drawn; `FORMS` says how users write a value (a Python float, a tensor, a
+# `tf.Variable`, one per coordinate, with a batch of its own). Their product is expanded into `BIJECTORS`, so a
+# bijector added to `FAMILIES` is checked in every form by the parametrized tests, and drawn by the property tests.
+
+B = 3  # The batch of batch-shaped parameters: neither N = 4 points nor D = 5, so no wrong axis broadcasts.
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+  """How one constructor parameter's random (not near-identity) values are drawn.
+
+  Attributes:
+    draw: `(rng, shape, dim) -> np.ndarray` of shape `[*shape, *event]`: `shape` the axes a form adds, `event`
+      the parameter's own (none for a number, `[dim]` for a vector, `[dim, dim]` for a matrix).
+    per_coordinate: whether a number broadcasts against the points' coordinates (`Scale`'s `scale`), so that a
+      vector of them is one per coordinate; if not, its leading axes are a batch (`LinearOperatorScaledIdentity`).
+    moves_support: whether the parameter moves the edge of the support (`Softplus`'s `low`), or how near it the
+      points lie (`Power`'s: a point drawn under one power is `x^(p0/p1)` under another, next to 0 or far out, where
+      the pullback's round trip loses digits by nature, `test_bijectors`): a point drawn under one batch member
+      may then lie outside another's support, or at its edge, so no points are broadcast against a batch.
+  """
+
+  draw: Callable[[np.random.Generator, Tuple[int, ...], int], np.ndarray]
+  per_coordinate: bool = True
+  moves_support: bool = False
+
+
+def _numbers(low, high, sign=None, **kwargs):
+  """Magnitudes in `[low, high]`, of random sign (or of the given `sign`, +1 or -1)."""
+
+  def draw(rng, shape, dim):
+    del dim
+    magnitude = rng.uniform(low, high, size=shape)
+    return magnitude * (rng.choice([-1., 1.], size=shape) if sign is None else sign)
+
+  return Parameter(draw, **kwargs)
+
+
+def _vectors(low, high, sign=None):
+  """Vectors of `[dim]` numbers (`_numbers`)."""
+  numbers = _numbers(low, high, sign).draw
+  return Parameter(lambda rng, shape, dim: numbers(rng, tuple(shape) + (dim,), dim), per_coordinate=False)
+
+
+def _matrices(tril=False, columns=None):
+  """Well-conditioned `[dim, dim]` matrices (`[dim, columns]` with `columns`: a low-rank update's factor)."""
+
+  def draw(rng, shape, dim):
+    if columns is not None:
+      return rng.normal(size=tuple(shape) + (dim, columns)) * 0.5
+    return np.stack([_well_conditioned(rng, np.float64, tril, dim).numpy()
+                     for _ in range(int(np.prod(shape)))]).reshape(tuple(shape) + (dim, dim))
+
+  return Parameter(draw, per_coordinate=False)
+
+
+def _permutations():
+  return Parameter(lambda rng, shape, dim: np.stack([rng.permutation(dim) for _ in range(int(np.prod(shape)))])
+                   .reshape(tuple(shape) + (dim,)).astype(np.int32), per_coordinate=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+  """How users write a parameter's value.
+
+  Attributes:
+    shape: `(parameter, dim) -> shape` of the axes the form adds in front of the parameter's own, or None where
+      the form does not apply to that parameter.
+    write: `(values, dtype) -> value` as passed to the constructor.
+    batch: whether the form gives the bijector a batch shape (`[B]`).
+    points: the `POINT_FORMS` also checked against that batch (where no parameter moves the support).
+  """
+
+  shape: Callable[[Parameter, int], Optional[Tuple[int, ...]]]
+  write: Callable[[np.ndarray, np.dtype], object]
+  batch: bool = False
+  points: Tuple[str, ...] = ()
+
+
+def _value_dtype(values, dtype):
+  return tf.int32 if np.issubdtype(values.dtype, np.integer) else dtype
+
+
+def _python(values, dtype):
+  """Python numbers (lists for arrays) as users write them in float32 flows; in float64 flows, where TFP would
+  make a Python float a float32 tensor, numpy values of the dtype (`_scalar`)."""
+  if dtype == np.float32 or np.issubdtype(values.dtype, np.integer):
+    return values.tolist()
+  return values.astype(dtype)[()]
+
+
+def _tensor(values, dtype):
+  return tf.constant(values, _value_dtype(values, dtype))
+
+
+def _variable(values, dtype):
+  return tf.Variable(values, dtype=_value_dtype(values, dtype))
+
+
+def _per_coordinate(shape):
+  return lambda parameter, dim: shape(dim) if parameter.per_coordinate else None
+
+
+FORMS = {
+    "float": Form(lambda parameter, dim: (), _python),
+    "tensor": Form(lambda parameter, dim: (), _tensor),
+    "vector": Form(_per_coordinate(lambda dim: (dim,)), _tensor),
+    "Variable": Form(lambda parameter, dim: (), _variable),
+    "Variable vector": Form(_per_coordinate(lambda dim: (dim,)), _variable),
+    "batch [B, 1]": Form(_per_coordinate(lambda dim: (B, 1)), _tensor, batch=True, points=("one point [D]",)),
+    "batch [B, D]": Form(_per_coordinate(lambda dim: (B, dim)), _tensor, batch=True, points=("points [N, 1, D]",)),
+    "Variable batch [B, D]": Form(_per_coordinate(lambda dim: (B, dim)), _variable, batch=True),
+    "batch [B]": Form(lambda parameter, dim: None if parameter.per_coordinate else (B,), _tensor, batch=True,
+                      points=("one point [D]", "points [N, 1, D]")),
+}
+
+# Points broadcast against a bijector's batch `[B]`: the cases sample `[N, B, D]`; these take one point `[D]`
+# (a result of batch `[B]`) or points `[N, 1, D]` (batch `[N, B]`) from them.
+POINT_FORMS = {
+    "one point [D]": lambda z: z[0, 0],
+    "points [N, 1, D]": lambda z: z[:, :1],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A stock bijector with parameters, each parameterisation TFP offers, and what its cases need.
+
+  Attributes:
+    make: `(dim, **parameters) -> bijector`.
+    parameterisations: one `{name: Parameter}` per way the constructor takes its parameters.
+    structure, domain: as in `BijectorCase`.
+    edges: as in `BijectorCase`, for forms without a batch (an edge is one value for every batch member).
+    forms: the `FORMS` it takes (by default each that applies to all of a parameterisation's parameters).
+    numpy_float64: whether the constructor keeps numpy float64 values in float64. `ScaleMatvecLU` makes them
+      float32 (and then fails on float64 points), so users of a float64 flow write tensors there, and its "float"
+      form is Python lists in float32 flows, tensors in float64 ones.
+  """
+
+  make: Callable[..., tfb.Bijector]
+  parameterisations: Tuple[Dict[str, Parameter], ...]
+  structure: Optional[str] = "elementwise"
+  edges: Union[Tuple[float, ...], Callable[[tfb.Bijector, np.dtype], Tuple[float, ...]]] = ()
+  domain: Optional[Callable[[np.dtype, tfb.Bijector], tfb.Bijector]] = None
+  forms: Tuple[str, ...] = tuple(FORMS)
+  numpy_float64: bool = True
+
+
+def _stock(cls, **fixed):
+  return lambda dim, **parameters: cls(**parameters, **fixed)
+
+
+def _operator(cls, adjoint=False, **fixed):
+  """`ScaleMatvecLinearOperator` over a `tf.linalg` operator built from the parameters."""
+  return lambda dim, **parameters: tfb.ScaleMatvecLinearOperator(cls(**parameters, **fixed), adjoint=adjoint)
+
+
+def _at(value, coordinate, default):
+  """A parameter's value at `coordinate` of one point without a batch (`DIM` coordinates)."""
+  if value is None:
+    return default
+  return float(np.broadcast_to(np.asarray(tf.convert_to_tensor(value)), [DIM])[coordinate])
+
+
+def _softplus_edges(bijector, dtype):
+  # Edge row k lands on coordinate k % DIM (`flow_and_points`): `low` of coordinate 0, a large value on 1.
+  delta = 1e-6 if dtype == np.float64 else 1e-5
+  return (_at(bijector.low, 0, 0.) + delta * _at(bijector.hinge_softness, 0, 1.), 30.)
+
+
+def _sigmoid_edges(bijector, dtype):
+  low, high = _at(bijector.low, 0, 0.), _at(bijector.high, 1, 1.)
+  width = high - _at(bijector.low, 1, 0.)
+  return (low + 1e-5 * (_at(bijector.high, 0, 1.) - low), high - 1e-5 * width)
+
+
+_LOW = _numbers(0.5, 3., sign=-1., moves_support=True)
+_HIGH = _numbers(0.5, 3., sign=1., moves_support=True)
+
+FAMILIES = {
+    "Scale": Family(_stock(tfb.Scale), ({"scale": _numbers(0.5, 2.)}, {"log_scale": _numbers(0.2, 1.)}),
+                    structure="linear"),
+    "Shift": Family(_stock(tfb.Shift), ({"shift": _numbers(0.5, 3.)},), structure="linear"),
+    "Softplus": Family(_stock(tfb.Softplus), (
+        {"hinge_softness": _numbers(0.3, 2., sign=1.)},
+        {"low": _numbers(0.5, 2., moves_support=True)},
+        {"hinge_softness": _numbers(0.3, 2., sign=1.), "low": _numbers(0.5, 2., moves_support=True)}),
+        edges=_softplus_edges),
+    "Sigmoid": Family(_stock(tfb.Sigmoid), ({"low": _LOW, "high": _HIGH},), edges=_sigmoid_edges),
+    "SinhArcsinh": Family(_stock(tfb.SinhArcsinh), (
+        {"skewness": _numbers(0.2, 1.)}, {"tailweight": _numbers(0.5, 2., sign=1.)},
+        {"skewness": _numbers(0.2, 1.), "tailweight": _numbers(0.5, 2., sign=1.)}), edges=(-50., 50.)),
+    # On y > 0 (the `Exp` below), so any power, of either sign, has a reference (see "Power(3)").
+    "Power": Family(_stock(tfb.Power), ({"power": _numbers(0.5, 3., moves_support=True)},), edges=(1e-3, 1e3),
+                    domain=lambda dtype, _: tfb.Exp()),
+    "ScaleMatvecDiag": Family(_stock(tfb.ScaleMatvecDiag), ({"scale_diag": _vectors(0.5, 2.)},),
+                              structure="linear"),
+    "ScaleMatvecTriL": Family(_stock(tfb.ScaleMatvecTriL), ({"scale_tril": _matrices(tril=True)},),
+                              structure="linear"),
+    "ScaleMatvecTriL adjoint": Family(_stock(tfb.ScaleMatvecTriL, adjoint=True),
+                                            ({"scale_tril": _matrices(tril=True)},), structure="linear"),
+    # Any unit-lower, nonsingular-upper `lower_upper` with any permutation is a valid factorisation.
+    "ScaleMatvecLU": Family(_stock(tfb.ScaleMatvecLU), ({"lower_upper": _matrices(), "permutation": _permutations()},),
+                            structure="linear", numpy_float64=False),
+    "ScaleMatvecLinearOperator over FullMatrix": Family(_operator(tf.linalg.LinearOperatorFullMatrix),
+                                                    ({"matrix": _matrices()},), structure="linear"),
+    "ScaleMatvecLinearOperator over LowerTriangular, adjoint": Family(
+        _operator(tf.linalg.LinearOperatorLowerTriangular, adjoint=True), ({"tril": _matrices(tril=True)},),
+        structure="linear"),
+    "ScaleMatvecLinearOperator over Diag": Family(_operator(tf.linalg.LinearOperatorDiag),
+                                                  ({"diag": _vectors(0.5, 2.)},), structure="linear"),
+    "ScaleMatvecLinearOperator over ScaledIdentity": Family(
+        lambda dim, multiplier: tfb.ScaleMatvecLinearOperator(tf.linalg.LinearOperatorScaledIdentity(dim, multiplier)),
+        ({"multiplier": _numbers(0.5, 2., per_coordinate=False)},), structure="linear"),
+    "ScaleMatvecLinearOperator over LowRankUpdate": Family(
+        lambda dim, diag, u: tfb.ScaleMatvecLinearOperator(tf.linalg.LinearOperatorLowRankUpdate(
+            tf.linalg.LinearOperatorDiag(diag, is_positive_definite=True), u)),
+        ({"diag": _vectors(0.5, 2., sign=1.), "u": _matrices(columns=2)},), structure="linear"),
+    "ScaleMatvecLinearOperator over Householder": Family(
+        _operator(tf.linalg.LinearOperatorHouseholder), ({"reflection_axis": _vectors(0.5, 2.)},),
+        structure="linear"),
+    # TFP's `Permute` gathers along one axis: a permutation has no batch.
+    "Permute": Family(_stock(tfb.Permute), ({"permutation": _permutations()},), structure="linear",
+                      forms=("float", "tensor", "Variable")),
+}
+
+
+def _form_case(family, parameters, form, points=None):
+  def make(dtype, rng, dim=DIM):
+    write = FORMS[form].write
+    if form == "float" and dtype == np.float64 and not family.numpy_float64:
+      write = FORMS["tensor"].write
+    values = {name: write(parameter.draw(rng, FORMS[form].shape(parameter, dim), dim), dtype)
+              for name, parameter in parameters.items()}
+    return family.make(dim, **values)
+
+  return BijectorCase(make, edges=() if FORMS[form].batch else family.edges, structure=family.structure,
+                      domain=family.domain, points=points)
+
+
+def _form_cases():
+  """`{name: BijectorCase}` of every family in every form (and point form) that applies to it."""
+  cases = {}
+  for family_name, family in FAMILIES.items():
+    for parameters in family.parameterisations:
+      for form in family.forms:
+        if any(FORMS[form].shape(parameter, DIM) is None for parameter in parameters.values()):
+          continue
+        name = f"{family_name}[{', '.join(parameters)}: {form}]"
+        cases[name] = _form_case(family, parameters, form)
+        if not any(parameter.moves_support for parameter in parameters.values()):
+          for points in FORMS[form].points:
+            cases[f"{name[:-1]}; {points}]"] = _form_case(family, parameters, form, POINT_FORMS[points])
+  return cases
+
+
+FORM_CASES = _form_cases()
+
+# CI runs the forms grouped: one chain per kind of form, each family in it once, in the form of that kind (the
+# first that applies), forward order from the base. Every single form case runs in the full suite (`slow`).
+# Elementwise layers go from bounded to unbounded, so no value between them saturates the next one; linear layers
+# are well-conditioned, so their product keeps float32's rtol.
+_CHAINS = {
+    "elementwise": ("Sigmoid", "SinhArcsinh", "Softplus", "Power"),
+    "linear": tuple(name for name, family in FAMILIES.items() if family.structure == "linear"),
+}
+# kind -> (forms in order of preference, which parameterisation, points).
+_KINDS = {
+    "float": (("float",), 0, None),
+    "tensor": (("tensor",), 0, None),
+    "Variable": (("Variable",), 0, None),
+    "other parameterisations": (("Variable vector", "Variable"), -1, None),
+    "batch": (("batch [B, D]", "batch [B]"), 0, None),
+    "batch [B, 1]; one point [D]": (("batch [B, 1]", "batch [B]"), 0, "one point [D]"),
+    "Variable batch; points [N, 1, D]": (("Variable batch [B, D]", "batch [B]"), 0, "points [N, 1, D]"),
+}
+# `{chain: {kind: dtypes}}` CI checks, in `test_bijectors`' main test only (about 80 s of one core in all): Python
+# floats in float32 (where they are what users write), the rest in float64. The tensor form is that of the cases
+# above, a scalar variable there is `Scale(tf.Variable)`, and the linear chain's variables and batch are in its
+# "Variable batch" chain.
+_FAST_KINDS = {
+    "elementwise": {"float": (np.float32,), "Variable": (np.float64,), "other parameterisations": (np.float64,),
+                    "batch": (np.float64,), "Variable batch; points [N, 1, D]": (np.float64,)},
+    "linear": {"float": (np.float32,), "other parameterisations": (np.float64,),
+               "Variable batch; points [N, 1, D]": (np.float64,)},
+}
+
+
+def _chain_case(members, points):
+  """A `Chain` of `(family, parameters, form)` members (forward order), each after its family's domain map."""
+
+  def make(dtype, rng, dim=DIM):
+    layers = []
+    for family, parameters, form in members:
+      bijector = _form_case(family, parameters, form).make(dtype, rng, dim)
+      layers += [family.domain(dtype, bijector), bijector] if family.domain is not None else [bijector]
+    return tfb.Chain(layers[::-1])
+
+  # A chain of elementwise layers (domain maps are elementwise too) is elementwise; of linear ones, linear.
+  structures = {family.structure for family, _, _ in members}
+  return BijectorCase(make, structure=structures.pop() if len(structures) == 1 else None,
+                      points=None if points is None else POINT_FORMS[points])
+
+
+def _chain_cases():
+  cases = {}
+  for chain, names in _CHAINS.items():
+    for kind, (preferred, index, points) in _KINDS.items():
+      members = []
+      for name in names:
+        family = FAMILIES[name]
+        if index != 0 and len(family.parameterisations) == 1:
+          continue
+        parameters = family.parameterisations[index]
+        # Points of one batch member lie in every member's support only if no layer moves it, nor maps onto
+        # part of the next layer's domain (`Exp` before `Power`: its range then depends on the layers below).
+        if points is not None and (family.domain is not None or any(
+            parameter.moves_support for parameter in parameters.values())):
+          continue
+        form = next((form for form in preferred if form in family.forms and all(
+            FORMS[form].shape(parameter, DIM) is not None for parameter in parameters.values())), None)
+        if form is not None:
+          members.append((family, parameters, form))
+      if members:
+        cases[f"Chain[{chain}: {kind}]"] = _chain_case(members, points)
+  return cases
+
+
+FORM_CHAINS = _chain_cases()
+
+
+def _inverted_form(case):
+  """`Invert` of a form case (its forward rule), at the same points; a batch has no edges (`Family.edges`)."""
+  inverted = dataclasses.replace(_inverted(case), points=case.points)
+  return inverted if case.edges else dataclasses.replace(inverted, edges=())
+
+
+_INVERTED_FORMS = {f"Invert({name})": _inverted_form(case) for name, case in FORM_CASES.items()
+                   if case.structure == "elementwise"}
+_INVERTED_FORMS.update({f"Invert({name})": _inverted_form(FORM_CHAINS[name])
+                        for name in ["Chain[elementwise: batch]", "Chain[elementwise: Variable]"]})
+BIJECTORS.update(FORM_CASES)
+BIJECTORS.update(FORM_CHAINS)
+BIJECTORS.update(_INVERTED_FORMS)
+# The names of every form case, chains and `Invert`s included (the property tests draw them as a group of their own).
+FORM_NAMES = frozenset(FORM_CASES) | frozenset(FORM_CHAINS) | frozenset(_INVERTED_FORMS)
+# `{name: dtypes}` of the form cases CI runs in `test_bijectors`' main test; the rest of them, and the other tests
+# of them, run in the full suite (`slow`, `CI_RUN_SLOW=1`).
+FAST_FORMS = {f"Chain[{chain}: {kind}]": dtypes for chain, kinds in _FAST_KINDS.items()
+              for kind, dtypes in kinds.items()}
+FAST_FORMS["Invert(Chain[elementwise: batch])"] = (np.float64,)

@@ -9,14 +9,22 @@ import tfp_hessian
 from tfp_hessian import bijectors as hb
 from tfp_hessian import reference, registry
 
-from cases import BIJECTORS, DTYPES, RTOL, assert_close, flow_and_points
+from cases import BIJECTORS, DTYPES, FAST_FORMS, FORM_NAMES, RTOL, assert_close, flow_and_points
 
-CASES = sorted(BIJECTORS)
+
+def _slow_forms(name, dtype=None):
+  """Parameter forms run in the full suite (`slow`), but for a few chains of them (`cases.FAST_FORMS`) in CI."""
+  slow = name in FORM_NAMES and (dtype is None or dtype not in FAST_FORMS.get(name, ()))
+  return pytest.mark.slow if slow else ()
+
+
+CASES = [pytest.param(name, marks=_slow_forms(name)) for name in sorted(BIJECTORS)]
+LOG_PROB_CASES = [pytest.param(name, dtype, id=f"{name}-{dtype.__name__}", marks=_slow_forms(name, dtype))
+                  for name in sorted(BIJECTORS) for dtype in DTYPES]
 ZERO = tf.UnconnectedGradients.ZERO
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name, dtype", LOG_PROB_CASES)
 def test_log_prob_hessian_matches_references(name, dtype):
   flow, z = flow_and_points(BIJECTORS[name], dtype)
   result = tfp_hessian.log_prob_and_derivatives(flow, z)
@@ -33,21 +41,26 @@ def _tape_inverse_derivatives(bijector, y):
   """Jacobian, second-derivative tensor, ildj gradient and Hessian of the inverse, by nested tapes.
 
   Eagerly, as `reference.tape_hessian` does at small sizes: jacobians by a loop of gradients, not pfor (which traces
-  a graph per call; 30–50% slower here).
+  a graph per call; 30–50% slower here). Points `[*batch, D]` are first broadcast against the bijector's own batch
+  (a parameter of shape `[B, 1]`), then taken as one flat batch of their own, each point's `x` depending on it alone.
   """
-  y = tf.identity(y)
+  size = y.shape[-1]
+  batch = tf.broadcast_static_shape(y.shape[:-1], bijector.experimental_batch_shape(y_event_ndims=1))
+  flat = tf.reshape(tf.broadcast_to(y, batch + [size]), [-1, size])
   with tf.GradientTape(persistent=True) as outer:
-    outer.watch(y)
+    outer.watch(flat)
     with tf.GradientTape(persistent=True) as inner:
-      inner.watch(y)
-      x = bijector.inverse(y)
+      inner.watch(flat)
+      points = tf.reshape(flat, batch + [size])
+      x = tf.reshape(bijector.inverse(points), [-1, size])
       # TFP's empty Chain returns a float32 zero whatever the dtype.
-      ildj = tf.cast(bijector.inverse_log_det_jacobian(y, event_ndims=1), y.dtype) + tf.zeros_like(y[..., 0])
-    jacobian = inner.batch_jacobian(x, y, unconnected_gradients=ZERO, experimental_use_pfor=False)
-    ildj_gradient = inner.gradient(ildj, y, unconnected_gradients=ZERO)
-  hessian = outer.batch_jacobian(jacobian, y, unconnected_gradients=ZERO, experimental_use_pfor=False)
-  ildj_hessian = outer.batch_jacobian(ildj_gradient, y, unconnected_gradients=ZERO, experimental_use_pfor=False)
-  return jacobian, hessian, ildj_gradient, ildj_hessian
+      ildj = tf.cast(bijector.inverse_log_det_jacobian(points, event_ndims=1), y.dtype) + tf.zeros(batch, y.dtype)
+      ildj = tf.reshape(ildj, [-1])
+    jacobian = inner.batch_jacobian(x, flat, unconnected_gradients=ZERO, experimental_use_pfor=False)
+    ildj_gradient = inner.gradient(ildj, flat, unconnected_gradients=ZERO)
+  hessian = outer.batch_jacobian(jacobian, flat, unconnected_gradients=ZERO, experimental_use_pfor=False)
+  ildj_hessian = outer.batch_jacobian(ildj_gradient, flat, unconnected_gradients=ZERO, experimental_use_pfor=False)
+  return tuple(tf.reshape(value, batch + value.shape[1:]) for value in (jacobian, hessian, ildj_gradient, ildj_hessian))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -90,8 +103,9 @@ def test_pullback_invert_undoes_pullback(name):
   flow, z = flow_and_points(BIJECTORS[name], np.float64, edges=False)
   pullback = hb.hessian_pullback(flow.bijector, z)
   rng = np.random.default_rng(1)
-  grad = tf.constant(rng.normal(size=z.shape), tf.float64)
-  hess = rng.normal(size=z.shape + z.shape[-1:])
+  shape = pullback.x.shape  # points broadcast against the bijector's own batch: [*batch, D]
+  grad = tf.constant(rng.normal(size=shape), tf.float64)
+  hess = rng.normal(size=shape + shape[-1:])
   hess = tf.constant(hess + np.swapaxes(hess, -1, -2), tf.float64)
   back_grad, back_hess = pullback.invert(*pullback(grad, hess))
   assert_close(back_grad, grad, 1e-8, 1, what="gradient round trip")

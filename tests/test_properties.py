@@ -1,11 +1,14 @@
 """Property-based tests: random flows built from every case of `cases.py` agree with the tape reference.
 
 A flow is 1 to 6 layers drawn from `cases.BIJECTORS` (so a case added there is drawn here), each with random
-parameters at a random event size D from 1 to 12, over a random base, in float64. A layer whose forward domain
-is not all of R^D is preceded by its case's `domain` bijector, which maps whatever comes out of the layer below
-onto it, so every drawn chain is a valid flow. The points are sampled from the flow itself, so they lie in its
-support; where a sample overflows (a few stacked `Exp` or `Sinh` layers), or rounds onto the edge of a support,
-the reference is not finite and the point is not compared, but a finite reference always needs a finite result.
+parameters at a random event size D from 1 to 12, over a random base, in float64. Half the layers are drawn from
+the parameter forms of `cases.FAMILIES` (a Python float, a tensor, a `tf.Variable`, per coordinate, another
+parameterisation, a batch `[B]` of parameters that the points then carry), the rest from the other cases. A layer
+whose forward domain is not all of R^D is preceded by its case's `domain` bijector, which maps whatever comes out
+of the layer below onto it, so every drawn chain is a valid flow. The points are sampled from the flow itself, so
+they lie in its support; where a sample overflows (a few stacked `Exp` or `Sinh` layers), or rounds onto the edge
+of a support, the reference is not finite and the point is not compared, but a finite reference always needs a
+finite result.
 
 A second test (issue 14 §4) draws conditional layers (MAF, MAF with the condition at its first layer, IAF,
 RealNVP with the package's dense conditioner; a condition per point or one for all) among 0 to 3 whole-space
@@ -37,7 +40,7 @@ from hypothesis import strategies as st
 import tfp_hessian
 from tfp_hessian import reference
 
-from cases import BIJECTORS, RTOL, _made, _real_nvp_dense, assert_close, random_base
+from cases import BIJECTORS, FORM_NAMES, RTOL, _made, _real_nvp_dense, assert_close, random_base
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -112,10 +115,20 @@ class FlowSpec:
 @st.composite
 def flow_specs(draw):
   dim = draw(st.integers(1, MAX_DIM))
-  names = sorted(name for name, case in BIJECTORS.items() if case.min_dim <= dim)
-  layers = draw(st.lists(st.sampled_from(names), min_size=1, max_size=MAX_LAYERS))
+  names = sorted(name for name, case in BIJECTORS.items() if case.min_dim <= dim and name not in FORM_NAMES)
+  # Points broadcast against a batch are not drawn here: the points are sampled, so carry the whole batch. Nor
+  # are the chains of forms (one per kind, for CI): their layers are drawn one by one.
+  forms = sorted(name for name in FORM_NAMES if BIJECTORS[name].points is None and "Chain[" not in name)
+  layer = st.one_of(st.sampled_from(names), st.sampled_from(forms))
+  layers = draw(st.lists(layer, min_size=1, max_size=MAX_LAYERS))
   return FlowSpec(dim=dim, layers=tuple(layers), base=draw(st.sampled_from(sorted(BASES))),
                   nested=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _per_point(mask):
+  """`[N]` from a mask `[N, *batch]`: true where it holds for every batch member (a batch of parameters)."""
+  mask = np.asarray(mask)
+  return np.all(mask.reshape(mask.shape[0], -1), axis=-1)
 
 
 def _finite_points(*tensors):
@@ -141,7 +154,7 @@ def _inside_every_support(layers, z):
   for bijector in layers[::-1]:
     ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=1)
     y = bijector.inverse(tf.identity(y))
-    mask &= _finite_points(y) & np.broadcast_to(np.isfinite(ildj), mask.shape)
+    mask &= _finite_points(y) & _per_point(np.broadcast_to(np.isfinite(ildj), y.shape[:-1]))
   return mask
 
 
@@ -168,14 +181,14 @@ def _determined_by_z(flow, layers, z, expected, rtol):
   scale = np.max(np.abs(expected), axis=(-2, -1))
   with np.errstate(invalid="ignore"):
     change = np.max(np.abs(moved - expected), axis=(0, -2, -1)) / scale
-  return same_draw & (change <= rtol / 10)  # NaN (a moved point off the support) is False.
+  return _per_point(same_draw & (change <= rtol / 10))  # NaN (a moved point off the support) is False.
 
 
 def _check_result(result, z, dim):
-  """Shapes, dtypes and exact symmetry, at every point (finite or not)."""
+  """Shapes (`z`'s: `[N, *batch]` with a batch of parameters), dtypes and exact symmetry, at every point."""
   hessian = result.hessian.numpy()
   assert result.hessian.dtype == z.dtype and result.gradient.dtype == z.dtype
-  assert hessian.shape == (NUM_POINTS, dim, dim)
+  assert z.shape[0] == NUM_POINTS and hessian.shape == tuple(z.shape[:-1]) + (dim, dim)
   np.testing.assert_array_equal(hessian, np.swapaxes(hessian, -1, -2))  # NaN is equal to NaN here.
   return hessian
 
@@ -307,9 +320,10 @@ class StructuredFlowSpec:
     return flow, dict(bijector_kwargs=conditions)
 
 
-# Layers defined on all of R^D (no domain map): the structure and the conditions are what is drawn here, the
-# edges of supports are drawn by `test_random_flow_matches_tape_reference`.
-_WHOLE_SPACE = sorted(name for name, case in BIJECTORS.items() if case.domain is None)
+# Layers defined on all of R^D (no domain map), without the parameter forms: the structure and the conditions
+# are what is drawn here; the edges of supports and the forms (batches of parameters among them) are drawn by
+# `test_random_flow_matches_tape_reference`.
+_WHOLE_SPACE = sorted(name for name, case in BIJECTORS.items() if case.domain is None and name not in FORM_NAMES)
 
 
 @st.composite
