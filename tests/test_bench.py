@@ -94,6 +94,7 @@ def test_made_kernels_are_masked():
     assert np.any(jacobian[order == i][..., order < i] != 0) or i == 0
 
 
+@pytest.mark.slow  # ~100 s of CI: every flow builds and agrees (test_build_flow), the CLI tests run the report
 def test_run_bench_every_stock_flow():
   report = harness.run_bench(flows=tuple(harness.STOCK_FLOWS), methods=("tapes",), **TINY)
   _check_report(report, list(harness.STOCK_FLOWS), [2, 3], ["float64"], ["log_prob", "ours", "tapes"])
