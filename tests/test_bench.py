@@ -223,7 +223,7 @@ def test_unknown_names_are_refused():
 
 
 def test_a_missing_peer_is_reported(tmp_path):
-  report = harness.run_bench(flows=("maf",), methods=(), peers=("jax",), jax_python=tmp_path / "none",
+  report = harness.run_bench(flows=("elementwise_affine",), methods=(), peers=("jax",), jax_python=tmp_path / "none",
                            **dict(TINY, dims=(2,)))
   assert report["cells"][0]["results"]["jax"]["status"].startswith("failed: PeerError: no JAX environment")
 

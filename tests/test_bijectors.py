@@ -65,24 +65,19 @@ def _tape_inverse_derivatives(bijector, y):
 
 @pytest.mark.parametrize("name", CASES)
 def test_inverse_derivatives_match_tape(name):
-  flow, z = flow_and_points(BIJECTORS[name], np.float64)
+  """The inverse's derivatives against nested tapes, from the rule the case declares, with its structure's zeros."""
+  case = BIJECTORS[name]
+  flow, z = flow_and_points(case, np.float64)
   bijector = flow.bijector
+  assert registry.has_analytic_rule(bijector) == case.analytic
   expected = _tape_inverse_derivatives(bijector, z)
   actual = (hb.inverse_jacobian(bijector, z), hb.inverse_hessian(bijector, z),
             hb.inverse_log_det_jacobian_gradient(bijector, z), hb.inverse_log_det_jacobian_hessian(bijector, z))
   for what, a, e, ndims in zip(["jacobian", "inverse_hessian", "ildj gradient", "ildj hessian"],
                                actual, expected, [2, 3, 1, 2]):
     assert_close(a, e, RTOL[np.float64], ndims, what=what)
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_rule_kind_and_structure(name):
-  case = BIJECTORS[name]
-  flow, z = flow_and_points(case, np.float64)
-  bijector = flow.bijector
-  assert registry.has_analytic_rule(bijector) == case.analytic
-  jacobian = hb.inverse_jacobian(bijector, z).numpy()
-  hessian = hb.inverse_hessian(bijector, z).numpy()
+  # Exact zeros where the structure has them, not merely small values.
+  jacobian, hessian = actual[0].numpy(), actual[1].numpy()
   off_diagonal = ~np.eye(z.shape[-1], dtype=bool)
   if case.structure == "elementwise":
     assert np.all(jacobian[..., off_diagonal] == 0)

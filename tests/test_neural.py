@@ -37,7 +37,7 @@ def _flow(dim, bijector, rng, dtype=np.float64):
   return tfd.TransformedDistribution(base, bijector)
 
 
-@pytest.mark.parametrize("dim", [2, 3, 64])
+@pytest.mark.parametrize("dim", [2, 3, pytest.param(64, marks=pytest.mark.slow)])  # 64: the same path, larger
 def test_neural_chain_across_dimensions(dim):
   rng = np.random.default_rng(dim)
   flow = _flow(dim, _chain(dim, rng), rng)
