@@ -189,6 +189,7 @@ def test_cli_writes_json(tmp_path, capsys):
   assert report["settings"]["num_points"] == list(harness.QUICK["num_points"])
 
 
+@pytest.mark.slow  # the harness's bookkeeping, not the package: in the full suite
 def test_a_failing_method_is_reported_and_the_run_goes_on(monkeypatch):
   def broken(flow, kwargs):
     def fn(z):
@@ -203,6 +204,7 @@ def test_a_failing_method_is_reported_and_the_run_goes_on(monkeypatch):
   assert "failed: LookupError" in harness.format_report(report)
 
 
+@pytest.mark.slow  # the harness's bookkeeping, not the package: in the full suite
 @pytest.mark.parametrize("cells, smaller", [(dict(dims=(3, 4)), "a smaller D"),
                                              (dict(dims=(3,), num_points=(3, 5)), "fewer points")])
 def test_methods_over_budget_are_skipped(cells, smaller):
