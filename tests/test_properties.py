@@ -140,6 +140,15 @@ def _finite_points(*tensors):
   return mask
 
 
+def _members_from_y_side(bijectors):
+  """The bijectors, each `Chain` replaced by its members, in the order their inverses run (y side first)."""
+  for bijector in bijectors:
+    if isinstance(bijector, tfb.Chain):
+      yield from _members_from_y_side(bijector.bijectors)
+    else:
+      yield bijector
+
+
 def _inside_every_support(layers, z):
   """Mask `[N]` of the points whose inverse stays finite when every layer recomputes it from its own input.
 
@@ -147,11 +156,14 @@ def _inside_every_support(layers, z):
   `b` followed by `Invert(b)` (or by its domain map, an equal `b`) is the identity exactly: its inverse returns
   the cached input even where the value between the two rounds onto the edge of `b`'s range (`tanh(20) = 1.0`).
   There the reference stays finite through the cache alone, while every intermediate derivative of the layers
-  overflows. Such points lie outside the float64 flow: each layer here inverts a fresh copy of its input.
+  overflows. Such points lie outside the float64 flow: each layer here inverts a fresh copy of its input, down
+  to the members of a drawn `Chain` (a case such as `Chain(Invert(Tanh), Tanh, Sinh)`). TFP's own log q there
+  adds and subtracts the pair's log-dets, of the size of `z` (`2.4e10` at `z = 1.2e10`), and keeps only their
+  rounding (6.6e-7 seen); `test_edges.py` checks such a pair against exact arithmetic instead.
   """
   y = z
   mask = np.ones(z.shape[0], bool)
-  for bijector in layers[::-1]:
+  for bijector in _members_from_y_side(layers[::-1]):
     ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=1)
     y = bijector.inverse(tf.identity(y))
     mask &= _finite_points(y) & _per_point(np.broadcast_to(np.isfinite(ildj), y.shape[:-1]))

@@ -46,6 +46,7 @@ __all__ = [
     "lookup",
     "forward_rule",
     "pullback",
+    "pullbacks",
     "fallback",
     "has_analytic_rule",
     "analytic_bijectors",
@@ -225,6 +226,28 @@ def pullback(bijector, y, layout, kwargs=None):
     except tf.errors.InvalidArgumentError as error:
       raise type(error)(error.node_def, error.op, f"{error.message}\n  raised by bijector {bijector.name!r} "
                         f"({type(bijector).__name__}) at its inverse") from error
+
+
+def pullbacks(members, y, layout):
+  """`(layers, x, x_layout)`: the pullbacks of a composition's `members`, `(bijector, kwargs)` from the `y` side,
+  each at its predecessor's `x`, and the composition's `x` and layout.
+
+  A stretch of members that TFP's cache makes the identity is left out: where a member's `x` is the very tensor
+  an earlier member took (`Chain([Invert(b), b])` at points `b` produced), TFP's own `log_prob` runs no map
+  there and its log-dets cancel. Taken member by member, the derivatives would multiply a vanishing Jacobian by
+  its reciprocal once the middle point saturates (0 · inf where `tanh(z)` rounds to ±1).
+  """
+  layers, inputs = [], []
+  for bijector, kwargs in members:
+    inputs.append(tf.nest.flatten(y))
+    layers.append(pullback(bijector, y, layout, kwargs))
+    y, layout = layers[-1].x, layers[-1].x_layout
+    x = tf.nest.flatten(y)
+    for start, earlier in enumerate(inputs):
+      if len(earlier) == len(x) and all(a is b for a, b in zip(earlier, x)):
+        del layers[start:], inputs[start:]
+        break
+  return layers, y, layout
 
 
 def analytic_bijectors():

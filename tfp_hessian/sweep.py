@@ -155,11 +155,7 @@ def sweep(distribution, z, layout, kwargs=None):
   cached inverses are constants to autodiff: differentiate `log_prob_and_derivatives`, not this.
   """
   layers, base, base_kwargs = _unwrap(distribution, {} if kwargs is None else kwargs)
-  y = z
-  pullbacks = []
-  for bijector, bijector_kwargs in layers:
-    pullbacks.append(registry.pullback(bijector, y, layout, bijector_kwargs))
-    y, layout = pullbacks[-1].x, pullbacks[-1].x_layout
+  pullbacks, y, layout = registry.pullbacks(layers, z, layout)
   # One composition across the nested distributions, so that its fusions (`ComposedPullback`) see every layer.
   pullbacks = ComposedPullback(pullbacks).layers if pullbacks else []
   if pullbacks and isinstance(pullbacks[-1], AutodiffPullback) and not base_kwargs:

@@ -38,11 +38,8 @@ def _validate_chain(bijector, layout, kwargs):
 @registry.register(private_api.CHAIN, events="any", validate=_validate_chain)
 def chain_rule(bijector, y, layout, kwargs):
   # `Chain([b1, b2]).inverse(y) = b2.inverse(b1.inverse(y))`: the first bijector sits on the `y` side.
-  layers = []
-  for member, member_kw in zip(bijector.bijectors, member_kwargs(bijector, kwargs)):
-    layers.append(registry.pullback(member, y, layout, member_kw))
-    y, layout = layers[-1].x, layers[-1].x_layout
-  if not layers:  # An empty chain is the identity.
+  layers, y, layout = registry.pullbacks(zip(bijector.bijectors, member_kwargs(bijector, kwargs)), y, layout)
+  if not layers:  # An empty chain, or one TFP's cache makes the identity at `y`.
     return ElementwisePullback(y, tf.zeros([], tf.nest.flatten(y)[0].dtype), x_layout=layout)
   return ComposedPullback(layers)
 
