@@ -1,16 +1,17 @@
 """Property-based tests: random flows built from every case of `cases.py` agree with the tape reference.
 
 A flow is 1 to 6 layers drawn from `cases.BIJECTORS` (so a case added there is drawn here), each with random
-parameters at a random event size D from 1 to 12, over a random base, in float64. Half the layers are drawn from
-the parameter forms of `cases.FAMILIES` (a Python float, a tensor, a `tf.Variable`, per coordinate, another
-parameterisation, a batch `[B]` of parameters that the points then carry), the rest from the other cases. A layer
+parameters at a random event size D from 1 to 12, over a random base, in float64. A second test (`slow`: in the
+full suite and the long profile) draws half the layers from the parameter forms of `cases.FAMILIES` (a Python
+float, a tensor, a `tf.Variable`, per coordinate, another parameterisation, a batch `[B]` of parameters that the
+points then carry), the rest from the other cases. A layer
 whose forward domain is not all of R^D is preceded by its case's `domain` bijector, which maps whatever comes out
 of the layer below onto it, so every drawn chain is a valid flow. The points are sampled from the flow itself, so
 they lie in its support; where a sample overflows (a few stacked `Exp` or `Sinh` layers), or rounds onto the edge
 of a support, the reference is not finite and the point is not compared, but a finite reference always needs a
 finite result.
 
-A second test (issue 14 §4) draws conditional layers (MAF, MAF with the condition at its first layer, IAF,
+A third test (issue 14 §4) draws conditional layers (MAF, MAF with the condition at its first layer, IAF,
 RealNVP with the package's dense conditioner; a condition per point or one for all) among 0 to 3 whole-space
 layers of `cases.BIJECTORS`, under a structured event (a `Split` into a list through a `JointMap`, a dict of a
 vector and a matrix, matrices by `Reshape`) or over a hierarchical `JointDistributionNamed` base with the layers
@@ -19,8 +20,8 @@ inside a `JointMap`, against nested tapes on the flattened function.
 Profiles (`HYPOTHESIS_PROFILE`, default `ci`; both derandomized and database-free, so every run draws the same
 flows):
 
-    python -m pytest tests/test_properties.py                             # ci: 20 + 6 flows
-    HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 1,000 + 251 (docs/reliability.md)
+    python -m pytest tests/test_properties.py                             # ci: 20 + 6 flows (the forms' 20 are slow)
+    HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 1,000 + 1,000 + 251 flows
 
 The long profile runs outside CI. Its first 100 flows took 15.5 minutes on the shared 2-core machine under a
 load average of 6 (2026-11-30), so the 1,000 take about 2.5 hours there, about an hour on idle cores (500 took
@@ -32,6 +33,7 @@ import os
 from typing import Tuple
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 from hypothesis import HealthCheck, event, example, given, note, settings
@@ -113,13 +115,15 @@ class FlowSpec:
 
 
 @st.composite
-def flow_specs(draw):
+def flow_specs(draw, with_forms=False):
   dim = draw(st.integers(1, MAX_DIM))
   names = sorted(name for name, case in BIJECTORS.items() if case.min_dim <= dim and name not in FORM_NAMES)
-  # Points broadcast against a batch are not drawn here: the points are sampled, so carry the whole batch. Nor
-  # are the chains of forms (one per kind, for CI): their layers are drawn one by one.
-  forms = sorted(name for name in FORM_NAMES if BIJECTORS[name].points is None and "Chain[" not in name)
-  layer = st.one_of(st.sampled_from(names), st.sampled_from(forms))
+  layer = st.sampled_from(names)
+  if with_forms:
+    # Points broadcast against a batch are not drawn here: the points are sampled, so carry the whole batch. Nor
+    # are the chains of forms (one per kind, for CI): their layers are drawn one by one.
+    forms = sorted(name for name in FORM_NAMES if BIJECTORS[name].points is None and "Chain[" not in name)
+    layer = st.one_of(layer, st.sampled_from(forms))
   layers = draw(st.lists(layer, min_size=1, max_size=MAX_LAYERS))
   return FlowSpec(dim=dim, layers=tuple(layers), base=draw(st.sampled_from(sorted(BASES))),
                   nested=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
@@ -209,6 +213,20 @@ def _check_result(result, z, dim):
 @given(flow_specs())
 def test_random_flow_matches_tape_reference(spec):
   """Both entry points (inverting `z`, and the sampling pass) against one nested-tape reference at `z`."""
+  _check_random_flow(spec)
+
+
+# Half the layers from the parameter forms cost about 3x per flow (batches of parameters carried by the points):
+# in the full suite and the long profile; CI keeps one chain per kind of form (`test_bijectors.py`).
+@pytest.mark.slow
+@PROFILE
+@given(flow_specs(with_forms=True))
+def test_random_flow_with_parameter_forms_matches_tape_reference(spec):
+  """As `test_random_flow_matches_tape_reference`, half the layers drawn from the parameter forms."""
+  _check_random_flow(spec)
+
+
+def _check_random_flow(spec):
   flow, layers = spec.build()
   z, sampled = tfp_hessian.sample_and_log_prob_derivatives(flow, NUM_POINTS, seed=(spec.seed % 2**31, 1))
   note(f"z = {z.numpy()!r}")
