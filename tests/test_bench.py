@@ -179,13 +179,16 @@ def test_predictions_from_smaller_cells():
 
 def test_cli_writes_json(tmp_path, capsys):
   path = tmp_path / "bench.json"
-  status = cli.main(["bench", "--quick", "--flow", "realnvp", "--dtype", "float32", "--dim", "3", "5",
+  # The cheapest stock flow: the harness over RealNVP and MAF runs in the full suite (`slow`).
+  status = cli.main(["bench", "--quick", "--flow", "elementwise_affine", "--dtype", "float32", "--dim", "2", "3",
                      "--methods", "tf_hessians", "--json", str(path)])
   output = capsys.readouterr().out
   assert status == 0
-  assert "[1/2] realnvp D=3 float32 N=4" in output and "[2/2] realnvp D=5 float32 N=4" in output
+  assert ("[1/2] elementwise_affine D=2 float32 N=4" in output
+          and "[2/2] elementwise_affine D=3 float32 N=4" in output)
   report = json.loads(path.read_text())
-  _check_report(report, ["realnvp"], [3, 5], ["float32"], ["log_prob", "ours", "tf_hessians"], num_points=(4,))
+  _check_report(report, ["elementwise_affine"], [2, 3], ["float32"], ["log_prob", "ours", "tf_hessians"],
+                num_points=(4,))
   assert report["settings"]["num_points"] == list(harness.QUICK["num_points"])
 
 

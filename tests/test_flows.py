@@ -3,7 +3,7 @@
 `FLOWS` is the one registry of flow cases: `(dtype, rng) -> (distribution, z)`, random parameters that are not
 near the identity, `z` sampled from the flow (copied to a constant, so TFP's cache of sampled tensors plays no
 part except in the test written for it). Every case is checked for value, gradient and Hessian against
-`tf.hessians` and nested tapes; the other tests reuse the registry for graph mode, sampled points (including
+`tf.hessians` (in float64) and nested tapes; the other tests reuse the registry for graph mode, sampled points (including
 `sample_and_log_prob_derivatives`), point batch shapes and `tfp_hessian.TransformedDistribution`.
 """
 
@@ -649,8 +649,9 @@ def assert_matches_references(distribution, z, result, dtype, what="", kwargs=No
   assert result.log_prob.shape == batch
   for value in result:
     assert value.dtype == dtype
-  assert_close(result.hessian, reference.naive_hessian(distribution, z, **kwargs), rtol,
-               what=f"{what}Hessian vs tf.hessians")
+  if dtype == np.float64:  # float32 against nested tapes alone: tracing `tf.hessians` is most of a case's time.
+    assert_close(result.hessian, reference.naive_hessian(distribution, z, **kwargs), rtol,
+                 what=f"{what}Hessian vs tf.hessians")
   assert_close(result.hessian, reference.tape_hessian(distribution, z, **kwargs), rtol, what=f"{what}Hessian vs tapes")
   assert_close(result.gradient, reference.tape_gradient(distribution, z, **kwargs), rtol, 1, what=f"{what}gradient")
   expected_log_prob = tf.broadcast_to(distribution.log_prob(z, **kwargs), batch)
