@@ -40,9 +40,14 @@ def _mp_softplus_inverse(z):
 
 
 def _mp_normal_quantile(p):
-  # 2p - 1 must keep p's digits when p is 1e-300: 800 digits.
-  with mpmath.workdps(800):
-    return +(mpmath.sqrt(2) * mpmath.erfinv(2 * p - 1))
+  """The root of `log Φ(x) = log p`, at the working precision: for p < 1/2 no digit of `p` is lost (erfinv of
+  `2p - 1` would need 800 digits at p = 1e-300), and `1 - p` above 1/2 is exact."""
+  p = mpmath.mpf(p)
+  if p > 0.5:
+    return -_mp_normal_quantile(1 - p)
+  log_p = mpmath.log(p)
+  start = -mpmath.sqrt(-2 * log_p) if p < 0.05 else mpmath.sqrt(2) * mpmath.erfinv(2 * p - 1)
+  return mpmath.findroot(lambda x: mpmath.log(mpmath.ncdf(x)) - log_p, start)
 
 
 # name: (bijector factory, its inverse φ and φ' in mpmath, edge values of z per dtype).

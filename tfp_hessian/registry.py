@@ -239,15 +239,24 @@ def pullbacks(members, y, layout):
   """
   layers, inputs = [], []
   for bijector, kwargs in members:
-    inputs.append(tf.nest.flatten(y))
+    inputs.append(y)
     layers.append(pullback(bijector, y, layout, kwargs))
     y, layout = layers[-1].x, layers[-1].x_layout
-    x = tf.nest.flatten(y)
     for start, earlier in enumerate(inputs):
-      if len(earlier) == len(x) and all(a is b for a, b in zip(earlier, x)):
+      if _same_tensors(earlier, y):
         del layers[start:], inputs[start:]
         break
   return layers, y, layout
+
+
+def _same_tensors(a, b):
+  """Whether `a` and `b` are the very same tensors in the same structure (a `Restructure` keeps the tensors but
+  not their order or nesting: a permutation of the event, not the identity)."""
+  try:
+    tf.nest.assert_same_structure(a, b, check_types=True)
+  except (ValueError, TypeError):
+    return False
+  return all(x is y for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b)))
 
 
 def analytic_bijectors():
