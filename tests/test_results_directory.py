@@ -101,12 +101,18 @@ def _damage(path, kind, position):
   if kind == "truncate":
     os.truncate(path, start)
     return
-  data = bytearray(path.read_bytes())
-  if kind == "zero":
-    data[start:start + 8] = bytes(len(data[start:start + 8]))
-  else:
-    data[start] ^= 0x01  # the lowest bit: in a float64's first byte, one ulp
-  path.write_bytes(bytes(data))
+  # In place, as another process would: rewriting the whole file would empty it for a moment, and a run writing
+  # through its memory map in that moment dies of SIGBUS (a page wholly past the end of the file).
+  with open(path, "r+b") as file:
+    file.seek(start)
+    data = bytearray(file.read(8))
+    if kind == "zero":
+      data = bytes(len(data))
+    else:
+      data[0] ^= 0x01  # the lowest bit: in a float64's first byte, one ulp
+      data = data[:1]
+    file.seek(start)
+    file.write(data)
 
 
 # The error's naming of what is wrong, per kind of damage and where it is.
