@@ -3,8 +3,8 @@
 `FLOWS` is the one registry of flow cases: `(dtype, rng) -> (distribution, z)`, random parameters that are not
 near the identity, `z` sampled from the flow (copied to a constant, so TFP's cache of sampled tensors plays no
 part except in the test written for it). Every case is checked for value, gradient and Hessian against
-`tf.hessians` (in float64) and nested tapes; the other tests reuse the registry for graph mode, sampled points (including
-`sample_and_log_prob_derivatives`), point batch shapes and `tfp_hessian.TransformedDistribution`.
+`tf.hessians` (in float64) and nested tapes; the other tests reuse the registry for graph mode, sampled points
+(including `sample_and_log_prob_derivatives`), point batch shapes and `tfp_hessian.TransformedDistribution`.
 """
 
 import numpy as np
