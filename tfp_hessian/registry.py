@@ -23,7 +23,9 @@ Where `y` came out of `bijector.forward(x)` and TFP's cache still holds `x` (the
 `Invert(b)` equal to `b`), a bijector with a forward rule is served from `x`, not `y`: the forward rule's terms
 at `x`, inverted (`Pullback.inverted`). `x` is exact where `y` is its rounding, which next to the edge of the
 bijector's range leaves its inverse's derivatives only `ε / distance to the edge`; and a layer followed by its
-own inverse then has both layers' derivatives at the same `x`, so they cancel as nested tapes' do.
+own inverse then has both layers' derivatives at the same `x`, so they cancel as nested tapes' do. Where the
+cache makes a stretch of layers the identity outright (a layer's `x` is the tensor an earlier one took), the
+stretch is left out of the composition (`pullbacks`).
 
 A subclass inherits its ancestor's rule only if it leaves the ancestor's math alone: a user's `tfb.Softplus`
 subclass that overrides `_inverse` gets the autodiff fallback, never a silently wrong analytic rule. A bijector
