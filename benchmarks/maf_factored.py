@@ -25,7 +25,7 @@ import harness  # benchmarks/harness/, beside this script
 
 
 def _forced_factored(pullback):
-  if pullback._outputs.network_order is not None:  # pylint: disable=protected-access
+  if pullback._outputs.source is not None:  # pylint: disable=protected-access
     return None
   return getattr(pullback._conditioner, "linear_readout", None)  # pylint: disable=protected-access
 

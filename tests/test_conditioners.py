@@ -39,6 +39,12 @@ def test_dense_network_derivatives_match_autodiff(activation):
   assert_close(analytic.outputs, tape.outputs, RTOL[np.float64], 1, what="outputs")
   assert_close(analytic.jacobian + tf.zeros_like(tape.jacobian), tape.jacobian, RTOL[np.float64], 2,
                what="jacobian")
+  # Some outputs in another order (a permutation folded into a layer), and a block of them (a slice).
+  columns = tf.constant([4, 0, 5, 2])
+  for selected in (columns, slice(1, 4)):
+    expected = conditioners.ConditionerDerivatives.jacobian_transpose_columns(tape, selected)
+    assert_close(analytic.jacobian_transpose_columns(selected) + tf.zeros_like(expected), expected,
+                 RTOL[np.float64], 2, what=f"jacobian columns {selected}")
   contraction = analytic.contract(weights)
   if activation in ("relu", "linear"):
     # Piecewise linear: the Hessian is zero wherever it exists.

@@ -1,22 +1,24 @@
 """Derivatives of conditioner networks: outputs, Jacobian, and vector–Hessian contraction.
 
 Coupling and autoregressive layers compute their elementwise parameters with a network `o = c(y)`. Their
-pullbacks need, at a batch of points, the outputs `o` (`[*batch, P]`), the Jacobian `∂o/∂y` (`[*batch, P, D]`)
-and, for one weight vector `w` per point, the contraction `Σ_p w_p ∇²o_p` (`[*batch, D, D]`); never the
-`[P, D, D]` tensor of second derivatives itself.
+pullbacks need, at a batch of points, the outputs `o` (`[*batch, P]`), the Jacobian, held transposed as
+`jacobian_transpose` (`[*batch, D, P]`, `[..., i, p] = ∂o_p/∂y_i`), and, for one weight vector `w` per point,
+the contraction `Σ_p w_p ∇²o_p` (`[*batch, D, D]`); never the `[P, D, D]` tensor of second derivatives itself.
 
 For a dense network of smooth activations, `z_l = a_{l-1} W_l + b_l`, `a_l = σ(z_l)`, all of it comes from the
-kernels. Forward mode carries `Z_l = ∂z_l/∂y` (`[*batch, H_l, D]`), and one backward pass of adjoints
-`δ_l = ∂(w·o)/∂a_l` gives
+kernels. Forward mode carries the tangents `T_l = (∂z_l/∂y)ᵀ` (`[*batch, D, H_l]`), and one backward pass of
+adjoints `δ_l = ∂(w·o)/∂a_l` gives
 
 .. math::
 
-    \\sum_p w_p ∇^2 o_p = \\sum_l Z_l^T \\operatorname{diag}(δ_l ⊙ σ''(z_l)) Z_l,
+    \\sum_p w_p ∇^2 o_p = \\sum_l T_l \\operatorname{diag}(δ_l ⊙ σ''(z_l)) T_l^T,
 
-batched matrix products only (Pearlmutter-style; cf. BackPACK's Hessian backpropagation). Activations with
-`σ'' = 0` almost everywhere (ReLU) contribute nothing: the returned contraction is that of the piecewise-linear
-network away from its kinks, where the Hessian is not defined. Any other network is differentiated by nested
-tapes on that network alone.
+matrix products only (Pearlmutter-style; cf. BackPACK's Hessian backpropagation). The tangents are laid out with
+the derivative's direction first, so that each layer's `T_{l+1} = (T_l ⊙ σ'(z_l)) W_{l+1}` is one product of all
+points' tangents, `[N·D, H_l]`, with the shared kernel: one large GEMM instead of N small ones, about twice the
+throughput on a CPU at `D = H = 64`. Activations with `σ'' = 0` almost everywhere (ReLU) contribute nothing: the
+returned contraction is that of the piecewise-linear network away from its kinks, where the Hessian is not
+defined. Any other network is differentiated by nested tapes on that network alone.
 """
 
 import abc
@@ -29,6 +31,8 @@ from tfp_hessian import private_api, tapes
 
 __all__ = [
     "ConditionerDerivatives",
+    "times_kernel",
+    "quadratic_form",
     "DenseNetworkDerivatives",
     "AutodiffDerivatives",
     "EmbeddedConditioner",
@@ -92,18 +96,48 @@ def activation_derivatives(activation):
   return _ACTIVATIONS.get(name)
 
 
+def times_kernel(tangents, kernel):
+  """`T W` for tangents `T` (`[*batch, D, H]`) and a kernel `W` (`[H, H']`) shared by every point: one GEMM."""
+  return tf.tensordot(tangents, kernel, [[-1], [0]])
+
+
+def quadratic_form(tangents, weights):
+  """`T diag(c) Tᵀ`, `[*batch, D, D]`, for tangents `T` (`[*batch, D, R]`, or `[D, R]` shared by every point) and
+  weights `c` (`[*batch, R]`); one GEMM where `T` is shared."""
+  if tangents.shape.rank == 2:
+    return tf.tensordot(weights[..., tf.newaxis, :] * tangents, tangents, [[-1], [1]])
+  return tf.linalg.matmul(tangents * weights[..., tf.newaxis, :], tangents, transpose_b=True)
+
+
+def _columns(matrix, columns):
+  """`matrix[..., columns]` for a slice or an integer vector of columns."""
+  if isinstance(columns, slice):
+    return matrix[..., columns]
+  return tf.gather(matrix, columns, axis=-1)
+
+
 class ConditionerDerivatives(abc.ABC):
-  """Outputs `[*batch, P]`, Jacobian `[*batch, P, D]` and contraction of a network at points `[*batch, D]`."""
+  """Outputs `[*batch, P]`, transposed Jacobian `[*batch, D, P]` and contraction of a network at `[*batch, D]`."""
 
   outputs = None
-  jacobian = None
+  jacobian_transpose = None
+
+  @property
+  def jacobian(self):
+    """`∂o/∂y`, `[*batch, P, D]`: for inspection and tests; pullbacks use `jacobian_transpose`."""
+    return tf.linalg.matrix_transpose(self.jacobian_transpose)
+
+  def jacobian_transpose_columns(self, columns):
+    """`jacobian_transpose` of the outputs `columns` only (a slice or an integer vector), `[*batch, D, K]`."""
+    return _columns(self.jacobian_transpose, columns)
 
   @abc.abstractmethod
   def contract(self, weights):
     """`Σ_p w_p ∇²o_p`, `[*batch, D, D]`, for weights `w` of shape `[*batch, P]`."""
 
   def factors(self, weights):
-    """`[(Z_l [*batch, R_l, D], c_l [*batch, R_l])]` with `Σ_p w_p ∇²o_p = Σ_l Z_lᵀ diag(c_l) Z_l`, or None.
+    """`[(T_l [*batch, D, R_l] or [D, R_l], c_l [*batch, R_l])]` with `Σ_p w_p ∇²o_p = Σ_l T_l diag(c_l) T_lᵀ`
+    (`quadratic_form`), or None.
 
     Lets a pullback fold the contraction into its own products instead of forming it first.
     """
@@ -122,30 +156,55 @@ class DenseNetworkDerivatives(ConditionerDerivatives):
 
   def __init__(self, layers, y):
     self._kernels = [kernel for kernel, _, _ in layers]
-    self._derivatives = []  # per layer: (σ'(z), σ''(z), Z = ∂z/∂y), or None where linear
-    a, da = y, None  # da: ∂a/∂y, [*batch, H, D]; None means the identity
-    for kernel, bias, activation in layers:
-      z = tf.tensordot(a, kernel, [[-1], [0]])
-      if bias is not None:
-        z = z + bias
-      # ∂z/∂y = Wᵀ ∂a/∂y; for the first layer the same matrix for every point.
-      dz = tf.transpose(kernel) if da is None else tf.linalg.matmul(kernel, da, transpose_a=True)
-      if activation is None:
-        a, da = z, dz
-        self._derivatives.append(None)
-        continue
-      value, d1, d2 = activation(z)
-      self._derivatives.append((d1, d2, dz))
-      a, da = value, d1[..., tf.newaxis] * dz
-    self.outputs, self.jacobian = a, da
+    self._derivatives = []  # per layer: (σ'(z), σ''(z), T = (∂z/∂y)ᵀ), or None where linear
+    a, tangents = y, None  # tangents: (∂a/∂y)ᵀ, [*batch, D, H]; None means the identity
+    for kernel, bias, activation in layers[:-1]:
+      a, tangents = self._layer(a, tangents, kernel, bias, activation)
+    kernel, bias, activation = layers[-1]
+    if activation is None:
+      # A linear read-out: its tangents are formed on demand, for the outputs a pullback asks for
+      # (`jacobian_transpose_columns`), from those of its input (None: the network is this one layer).
+      self._readout_input, self._jacobian_transpose = tangents, None
+      self._derivatives.append(None)
+      self.outputs = tf.tensordot(a, kernel, [[-1], [0]]) + (0 if bias is None else bias)
+    else:
+      self.outputs, self._jacobian_transpose = self._layer(a, tangents, kernel, bias, activation)
+
+  def _layer(self, a, tangents, kernel, bias, activation):
+    z = tf.tensordot(a, kernel, [[-1], [0]])
+    if bias is not None:
+      z = z + bias
+    # (∂z/∂y)ᵀ = (∂a/∂y)ᵀ W; for the first layer the same matrix for every point.
+    tz = kernel if tangents is None else times_kernel(tangents, kernel)
+    if activation is None:
+      self._derivatives.append(None)
+      return z, tz
+    value, d1, d2 = activation(z)
+    self._derivatives.append((d1, d2, tz))
+    return value, tz * d1[..., tf.newaxis, :]
+
+  def _read_out(self, kernel):
+    return kernel if self._readout_input is None else times_kernel(self._readout_input, kernel)
+
+  @property
+  def jacobian_transpose(self):
+    if self._jacobian_transpose is None:
+      self._jacobian_transpose = self._read_out(self._kernels[-1])
+    return self._jacobian_transpose
+
+  def jacobian_transpose_columns(self, columns):
+    """As `ConditionerDerivatives`'; through a linear read-out, one product with the kernel's `columns` only."""
+    if self._derivatives[-1] is not None:
+      return super().jacobian_transpose_columns(columns)
+    return self._read_out(_columns(self._kernels[-1], columns))
 
   @property
   def linear_readout(self):
     """`(W [H, P], σ'(z_L) [*batch, H])` if the outputs are `o = σ(z_L) W + b`, a linear map of a hidden layer.
 
-    Then `∂o/∂y = Wᵀ diag(σ'(z_L)) Z_L`, with `Z_L = ∂z_L/∂y` the first matrix of `factors`: a pullback may keep
-    the Jacobian in that factored form, `O(P·H·D)` instead of `O(P·D²)` when the hidden layer is narrower than D.
-    None if the last layer has an activation or there is no hidden layer.
+    Then `(∂o/∂y)ᵀ = T_L diag(σ'(z_L)) W`, with `T_L = (∂z_L/∂y)ᵀ` the first tangents of `factors`: a pullback may
+    keep the Jacobian in that factored form, `O(P·H·D)` instead of `O(P·D²)` when the hidden layer is narrower
+    than D. None if the last layer has an activation or there is no hidden layer.
     """
     if len(self._kernels) < 2 or self._derivatives[-1] is not None or self._derivatives[-2] is None:
       return None
@@ -156,17 +215,17 @@ class DenseNetworkDerivatives(ConditionerDerivatives):
     factors = []
     for kernel, derivatives in zip(reversed(self._kernels), reversed(self._derivatives)):
       if derivatives is not None:
-        d1, d2, dz = derivatives
-        factors.append((dz, adjoint * d2))
+        d1, d2, tangents = derivatives
+        factors.append((tangents, adjoint * d2))
         adjoint = adjoint * d1
       adjoint = tf.tensordot(adjoint, kernel, [[-1], [1]])
     return factors
 
   def contract(self, weights):
-    d = tf.shape(self.jacobian)[-1]
+    d = self._kernels[0].shape[0]
     hess = tf.zeros(tf.concat([tf.shape(weights)[:-1], [d, d]], 0), weights.dtype)
-    for z, c in self.factors(weights):
-      hess = hess + tf.linalg.matmul(z, c[..., tf.newaxis] * z, transpose_a=True)
+    for tangents, c in self.factors(weights):
+      hess = hess + quadratic_form(tangents, c)
     return hess
 
 
@@ -185,7 +244,8 @@ class AutodiffDerivatives(ConditionerDerivatives):
       y = tf.broadcast_to(y, tf.concat([tf.broadcast_dynamic_shape(tf.shape(outputs)[:-1], tf.shape(y)[:-1]),
                                         tf.shape(y)[-1:]], 0))
     self._y = tf.identity(y)
-    self.outputs, self.jacobian, _ = tapes.per_point_jacobian(fn, self._y)
+    self.outputs, jacobian, _ = tapes.per_point_jacobian(fn, self._y)
+    self.jacobian_transpose = tf.linalg.matrix_transpose(jacobian)
 
   def contract(self, weights):
     extra = weights.shape.rank - self.outputs.shape.rank
@@ -215,9 +275,11 @@ class EmbeddedConditioner(ConditionerDerivatives):
     rank = inner.outputs.shape.rank
     self.outputs = tf.concat([self._pad(inner.outputs[..., :units], transformed, rank - 1),
                               self._pad(inner.outputs[..., units:], transformed, rank - 1)], axis=-1)
-    jacobian = self._pad(inner.jacobian, conditioning, rank)
-    self.jacobian = tf.concat([self._pad(jacobian[..., :units, :], transformed, rank - 1),
-                               self._pad(jacobian[..., units:, :], transformed, rank - 1)], axis=-2)
+    tangents = inner.jacobian_transpose
+    rank = tangents.shape.rank
+    tangents = self._pad(tangents, conditioning, rank - 2)
+    self.jacobian_transpose = tf.concat([self._pad(tangents[..., :units], transformed, rank - 1),
+                                         self._pad(tangents[..., units:], transformed, rank - 1)], axis=-1)
 
   def _pad(self, value, block, axis):
     """`value` zero-padded along `axis` from the block's length to D."""
@@ -238,7 +300,7 @@ class EmbeddedConditioner(ConditionerDerivatives):
     factors = self._inner.factors(self._inner_weights(weights))
     if factors is None:
       return None
-    return [(self._pad(z, self._conditioning, z.shape.rank - 1), c) for z, c in factors]
+    return [(self._pad(t, self._conditioning, t.shape.rank - 2), c) for t, c in factors]
 
 
 def made_layers(network, conditional_input=None):

@@ -46,7 +46,7 @@ _COMPILES_WELL = frozenset("""
     Const Cos Cosh Cumsum Digamma Div DivNoNan Elu EnsureShape Equal Erf Erfc Exp ExpandDims Expm1 Fill Floor
     GatherV2 Greater GreaterEqual Identity IdentityN InvertPermutation IsFinite IsInf IsNan LeakyRelu Less
     LessEqual Lgamma Log Log1p LogicalAnd LogicalNot LogicalOr LogSoftmax MatMul BatchMatMulV2 MatrixBandPart
-    MatrixDiagPartV3 MatrixDiagV3 MatrixSetDiagV3 Max Maximum Mean Min Minimum Mul MulNoNan Neg NoOp NotEqual
+    MatrixDiagPartV3 MatrixDiagV3 MatrixSetDiagV3 Max Maximum Mean Min Minimum Mul MulNoNan Neg NoOp NotEqual OneHot
     OnesLike Pack Pad PadV2 Placeholder Pow Prod Range Rank RealDiv Reciprocal ReciprocalGrad ReadVariableOp Relu
     ReluGrad Reshape ReverseV2 Round Rsqrt RsqrtGrad Select SelectV2 Selu Shape ShapeN Sigmoid SigmoidGrad Sign
     Sin Sinh Size Slice Softmax Softplus SoftplusGrad Softsign Split SplitV Sqrt SqrtGrad Square

@@ -64,8 +64,9 @@ def _sum(terms):
   return tf.math.add_n(terms)
 
 
-def _solve_adjoint(matrix, rhs):
-  """`A⁻ᵀ rhs`, broadcasting the batch dimensions of both (as `matmul` does and `solve` does not)."""
+def _solve_adjoint(matrix, rhs, transposed=False):
+  """`A⁻ᵀ rhs` (`transposed`: `matrix` is `Aᵀ`), broadcasting the batch dimensions of both (as `matmul` does and
+  `solve` does not)."""
   batch = tf.broadcast_dynamic_shape(tf.shape(matrix)[:-2], tf.shape(rhs)[:-2])
   matrix = tf.broadcast_to(matrix, tf.concat([batch, tf.shape(matrix)[-2:]], 0))
   rhs = tf.broadcast_to(rhs, tf.concat([batch, tf.shape(rhs)[-2:]], 0))
@@ -73,22 +74,24 @@ def _solve_adjoint(matrix, rhs):
   # `log_prob` gives there) would make of the whole call: solve with the identity there, and give NaN.
   finite = tf.reduce_all(tf.math.is_finite(matrix), axis=[-2, -1])[..., tf.newaxis, tf.newaxis]
   eye = tf.eye(tf.shape(matrix)[-1], dtype=matrix.dtype)
-  solution = tf.linalg.solve(tf.where(finite, matrix, eye), rhs, adjoint=True)
+  solution = tf.linalg.solve(tf.where(finite, matrix, eye), rhs, adjoint=not transposed)
   return tf.where(finite, solution, tf.constant(float("nan"), rhs.dtype))
 
 
-def _pull_forward(jacobian, grad, hess, curvature):
+def _pull_forward(jacobian, grad, hess, curvature, transposed=False):
   """The inverse of `(g, H) ↦ (Jᵀg + c₁, JᵀHJ + C(g))`: `g = J⁻ᵀ(g' - c₁)`, `H = J⁻ᵀ(H' - C(g))J⁻¹`.
 
   Args:
-    jacobian: `J`, `[*batch, D, D]`.
+    jacobian: `J`, `[*batch, D, D]` (`Jᵀ` if `transposed`).
     grad: `g' - c₁`, `[*batch, D]`.
     hess: `H'`, `[*batch, D, D]`.
     curvature: `g -> C(g)`, the gradient-dependent and constant second-order terms.
+    transposed: whether `jacobian` is `Jᵀ`.
   """
-  grad = _solve_adjoint(jacobian, grad[..., tf.newaxis])[..., 0]
-  left = _solve_adjoint(jacobian, hess - curvature(grad))  # J⁻ᵀ R
-  return grad, tf.linalg.matrix_transpose(_solve_adjoint(jacobian, tf.linalg.matrix_transpose(left)))
+  grad = _solve_adjoint(jacobian, grad[..., tf.newaxis], transposed)[..., 0]
+  left = _solve_adjoint(jacobian, hess - curvature(grad), transposed)  # J⁻ᵀ R
+  return grad, tf.linalg.matrix_transpose(
+      _solve_adjoint(jacobian, tf.linalg.matrix_transpose(left), transposed))
 
 
 def _transpose_times(matrix, vector):
@@ -96,13 +99,25 @@ def _transpose_times(matrix, vector):
   return tf.reduce_sum(matrix * vector[..., tf.newaxis], axis=-2)
 
 
+def _times(matrix, vector):
+  """`M v` as a reduction, `M` batched or shared by every point (`[D, K]`)."""
+  return tf.reduce_sum(matrix * vector[..., tf.newaxis, :], axis=-1)
+
+
+def _times_transpose(matrix, tangents):
+  """`M Tᵀ` for tangents `T` (`[*batch, D, K]`, or `[D, K]` shared by every point: then one GEMM)."""
+  if tangents.shape.rank == 2:
+    return tf.tensordot(matrix, tangents, [[-1], [1]])
+  return tf.linalg.matmul(matrix, tangents, transpose_b=True)
+
+
 def _subtract_contraction(hess, conditioner, weights):
   """`hess - Σ_p w_p ∇²o_p` of a conditioner, through its factors where it has them."""
   factors = conditioner.factors(weights)
   if factors is None:
     return hess - conditioner.contract(weights)
-  for z, c in factors:
-    hess = hess - tf.linalg.matmul(z, c[..., tf.newaxis] * z, adjoint_a=True)
+  for tangents, c in factors:
+    hess = hess - conditioners.quadratic_form(tangents, c)
   return hess
 
 
@@ -751,25 +766,26 @@ class ComposedPullback(Pullback):
 
 class _AffineOutputs:
   """What an affine layer `x = (y - m(y)) ⊙ a`, `a = exp(-s(y))`, computed at its points, in the pullback's
-  output order: `x`, `a` and `ildj`, and the Jacobians `(J, S)`, formed on first use.
+  output order: `x`, `a` and `ildj`, and the transposed Jacobians `(Jᵀ, Sᵀ)`, formed on first use.
 
-  A permutation folded into the layer (`permuted`) gathers their rows; `network_order` then maps the network's
-  outputs to the rows they became (None: the network's own order).
+  A permutation folded into the layer (`permuted`) reorders its outputs: `source` then maps each output to the
+  network's output it is (None: the network's own order), and the Jacobians are formed from those columns of the
+  network's (for a linear read-out, its kernel's columns: the permutation costs nothing).
 
   Args:
     x: `[*batch, D]`.
     scale: `a`, `[*batch, D]`.
     ildj: `-Σ s`, `[*batch]`.
     conditioner: `ConditionerDerivatives` with `2D` outputs, `[m, s]`, as functions of the whole `y`.
-    jacobians: `(J, S)`, each `[*batch, D, D]`, where already formed; None forms them on first use.
-    network_order: the network's output order, where a permutation was folded in; None for none.
+    source: output `i` is the network's output `source[i]` (an integer vector), where a permutation was folded
+      in; None for none.
   """
 
-  def __init__(self, x, scale, ildj, conditioner, jacobians=None, network_order=None):
+  def __init__(self, x, scale, ildj, conditioner, source=None):
     self.x, self.scale, self.ildj = x, scale, ildj
     self.conditioner = conditioner
-    self.network_order = network_order
-    self._jacobians = jacobians
+    self.source = source
+    self._jacobians = None
 
   @classmethod
   def at(cls, y, conditioner):
@@ -779,35 +795,42 @@ class _AffineOutputs:
     scale = tf.exp(-log_scale)
     return cls((y - shift) * scale, scale, -tf.reduce_sum(log_scale, axis=-1), conditioner)
 
-  def jacobians(self):
-    """`(J, S)`: `J = diag(a) - a ⊙ M - x ⊙ S` and `S = ∂s/∂y` (rows scaled), each `[*batch, D, D]`."""
+  def jacobians_transposed(self):
+    """`(Jᵀ, Sᵀ)`, each `[*batch, D, D]` (`[..., i, k] = ∂x_k/∂y_i`): `Jᵀ = diag(a) - Mᵀ diag(a) - Sᵀ diag(x)`
+    (columns scaled), `Sᵀ = (∂s/∂y)ᵀ`."""
     if self._jacobians is None:
       d = self.x.shape[-1]
-      log_scale_jacobian = self.conditioner.jacobian[..., d:, :]
-      jacobian = _add_to_diagonal(-(self.scale[..., tf.newaxis] * self.conditioner.jacobian[..., :d, :]
-                                    + self.x[..., tf.newaxis] * log_scale_jacobian), self.scale)
-      self._jacobians = jacobian, log_scale_jacobian
+      if self.source is None:
+        shifts, log_scales = slice(0, d), slice(d, 2 * d)
+      else:
+        shifts, log_scales = self.source, self.source + d
+      m_t = self.conditioner.jacobian_transpose_columns(shifts)
+      s_t = self.conditioner.jacobian_transpose_columns(log_scales)
+      off_diagonal = -(m_t * self.scale[..., tf.newaxis, :] + s_t * self.x[..., tf.newaxis, :])
+      if self.source is None:
+        j_t = _add_to_diagonal(off_diagonal, self.scale)
+      else:
+        # ∂x_k/∂y_i ∋ a_k δ(i, source_k): a permutation matrix, scaled by column.
+        j_t = off_diagonal + tf.one_hot(self.source, d, axis=0, dtype=self.x.dtype) * self.scale[..., tf.newaxis, :]
+      self._jacobians = j_t, s_t
     return self._jacobians
 
   def permuted(self, source):
     """The outputs of this layer followed by `x ↦ gather(x, source)`, a permutation of its output.
 
-    The rows of every `∂/∂y` matrix are gathered once; the network's weights are gathered back to its own
-    output order (`Σ_i v_i ∇²x_{σ(i)} = Σ_j (v∘σ⁻¹)_j ∇²x_j`).
+    Only vectors are gathered; the Jacobians are formed from the network's columns in the new order, and the
+    network's weights are gathered back to its own order (`Σ_i v_i ∇²x_{σ(i)} = Σ_j (v∘σ⁻¹)_j ∇²x_j`).
     """
-    # Network output j is output σ⁻¹(j) now; after an earlier fold, σ⁻¹ of the output it had become.
-    order = tf.math.invert_permutation(source)
-    if self.network_order is not None:
-      order = tf.gather(order, self.network_order)
+    columns = source if self.source is None else tf.gather(self.source, source)
     return _AffineOutputs(tf.gather(self.x, source, axis=-1), tf.gather(self.scale, source, axis=-1), self.ildj,
-                          self.conditioner, tuple(tf.gather(m, source, axis=-2) for m in self.jacobians()), order)
+                          self.conditioner, columns)
 
   def network_weights(self, grad):
     """The weights `[v ⊙ a, v ⊙ x + 1]` of the network's second derivatives for `v = grad`, in its own order."""
     weights = tf.concat([grad * self.scale, grad * self.x + 1], axis=-1)
-    if self.network_order is None:
+    if self.source is None:
       return weights
-    order = self.network_order
+    order = tf.math.invert_permutation(self.source)
     return tf.gather(weights, tf.concat([order, order + tf.size(order, out_type=order.dtype)], 0), axis=-1)
 
 
@@ -815,7 +838,8 @@ def _factored_affine_pullback(outputs, grad, hess, kernel, d1):
   """The dense pullback of `ConditionedAffinePullback` with its Jacobian kept factored through the read-out layer.
 
   Where the network reads `(m, s)` out linearly from a hidden layer of `H < D` units, `a_L = σ(z_L)`, the
-  Jacobian stays factored: `J = diag(a) - P B`, `S = Q B`, with `B = diag(σ'(z_L)) Z_L` (`[H, D]`),
+  Jacobian stays factored: `J = diag(a) - P B`, `S = Q B`, with `B = diag(σ'(z_L)) Z_L` (`[H, D]`, `Z_L = T_Lᵀ`
+  the transpose of the network's tangents),
   `Q = W_sᵀ` and `P = diag(a) W_mᵀ + diag(x) W_sᵀ` (`[D, H]`, `W = [W_m, W_s]` the read-out kernel). With
   `T = ∇²F P + V Q`, `K = diag(a) T B` and `N = Pᵀ T + W_s diag(v ⊙ a) W_mᵀ` (`[H, H]`),
 
@@ -836,24 +860,24 @@ def _factored_affine_pullback(outputs, grad, hess, kernel, d1):
   """
   d = outputs.x.shape[-1]
   weights = outputs.network_weights(grad)
-  (z_last, c_last), *others = outputs.conditioner.factors(weights)
+  (t_last, c_last), *others = outputs.conditioner.factors(weights)  # T_L = Z_Lᵀ: [*batch, D, H] or [D, H]
   a, x = outputs.scale, outputs.x
   m_kernel, s_kernel = kernel[:, :d], kernel[:, d:]  # W_m, W_s: [H, D]
   m_rows, s_rows = tf.transpose(m_kernel), tf.transpose(s_kernel)  # W_mᵀ, Q = W_sᵀ: [D, H]
   p = a[..., tf.newaxis] * m_rows + x[..., tf.newaxis] * s_rows
   t = tf.linalg.matmul(hess, p) + grad[..., tf.newaxis] * s_rows
-  minus_cross = tf.linalg.matmul(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], z_last)  # -K
+  minus_cross = _times_transpose(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], t_last)  # -K
   middle = (tf.linalg.matmul(p, t, adjoint_a=True)
             + tf.linalg.matmul(s_kernel * (grad * a)[..., tf.newaxis, :], m_rows))
   middle = _add_to_diagonal(middle * _outer(d1, d1), -c_last)
   # One sum of the [D, D] terms: each binary add would read and write a whole Hessian again.
   terms = [hess * _outer(a, a), minus_cross, tf.linalg.matrix_transpose(minus_cross),
-           tf.linalg.matmul(z_last, tf.linalg.matmul(middle, z_last), adjoint_a=True)]
-  terms += [tf.linalg.matmul(z, -c[..., tf.newaxis] * z, adjoint_a=True) for z, c in others]
+           _times_transpose(tf.linalg.matmul(t_last, middle), t_last)]
+  terms += [conditioners.quadratic_form(tangents, -c) for tangents, c in others]
   hess = _sum(terms)
   # ∇G = Jᵀ g - Sᵀ 1 = a ⊙ g - Bᵀ W w, the network's own adjoint at its read-out.
   adjoint = tf.tensordot(weights, kernel, [[-1], [1]])
-  return a * grad - _transpose_times(z_last, d1 * adjoint), hess
+  return a * grad - _times(t_last, d1 * adjoint), hess
 
 
 class ConditionedAffinePullback(Pullback):
@@ -869,10 +893,12 @@ class ConditionedAffinePullback(Pullback):
 
   `V = diag(v)`. The last sum is one contraction of the conditioner's second derivatives (`conditioners.py`):
   the network's `[2D, D, D]` Hessian is never formed. The autoregressive (MAF) or block (RealNVP) structure
-  is carried by the zeros of `M` and `S`; `J` is formed once per point, `[*batch, D, D]`.
+  is carried by the zeros of `M` and `S`; `J` is formed once per point, transposed (`[*batch, D, D]`, the layout
+  of the network's tangents, `conditioners.py`).
 
-  With `Z_l`, `c_l` the network's own factors (`Σ w ∇²o = Σ_l Z_lᵀ diag(c_l) Z_l`, where it has them) the
-  pullback is `∇²G = Jᵀ(∇²F J - V S) - Sᵀ(V J + V X S) - Σ_l Z_lᵀ diag(c_l) Z_l`: batched products only.
+  With `T_l`, `c_l` the network's own factors (`Σ w ∇²o = Σ_l T_l diag(c_l) T_lᵀ`, where it has them) the
+  pullback is `∇²G = Jᵀ(Jᵀ∇²F - (V S)ᵀ)ᵀ - Sᵀ(V J + V X S) - Σ_l T_l diag(c_l) T_lᵀ` (`∇²F` symmetric): batched
+  products only, and none transposes its operands.
   Where the network reads `(m, s)` out linearly from fewer hidden units than `D`, `J` is never formed
   (`_factored_affine_pullback`).
 
@@ -898,7 +924,7 @@ class ConditionedAffinePullback(Pullback):
   def _readout(self):
     """The conditioner's `linear_readout` where the factored pullback is the cheaper (`H < D`), else None."""
     readout = getattr(self._conditioner, "linear_readout", None)
-    if readout is None or self._outputs.network_order is not None:
+    if readout is None or self._outputs.source is not None:
       return None
     width, size = readout[0].shape[0], self.x.shape[-1]
     if width is None or size is None or width >= size:
@@ -906,7 +932,7 @@ class ConditionedAffinePullback(Pullback):
     return readout
 
   def with_output_permuted(self, source):
-    """The dense Jacobian's rows gathered (`_AffineOutputs.permuted`); None where the pullback is factored
+    """The layer's outputs permuted (`_AffineOutputs.permuted`); None where the pullback is factored
     (`_readout`), which keeps `diag(a)` apart from the rows."""
     if self._readout() is not None:
       return None
@@ -914,33 +940,34 @@ class ConditionedAffinePullback(Pullback):
 
   def _curvature(self, grad):
     """`Σ_i v_i ∇²x_i + ∇² ildj` for `v = grad` (class docstring)."""
-    j, s = self._outputs.jacobians()
-    jvs = tf.linalg.matmul(j, grad[..., tf.newaxis] * s, adjoint_a=True)
-    svs = tf.linalg.matmul(s, (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True)
+    j_t, s_t = self._outputs.jacobians_transposed()
+    jvs = tf.linalg.matmul(j_t, s_t * grad[..., tf.newaxis, :], transpose_b=True)  # Jᵀ V S
+    svs = tf.linalg.matmul(s_t, s_t * (grad * self.x)[..., tf.newaxis, :], transpose_b=True)
     network = self._conditioner.contract(self._outputs.network_weights(grad))
     return -(jvs + tf.linalg.matrix_transpose(jvs) + svs + network)
 
   def _ildj_gradient(self):
-    return -tf.reduce_sum(self._outputs.jacobians()[1], axis=-2)
+    return -tf.reduce_sum(self._outputs.jacobians_transposed()[1], axis=-1)
 
   def __call__(self, grad, hess):
     readout = self._readout()
     if readout is not None:
       return _factored_affine_pullback(self._outputs, grad, hess, *readout)
-    j, s = self._outputs.jacobians()
-    v = grad[..., tf.newaxis]
+    j_t, s_t = self._outputs.jacobians_transposed()
+    v = grad[..., tf.newaxis, :]
     # Kᵀ (Q K) block by block: separate products cost the same flops as one stacked product, without copying
     # the blocks into it.
-    hess = (tf.linalg.matmul(j, tf.linalg.matmul(hess, j) - v * s, adjoint_a=True)
-            - tf.linalg.matmul(s, v * j + (grad * self.x)[..., tf.newaxis] * s, adjoint_a=True))
+    hess = (tf.linalg.matmul(j_t, tf.linalg.matmul(j_t, hess) - s_t * v, transpose_b=True)
+            - tf.linalg.matmul(s_t, (j_t + s_t * self.x[..., tf.newaxis, :]) * v, transpose_b=True))
     hess = _subtract_contraction(hess, self._conditioner, self._outputs.network_weights(grad))
-    return _transpose_times(j, grad) + self._ildj_gradient(), hess
+    return _times(j_t, grad) + self._ildj_gradient(), hess
 
   def invert(self, grad, hess):
-    return _pull_forward(self._outputs.jacobians()[0], grad - self._ildj_gradient(), hess, self._curvature)
+    return _pull_forward(self._outputs.jacobians_transposed()[0], grad - self._ildj_gradient(), hess,
+                         self._curvature, transposed=True)
 
   def jacobian(self):
-    return self._outputs.jacobians()[0]
+    return tf.linalg.matrix_transpose(self._outputs.jacobians_transposed()[0])
 
   def hessian(self):
     # One contraction per output coordinate: for inspection and tests only.
@@ -960,13 +987,14 @@ class CouplingPullback(ConditionedAffinePullback):
 
   .. math::
 
-      ∇^2G_{CC} &= H_{CC} + H_{CT} B + B^T q - S^T (V B + V X S) - \\sum_l Z_l^T \\operatorname{diag}(c_l) Z_l, \\\\
-      ∇^2G_{CT} &= (H_{CT} + B^T H_{TT} - (V S)^T) \\operatorname{diag}(a), \\quad
+      ∇^2G_{CC} &= H_{CC} + H_{CT} B + B^T q - S^T (V B + V X S) - \\sum_l T_l \\operatorname{diag}(c_l) T_l^T, \\\\
       ∇^2G_{TC} = \\operatorname{diag}(a)\\, q, \\quad
+      ∇^2G_{CT} = (∇^2G_{TC})^T, \\quad
       ∇^2G_{TT} = \\operatorname{diag}(a) H_{TT} \\operatorname{diag}(a),
 
-  the conditioner's factors `Z_l` taken on `y_C` only. With `|C| = |T| = D/2` these products cost about a
-  quarter of the dense layer's. Everything else (``invert``, inspection, ``_curvature``) is the dense
+  the conditioner's factors taken on `y_C` only. With `|C| = |T| = D/2` these products cost about a quarter of
+  the dense layer's. They are taken transposed, `Bᵀ` and `qᵀ = H_CT + Bᵀ H_TT - (V S)ᵀ` (`H` symmetric), in the
+  layout of the conditioner's tangents. Everything else (``invert``, inspection, ``_curvature``) is the dense
   `ConditionedAffinePullback` of the same layer, its conditioner embedded in all of `y`.
 
   Args:
@@ -992,20 +1020,20 @@ class CouplingPullback(ConditionedAffinePullback):
     c, t = self._blocks
     size = t.stop - t.start
     a, x_t = self._outputs.scale[..., t], self.x[..., t]
-    m_jac, s_jac = self._coupling.jacobian[..., :size, :], self._coupling.jacobian[..., size:, :]
-    b = -(a[..., tf.newaxis] * m_jac + x_t[..., tf.newaxis] * s_jac)
+    m_t = self._coupling.jacobian_transpose_columns(slice(0, size))  # Mᵀ, Sᵀ: [*batch, |C|, |T|]
+    s_t = self._coupling.jacobian_transpose_columns(slice(size, 2 * size))
+    b_t = -(m_t * a[..., tf.newaxis, :] + s_t * x_t[..., tf.newaxis, :])
     v = grad[..., t]
-    vs = v[..., tf.newaxis] * s_jac
     rows_c, rows_t = hess[..., c, :], hess[..., t, :]
-    h_cc, h_ct, h_tc, h_tt = rows_c[..., c], rows_c[..., t], rows_t[..., c], rows_t[..., t]
-    q = h_tc + tf.linalg.matmul(h_tt, b) - vs
-    cc = (h_cc + tf.linalg.matmul(h_ct, b) + tf.linalg.matmul(b, q, adjoint_a=True)
-          - tf.linalg.matmul(s_jac, v[..., tf.newaxis] * (b + x_t[..., tf.newaxis] * s_jac), adjoint_a=True))
+    h_cc, h_ct, h_tt = rows_c[..., c], rows_c[..., t], rows_t[..., t]
+    q_t = h_ct + tf.linalg.matmul(b_t, h_tt) - s_t * v[..., tf.newaxis, :]
+    cc = (h_cc + tf.linalg.matmul(h_ct, b_t, transpose_b=True) + tf.linalg.matmul(b_t, q_t, transpose_b=True)
+          - tf.linalg.matmul(s_t, (b_t + s_t * x_t[..., tf.newaxis, :]) * v[..., tf.newaxis, :], transpose_b=True))
     cc = _subtract_contraction(cc, self._coupling, tf.concat([v * a, v * x_t + 1], axis=-1))
-    ct = (h_ct + tf.linalg.matmul(b, h_tt, adjoint_a=True) - tf.linalg.matrix_transpose(vs)) * a[..., tf.newaxis, :]
-    tc = a[..., tf.newaxis] * q
+    ct = q_t * a[..., tf.newaxis, :]
+    tc = tf.linalg.matrix_transpose(ct)
     tt = h_tt * _outer(a, a)
-    grad_c = grad[..., c] + _transpose_times(b, v) - tf.reduce_sum(s_jac, axis=-2)
+    grad_c = grad[..., c] + _times(b_t, v) - tf.reduce_sum(s_t, axis=-1)
     # The blocks' batch shapes may differ (`jacobian()` pulls back a stack of basis vectors with one Hessian).
     blocks = cc, ct, tc, tt
     if not (cc.shape[:-2].is_fully_defined() and all(b.shape[:-2] == cc.shape[:-2] for b in blocks)):
