@@ -796,23 +796,23 @@ class _AffineOutputs:
     return cls((y - shift) * scale, scale, -tf.reduce_sum(log_scale, axis=-1), conditioner)
 
   def jacobians_transposed(self):
-    """`(Jᵀ, Sᵀ)`, each `[*batch, D, D]` (`[..., i, k] = ∂x_k/∂y_i`): `Jᵀ = diag(a) - Mᵀ diag(a) - Sᵀ diag(x)`
-    (columns scaled), `Sᵀ = (∂s/∂y)ᵀ`."""
+    """`(Jᵀ, Sᵀ, Jᵀ + Sᵀ diag(x))`, each `[*batch, D, D]` (`[..., i, k] = ∂x_k/∂y_i`), with
+    `Jᵀ = (I - Mᵀ) diag(a) - Sᵀ diag(x)` (columns scaled) and `Sᵀ = (∂s/∂y)ᵀ`; the pullback needs all three."""
     if self._jacobians is None:
       d = self.x.shape[-1]
       if self.source is None:
         shifts, log_scales = slice(0, d), slice(d, 2 * d)
+        # Output k is y_k's own: ∂x_k/∂y_k ∋ a_k.
+        identity = tf.eye(d, dtype=self.x.dtype)
       else:
         shifts, log_scales = self.source, self.source + d
+        # Output k is y_{source_k}'s: ∂x_k/∂y_i ∋ a_k δ(i, source_k), a permutation matrix.
+        identity = tf.one_hot(self.source, d, axis=0, dtype=self.x.dtype)
       m_t = self.conditioner.jacobian_transpose_columns(shifts)
       s_t = self.conditioner.jacobian_transpose_columns(log_scales)
-      off_diagonal = -(m_t * self.scale[..., tf.newaxis, :] + s_t * self.x[..., tf.newaxis, :])
-      if self.source is None:
-        j_t = _add_to_diagonal(off_diagonal, self.scale)
-      else:
-        # ∂x_k/∂y_i ∋ a_k δ(i, source_k): a permutation matrix, scaled by column.
-        j_t = off_diagonal + tf.one_hot(self.source, d, axis=0, dtype=self.x.dtype) * self.scale[..., tf.newaxis, :]
-      self._jacobians = j_t, s_t
+      # Elementwise passes over [*batch, D, D] cost as much as a product here: the fewest that give all three.
+      scaled = (identity - m_t) * self.scale[..., tf.newaxis, :]
+      self._jacobians = scaled - s_t * self.x[..., tf.newaxis, :], s_t, scaled
     return self._jacobians
 
   def permuted(self, source):
@@ -940,7 +940,7 @@ class ConditionedAffinePullback(Pullback):
 
   def _curvature(self, grad):
     """`Σ_i v_i ∇²x_i + ∇² ildj` for `v = grad` (class docstring)."""
-    j_t, s_t = self._outputs.jacobians_transposed()
+    j_t, s_t, _ = self._outputs.jacobians_transposed()
     jvs = tf.linalg.matmul(j_t, s_t * grad[..., tf.newaxis, :], transpose_b=True)  # Jᵀ V S
     svs = tf.linalg.matmul(s_t, s_t * (grad * self.x)[..., tf.newaxis, :], transpose_b=True)
     network = self._conditioner.contract(self._outputs.network_weights(grad))
@@ -953,12 +953,12 @@ class ConditionedAffinePullback(Pullback):
     readout = self._readout()
     if readout is not None:
       return _factored_affine_pullback(self._outputs, grad, hess, *readout)
-    j_t, s_t = self._outputs.jacobians_transposed()
+    j_t, s_t, j_sx_t = self._outputs.jacobians_transposed()
     v = grad[..., tf.newaxis, :]
     # Kᵀ (Q K) block by block: separate products cost the same flops as one stacked product, without copying
     # the blocks into it.
     hess = (tf.linalg.matmul(j_t, tf.linalg.matmul(j_t, hess) - s_t * v, transpose_b=True)
-            - tf.linalg.matmul(s_t, (j_t + s_t * self.x[..., tf.newaxis, :]) * v, transpose_b=True))
+            - tf.linalg.matmul(s_t, j_sx_t * v, transpose_b=True))
     hess = _subtract_contraction(hess, self._conditioner, self._outputs.network_weights(grad))
     return _times(j_t, grad) + self._ildj_gradient(), hess
 
