@@ -23,9 +23,13 @@ Where `y` came out of `bijector.forward(x)` and TFP's cache still holds `x` (the
 `Invert(b)` equal to `b`), a bijector with a forward rule is served from `x`, not `y`: the forward rule's terms
 at `x`, inverted (`Pullback.inverted`). `x` is exact where `y` is its rounding, which next to the edge of the
 bijector's range leaves its inverse's derivatives only `ε / distance to the edge`; and a layer followed by its
-own inverse then has both layers' derivatives at the same `x`, so they cancel as nested tapes' do. Where the
-cache makes a stretch of layers the identity outright (a layer's `x` is the tensor an earlier one took), the
-stretch is left out of the composition (`pullbacks`).
+own inverse then has both layers' derivatives at the same `x`, so they cancel as nested tapes' do. A bijector
+the fallback serves is served from `x` the same way, by the fallback's forward counterpart
+(`register_fallback_forward`: for a coordinatewise bijector, autodiff of `bijector.forward` at `x`, inverted),
+except `Invert(b)`: its forward is `b.inverse`, which TFP answers from `b`'s cache in a round trip `b⁻¹ ∘ b`,
+so its cached "preimage" may be the rounded side. Where the cache makes a stretch of layers the identity
+outright (a layer's `x` is the tensor an earlier one took), the stretch is left out of the composition
+(`pullbacks`).
 
 A subclass inherits its ancestor's rule only if it leaves the ancestor's math alone: a user's `tfb.Softplus`
 subclass that overrides `_inverse` gets the autodiff fallback, never a silently wrong analytic rule. A bijector
@@ -45,6 +49,7 @@ __all__ = [
     "register",
     "register_forward",
     "register_fallback",
+    "register_fallback_forward",
     "lookup",
     "forward_rule",
     "pullback",
@@ -89,6 +94,7 @@ class Rule:
 
 _RULES = {}
 _FALLBACK = []
+_FALLBACK_FORWARD = []
 
 # The methods whose override changes a bijector's math (and so voids an inherited rule).
 _MATH_METHODS = ("_forward", "_inverse", "_forward_log_det_jacobian", "_inverse_log_det_jacobian")
@@ -130,6 +136,13 @@ def register_forward(*bijector_classes):
 def register_fallback(rule):
   """Sets the rule for bijectors without an analytic one (the per-bijector autodiff rule)."""
   _FALLBACK[:] = [rule]
+  return rule
+
+
+def register_fallback_forward(rule):
+  """Sets the fallback's forward counterpart, `rule(bijector, x, layout, kwargs) -> Pullback` of `Invert(bijector)`
+  at `x`, or None where it has none; it serves a bijector without an analytic rule from its cached preimage."""
+  _FALLBACK_FORWARD[:] = [rule]
   return rule
 
 
@@ -180,16 +193,28 @@ def forward_rule(bijector, layout=None):
       bijector, _VECTOR if layout is None else layout) else None
 
 
+def _preimage_rule(bijector, layout):
+  """The forward rule that serves `bijector` from its cached preimage (module docstring), or None: its own, else,
+  for a bijector the fallback serves (other than `Invert(b)`), the fallback's forward counterpart."""
+  forward = forward_rule(bijector, layout)
+  if forward is not None or not _FALLBACK_FORWARD or _analytic_rule(bijector, layout) is not None:
+    return forward
+  # `Invert(b).forward` is `b.inverse`: in a round trip `b⁻¹ ∘ b` TFP answers it from `b`'s cache, and the
+  # "preimage" it records for `Invert(b)` is then `b`'s rounded output, not an exact point.
+  return None if isinstance(bijector, private_api.INVERT) else _FALLBACK_FORWARD[0]
+
+
 def _from_preimage(bijector, y, layout, kwargs):
   """The pullback of `bijector` at `y` from its cached preimage `x` (module docstring), or None."""
-  forward = forward_rule(bijector, layout)
+  forward = _preimage_rule(bijector, layout)
   if forward is None:
     return None
   x = private_api.cached_preimage(bijector, y, kwargs)
   if x is None:
     return None
   # Forward rules serve maps that keep the event's layout (coordinatewise, or vectors to vectors).
-  return forward(bijector, x, layout, kwargs).inverted(x, layout)
+  inverse = forward(bijector, x, layout, kwargs)
+  return None if inverse is None else inverse.inverted(x, layout)
 
 
 def fallback(bijector, y, layout, kwargs):
