@@ -124,6 +124,41 @@ def test_edges_against_exact_hessian(name, dtype):
   _assert_exact(name, make(), phi, dphi, np.asarray(values[dtype], dtype), dtype)
 
 
+# The Tanh round trip over Sinh as users nest it: the flow is Sinh, and TFP's cache makes `Invert(Tanh)` then
+# `Tanh` the identity wherever their `Chain`s sit. `registry.pullbacks` walks through nested `Chain`s and
+# `Invert(Chain)`s to see it; until session 21 it looked only among one `Chain`'s own members, and where the pair
+# straddled a nested `Chain` it took both layers' derivatives at `tanh(z) = ±1`, 0 and inf: NaN for |z| > 19.
+NESTED_ROUND_TRIPS = {
+    "pair split, second in a nested Chain": lambda: tfb.Chain([
+        tfb.Invert(tfb.Tanh()), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair split, first in a nested Chain": lambda: tfb.Chain([tfb.Chain([tfb.Invert(tfb.Tanh())]), tfb.Tanh(),
+                                                               tfb.Sinh()]),
+    "pair split across two nested Chains": lambda: tfb.Chain([
+        tfb.Chain([tfb.Invert(tfb.Tanh())]), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair inside a nested Chain": lambda: tfb.Chain([tfb.Chain([tfb.Invert(tfb.Tanh()), tfb.Tanh()]), tfb.Sinh()]),
+    "pair inside Invert(Chain)": lambda: tfb.Chain([
+        tfb.Invert(tfb.Chain([tfb.Invert(tfb.Tanh()), tfb.Tanh()])), tfb.Sinh()]),
+    "first as Invert(Chain), second nested": lambda: tfb.Chain([
+        tfb.Invert(tfb.Chain([tfb.Tanh()])), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair split inside Invert(Chain)": lambda: tfb.Invert(tfb.Chain([
+        tfb.Invert(tfb.Sinh()), tfb.Chain([tfb.Invert(tfb.Tanh())]), tfb.Tanh()])),
+    "first in Invert(Invert(Chain))": lambda: tfb.Chain([
+        tfb.Invert(tfb.Invert(tfb.Chain([tfb.Invert(tfb.Tanh())]))), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair split three Chains deep": lambda: tfb.Chain([
+        tfb.Chain([tfb.Chain([tfb.Invert(tfb.Tanh())])]), tfb.Chain([tfb.Chain([tfb.Tanh()]), tfb.Sinh()])]),
+}
+NESTED_ROUND_TRIP_POINTS = {np.float64: [-1e300, -1e5, -20., 0.5, 400., 1e300],
+                            np.float32: [-1e30, -1e5, -10., 0.5, 400., 1e30]}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", sorted(NESTED_ROUND_TRIPS))
+def test_nested_round_trip_against_exact_hessian(name, dtype):
+  _, phi, dphi, _ = EDGES["Sinh"]
+  _assert_exact(f"Tanh round trip over Sinh, {name}", NESTED_ROUND_TRIPS[name](), phi, dphi,
+                np.asarray(NESTED_ROUND_TRIP_POINTS[dtype], dtype), dtype)
+
+
 # 1 - K(z) for Kumaraswamy(2, 3) is (1 - z²)³: 7.9e-6, 8.0e-9, 6.4e-11, 8.0e-15 and, below float64's ulp at 1
 # (K(z) rounds to 1), 8.0e-18; float32's ulp is 6e-8, so from its fourth point on K(z) rounds to 1. At z = 1e-8,
 # K(z) = 3e-16 is near the other edge.
