@@ -121,11 +121,74 @@ def _relative_error(value, exact, dtype):
 @pytest.mark.parametrize("name", sorted(EDGES))
 def test_edges_against_exact_hessian(name, dtype):
   make, phi, dphi, values = EDGES[name]
-  z = np.asarray(values[dtype], dtype)
+  _assert_exact(name, make(), phi, dphi, np.asarray(values[dtype], dtype), dtype)
+
+
+# The Tanh round trip over Sinh as users nest it: the flow is Sinh, and TFP's cache makes `Invert(Tanh)` then
+# `Tanh` the identity wherever their `Chain`s sit. `registry.pullbacks` walks through nested `Chain`s and
+# `Invert(Chain)`s to see it; until session 21 it looked only among one `Chain`'s own members, and where the pair
+# straddled a nested `Chain` it took both layers' derivatives at `tanh(z) = ±1`, 0 and inf: NaN for |z| > 19.
+NESTED_ROUND_TRIPS = {
+    "pair split, second in a nested Chain": lambda: tfb.Chain([
+        tfb.Invert(tfb.Tanh()), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair split, first in a nested Chain": lambda: tfb.Chain([tfb.Chain([tfb.Invert(tfb.Tanh())]), tfb.Tanh(),
+                                                               tfb.Sinh()]),
+    "pair split across two nested Chains": lambda: tfb.Chain([
+        tfb.Chain([tfb.Invert(tfb.Tanh())]), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair inside a nested Chain": lambda: tfb.Chain([tfb.Chain([tfb.Invert(tfb.Tanh()), tfb.Tanh()]), tfb.Sinh()]),
+    "pair inside Invert(Chain)": lambda: tfb.Chain([
+        tfb.Invert(tfb.Chain([tfb.Invert(tfb.Tanh()), tfb.Tanh()])), tfb.Sinh()]),
+    "first as Invert(Chain), second nested": lambda: tfb.Chain([
+        tfb.Invert(tfb.Chain([tfb.Tanh()])), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair split inside Invert(Chain)": lambda: tfb.Invert(tfb.Chain([
+        tfb.Invert(tfb.Sinh()), tfb.Chain([tfb.Invert(tfb.Tanh())]), tfb.Tanh()])),
+    "first in Invert(Invert(Chain))": lambda: tfb.Chain([
+        tfb.Invert(tfb.Invert(tfb.Chain([tfb.Invert(tfb.Tanh())]))), tfb.Chain([tfb.Tanh(), tfb.Sinh()])]),
+    "pair split three Chains deep": lambda: tfb.Chain([
+        tfb.Chain([tfb.Chain([tfb.Invert(tfb.Tanh())])]), tfb.Chain([tfb.Chain([tfb.Tanh()]), tfb.Sinh()])]),
+}
+NESTED_ROUND_TRIP_POINTS = {np.float64: [-1e300, -1e5, -20., 0.5, 400., 1e300],
+                            np.float32: [-1e30, -1e5, -10., 0.5, 400., 1e30]}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", sorted(NESTED_ROUND_TRIPS))
+def test_nested_round_trip_against_exact_hessian(name, dtype):
+  _, phi, dphi, _ = EDGES["Sinh"]
+  _assert_exact(f"Tanh round trip over Sinh, {name}", NESTED_ROUND_TRIPS[name](), phi, dphi,
+                np.asarray(NESTED_ROUND_TRIP_POINTS[dtype], dtype), dtype)
+
+
+# 1 - K(z) for Kumaraswamy(2, 3) is (1 - z²)³: 7.9e-6, 8.0e-9, 6.4e-11, 8.0e-15 and, below float64's ulp at 1
+# (K(z) rounds to 1), 8.0e-18; float32's ulp is 6e-8, so from its fourth point on K(z) rounds to 1. At z = 1e-8,
+# K(z) = 3e-16 is near the other edge.
+FALLBACK_ROUND_TRIP = {np.float64: [1e-8, 0.3, 1 - 1e-2, 1 - 1e-3, 1 - 2e-4, 1 - 1e-5, 1 - 1e-6],
+                       np.float32: [1e-8, 0.3, 1 - 1e-1, 1 - 1e-2, 1 - 1e-3, 1 - 1e-4]}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: d.__name__)
+def test_fallback_round_trip_near_its_edge(dtype):
+  """`Invert(K)` over `Chain([K, Sigmoid])`, `K` a `KumaraswamyCDF` (no rule: the autodiff fallback), as the
+  property tests put `Invert(b)` over `b`'s domain map: the flow is `Sigmoid`, and TFP's cache makes the pair the
+  identity. The value between the pair, `K(z)`, rounds next to 1 or onto it; the second `K` is served from the
+  cached exact `z` (`registry.register_fallback_forward`). Re-differentiating `K`'s inverse at the rounded
+  `K(z)` instead was 5.6e-9 off (float64) at `1 - K(z) = 8e-9`, 7.6e-4 at 8e-15, 0.23 at `z = 1e-8`, and not
+  finite where `K(z)` rounds to 1.
+  """
+  kumaraswamy = tfb.KumaraswamyCDF(concentration1=tf.constant(2., dtype), concentration0=tf.constant(3., dtype))
+  flow = tfb.Chain([tfb.Invert(kumaraswamy), tfb.Chain([kumaraswamy, tfb.Sigmoid()])])
+  _, phi, dphi, _ = EDGES["Sigmoid"]
+  _assert_exact("Kumaraswamy round trip over Sigmoid", flow, phi, dphi, np.asarray(FALLBACK_ROUND_TRIP[dtype], dtype),
+                dtype)
+
+
+def _assert_exact(name, bijector, phi, dphi, z, dtype):
+  """Ours against the exact diagonal Hessian of `bijector` (inverse `φ`, `φ'` in mpmath) over a diagonal normal at
+  the points `z`, as the module docstring states."""
   dim = z.size
   rng = np.random.default_rng(0)
   loc, scale = rng.normal(size=dim).astype(dtype), rng.uniform(0.5, 2., size=dim).astype(dtype)
-  flow = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.constant(loc), tf.constant(scale)), make())
+  flow = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.constant(loc), tf.constant(scale)), bijector)
   points = tf.constant(z[np.newaxis])
   ours = tfp_hessian.log_prob_hessian(flow, points).numpy()[0]
   assert ours.dtype == dtype

@@ -107,8 +107,11 @@ def _assert_sloppy_subspace(pairs, hessian):
 
 
 def _bench_flow_and_points(name, dim, num_points=3):
-  flow = harness.build_flow(name, dim, np.float64).distribution
-  return flow, tf.constant(flow.sample(num_points, seed=(1, 2)).numpy())
+  """`(flow, z, kwargs)`: a benchmark flow, points sampled from it, and its `log_prob`'s keyword arguments (one
+  condition per point for the conditional MAF)."""
+  bench_flow = harness.build_flow(name, dim, np.float64)
+  z, kwargs = harness.sample_points(bench_flow, num_points, seed=1)
+  return bench_flow.distribution, z, kwargs
 
 
 # Each sloppy case traces the block iteration (5-10 s a case): float32 sloppy for the flows beyond one runs in the
@@ -141,9 +144,9 @@ def test_against_dense_spectrum(name, dtype, which):
                                   for name in harness.FLOWS])
 def test_sloppy_interior_pairs_in_blocks(name):
   """Indefinite Hessians at D = 128 (blocks of 4): the sloppiest pairs, interior, match the dense ones."""
-  flow, z = _bench_flow_and_points(name, 128)
-  pairs = tfp_hessian.top_eigenpairs(flow, z, 5, which="sloppy")
-  hessian = np.asarray(tfp_hessian.log_prob_hessian(flow, z))
+  flow, z, kwargs = _bench_flow_and_points(name, 128)
+  pairs = tfp_hessian.top_eigenpairs(flow, z, 5, which="sloppy", **kwargs)
+  hessian = np.asarray(tfp_hessian.log_prob_hessian(flow, z, **kwargs))
   values = np.linalg.eigvalsh(hessian)
   assert np.all((values[:, 0] < 0) & (values[:, -1] > 0)), "the Hessians should be indefinite"
   sloppy = np.asarray(pairs.eigenvalues)
@@ -219,7 +222,7 @@ def test_sloppy_last_block_cut_to_max_iterations():
 @pytest.mark.parametrize("name", ["elementwise_affine", pytest.param("realnvp", marks=pytest.mark.slow)])
 def test_sloppy_graph_with_unknown_batch_shape(name):
   """Inside a user's `tf.function`, points of unknown number (blocks of 2, taken by `vectorized_map`)."""
-  flow, z = _bench_flow_and_points(name, 64)
+  flow, z, _ = _bench_flow_and_points(name, 64)
   graph = tf.function(lambda z: tfp_hessian.top_eigenpairs(flow, z, 3, which="sloppy"), input_signature=[
       tf.TensorSpec([None, 64], tf.float64)])
   result = graph(z)
@@ -248,7 +251,7 @@ def test_sloppy_target_at_d_1024():
   dense answer and flagged converged. Its time target (less than the dense sweep and `eigh`) is measured by
   `benchmarks/sloppy_eigenpairs.py` and reported in BENCHMARKS.md ("Sloppy pairs at large D"), not asserted here: a
   time on a shared machine says more about the load than about the code."""
-  flow, z = _bench_flow_and_points("realnvp", 1024, num_points=4)
+  flow, z, _ = _bench_flow_and_points("realnvp", 1024, num_points=4)
   pairs = tfp_hessian.top_eigenpairs(flow, z, 5, which="sloppy")
   hessian = tfp_hessian.log_prob_hessian(flow, z)
   spectrum = tfp_hessian.spectrum(hessian, symmetry_rtol=None)

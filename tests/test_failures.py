@@ -12,6 +12,8 @@ Bad input (points, conditions, structures that do not match the distribution) is
 in `test_errors.py`.
 """
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -231,6 +233,29 @@ def test_outside_support_with_validation_names_the_bijector(name, graph):
   # Eagerly the error is given the bijector's name; in a graph its node names carry it (`<name>_pullback`).
   with pytest.raises(tf.errors.InvalidArgumentError, match=rf"bijector '{bijector.name}'|{bijector.name}_pullback"):
     hessian(tf.constant(z))
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_outside_support_in_nested_compositions_names_each_of_them(graph):
+  """The walk goes through nested `Chain`s and `Invert(Chain)`s member by member (`registry.pullbacks`); an error
+  still names every composition around the failing layer, innermost first, as their own rules did."""
+  shift = lambda: tfb.Shift(tf.constant(0., F64))  # noqa: E731
+  inner = tfb.Chain([shift(), tfb.Invert(tfb.Chain([shift(), tfb.Invert(tfb.Tanh(validate_args=True))],
+                                                   name="deep"))], name="inner")
+  flow = tfd.TransformedDistribution(_base(), tfb.Chain([shift(), inner], name="outer"))
+  hessian = lambda z: tfp_hessian.log_prob_hessian(flow, z)  # noqa: E731
+  if graph:
+    hessian = tf.function(hessian)
+  z = np.full([2, D], 0.25)
+  z[1, 2] = -1.
+  assert np.all(np.isfinite(hessian(tf.constant(z[:1]))))
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    hessian(tf.constant(z))
+  if graph:
+    assert "outer_pullback/inner_pullback/invert_deep_pullback/tanh_pullback/" in str(raised.value)
+  else:
+    names = re.findall(r"raised by bijector '(\w+)'", str(raised.value))
+    assert names == ["tanh", "invert_deep", "inner", "outer"]
 
 
 def test_outside_support_without_validation_is_still_nan():

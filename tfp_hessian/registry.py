@@ -23,15 +23,21 @@ Where `y` came out of `bijector.forward(x)` and TFP's cache still holds `x` (the
 `Invert(b)` equal to `b`), a bijector with a forward rule is served from `x`, not `y`: the forward rule's terms
 at `x`, inverted (`Pullback.inverted`). `x` is exact where `y` is its rounding, which next to the edge of the
 bijector's range leaves its inverse's derivatives only `ε / distance to the edge`; and a layer followed by its
-own inverse then has both layers' derivatives at the same `x`, so they cancel as nested tapes' do. Where the
-cache makes a stretch of layers the identity outright (a layer's `x` is the tensor an earlier one took), the
-stretch is left out of the composition (`pullbacks`).
+own inverse then has both layers' derivatives at the same `x`, so they cancel as nested tapes' do. A bijector
+the fallback serves is served from `x` the same way, by the fallback's forward counterpart
+(`register_fallback_forward`: for a coordinatewise bijector, autodiff of `bijector.forward` at `x`, inverted),
+except `Invert(b)`: its forward is `b.inverse`, which TFP answers from `b`'s cache in a round trip `b⁻¹ ∘ b`,
+so its cached "preimage" may be the rounded side. Where the cache makes a stretch of layers the identity
+outright (a layer's `x` is the tensor an earlier one took), the stretch is left out of the composition
+(`pullbacks`), wherever its ends sit: the walk goes through a composition whose rule names its members
+(`Rule.members`: a nested `Chain`, `Invert(Chain(…))`) member by member.
 
 A subclass inherits its ancestor's rule only if it leaves the ancestor's math alone: a user's `tfb.Softplus`
 subclass that overrides `_inverse` gets the autodiff fallback, never a silently wrong analytic rule. A bijector
 of vector events can also carry its own rule as a `_hessian_pullback(y, **kwargs)` method.
 """
 
+import contextlib
 import dataclasses
 from typing import Callable, Optional
 
@@ -45,6 +51,7 @@ __all__ = [
     "register",
     "register_forward",
     "register_fallback",
+    "register_fallback_forward",
     "lookup",
     "forward_rule",
     "pullback",
@@ -69,6 +76,9 @@ class Rule:
     applies: `(bijector, layout) -> bool`; where False the bijector gets the fallback instead. None: always.
     validate: `(bijector, layout, kwargs) -> None`, raising from static information only if the rule cannot
       serve this bijector at this event with these kwargs; the sweep calls it for every layer before any runs.
+    members: `(bijector, kwargs) -> [(member, its kwargs), …]` from the `y` side, or None: for a composition
+      whose pullback is its members' composed (`pullbacks`), the members a walk takes in its place, so that it
+      sees the identity stretches TFP's cache makes across the composition's boundary. None: never one.
   """
 
   pullback: Optional[Callable] = None
@@ -76,6 +86,7 @@ class Rule:
   forward: Optional[Callable] = None
   applies: Optional[Callable] = None
   validate: Optional[Callable] = None
+  members: Optional[Callable] = None
 
   def serves(self, bijector, layout):
     if self.pullback is None or (self.applies is not None and not self.applies(bijector, layout)):
@@ -89,12 +100,13 @@ class Rule:
 
 _RULES = {}
 _FALLBACK = []
+_FALLBACK_FORWARD = []
 
 # The methods whose override changes a bijector's math (and so voids an inherited rule).
 _MATH_METHODS = ("_forward", "_inverse", "_forward_log_det_jacobian", "_inverse_log_det_jacobian")
 
 
-def register(*bijector_classes, events="vector", applies=None, validate=None):
+def register(*bijector_classes, events="vector", applies=None, validate=None, members=None):
   """Decorator: registers `rule(bijector, y, layout, kwargs) -> Pullback` for the given TFP bijector classes.
 
   Args:
@@ -103,6 +115,9 @@ def register(*bijector_classes, events="vector", applies=None, validate=None):
     applies: optional `(bijector, layout) -> bool`; where it is False the bijector gets the fallback instead.
     validate: optional `(bijector, layout, kwargs) -> None` that raises, from static information only, if the
       rule cannot serve this bijector; the sweep calls it for every layer before any computation starts.
+    members: optional `(bijector, kwargs) -> [(member, its kwargs), …]` (or None where the bijector is no
+      sequence of members) for a composition whose `rule` composes its members' pullbacks by `pullbacks`: a walk
+      over a composition's members takes these in its place (`Rule.members`).
   """
   if events not in _EVENTS:
     raise ValueError(f"`events` must be one of {_EVENTS}; got {events!r}.")
@@ -110,7 +125,7 @@ def register(*bijector_classes, events="vector", applies=None, validate=None):
   def decorate(rule):
     for cls in bijector_classes:
       _RULES[cls] = dataclasses.replace(_RULES.get(cls, Rule()), pullback=rule, events=events, applies=applies,
-                                        validate=validate)
+                                        validate=validate, members=members)
     return rule
 
   return decorate
@@ -130,6 +145,13 @@ def register_forward(*bijector_classes):
 def register_fallback(rule):
   """Sets the rule for bijectors without an analytic one (the per-bijector autodiff rule)."""
   _FALLBACK[:] = [rule]
+  return rule
+
+
+def register_fallback_forward(rule):
+  """Sets the fallback's forward counterpart, `rule(bijector, x, layout, kwargs) -> Pullback` of `Invert(bijector)`
+  at `x`, or None where it has none; it serves a bijector without an analytic rule from its cached preimage."""
+  _FALLBACK_FORWARD[:] = [rule]
   return rule
 
 
@@ -180,16 +202,28 @@ def forward_rule(bijector, layout=None):
       bijector, _VECTOR if layout is None else layout) else None
 
 
+def _preimage_rule(bijector, layout):
+  """The forward rule that serves `bijector` from its cached preimage (module docstring), or None: its own, else,
+  for a bijector the fallback serves (other than `Invert(b)`), the fallback's forward counterpart."""
+  forward = forward_rule(bijector, layout)
+  if forward is not None or not _FALLBACK_FORWARD or _analytic_rule(bijector, layout) is not None:
+    return forward
+  # `Invert(b).forward` is `b.inverse`: in a round trip `b⁻¹ ∘ b` TFP answers it from `b`'s cache, and the
+  # "preimage" it records for `Invert(b)` is then `b`'s rounded output, not an exact point.
+  return None if isinstance(bijector, private_api.INVERT) else _FALLBACK_FORWARD[0]
+
+
 def _from_preimage(bijector, y, layout, kwargs):
   """The pullback of `bijector` at `y` from its cached preimage `x` (module docstring), or None."""
-  forward = forward_rule(bijector, layout)
+  forward = _preimage_rule(bijector, layout)
   if forward is None:
     return None
   x = private_api.cached_preimage(bijector, y, kwargs)
   if x is None:
     return None
   # Forward rules serve maps that keep the event's layout (coordinatewise, or vectors to vectors).
-  return forward(bijector, x, layout, kwargs).inverted(x, layout)
+  inverse = forward(bijector, x, layout, kwargs)
+  return None if inverse is None else inverse.inverted(x, layout)
 
 
 def fallback(bijector, y, layout, kwargs):
@@ -217,14 +251,21 @@ def pullback(bijector, y, layout, kwargs=None):
     kwargs: the keyword arguments of `bijector.inverse` (a `dict`; None for none).
   """
   kwargs = {} if kwargs is None else kwargs
+  with _scope(bijector):
+    from_preimage = _from_preimage(bijector, y, layout, kwargs)
+    if from_preimage is not None:
+      return from_preimage
+    return lookup(bijector, layout)(bijector, y, layout, kwargs)
+
+
+@contextlib.contextmanager
+def _scope(bijector):
+  """Where `bijector`'s pullback is formed: its name in the ops' name scope and in the errors raised there."""
   # The name scope puts the bijector's name into the node names a graph-mode error reports; eagerly, an
   # error raised inside (a `validate_args` assertion) is given the bijector's name here.
   with tf.name_scope(f"{bijector.name}_pullback"):
     try:
-      from_preimage = _from_preimage(bijector, y, layout, kwargs)
-      if from_preimage is not None:
-        return from_preimage
-      return lookup(bijector, layout)(bijector, y, layout, kwargs)
+      yield
     except tf.errors.InvalidArgumentError as error:
       raise type(error)(error.node_def, error.op, f"{error.message}\n  raised by bijector {bijector.name!r} "
                         f"({type(bijector).__name__}) at its inverse") from error
@@ -238,17 +279,41 @@ def pullbacks(members, y, layout):
   an earlier member took (`Chain([Invert(b), b])` at points `b` produced), TFP's own `log_prob` runs no map
   there and its log-dets cancel. Taken member by member, the derivatives would multiply a vanishing Jacobian by
   its reciprocal once the middle point saturates (0 · inf where `tanh(z)` rounds to ±1).
+
+  A member whose rule names its own members (`Rule.members`: a nested `Chain`, `Invert(Chain(…))`) is walked
+  through, its members in its place, so that a stretch is seen wherever its ends sit: `Chain([Invert(b),
+  Chain([b, c])])` is walked as `Chain([Invert(b), b, c])`. Its name scope still encloses its members' and
+  still names it in their errors, as when its own rule runs.
   """
   layers, inputs = [], []
-  for bijector, kwargs in members:
-    inputs.append(y)
-    layers.append(pullback(bijector, y, layout, kwargs))
-    y, layout = layers[-1].x, layers[-1].x_layout
-    for start, earlier in enumerate(inputs):
-      if _same_tensors(earlier, y):
-        del layers[start:], inputs[start:]
-        break
+
+  def walk(members):
+    nonlocal y, layout
+    for bijector, kwargs in members:
+      kwargs = {} if kwargs is None else kwargs
+      inner = _members(bijector, layout, kwargs)
+      if inner is not None:
+        with _scope(bijector):
+          walk(inner)
+        continue
+      inputs.append(y)
+      layers.append(pullback(bijector, y, layout, kwargs))
+      y, layout = layers[-1].x, layers[-1].x_layout
+      for start, earlier in enumerate(inputs):
+        if _same_tensors(earlier, y):
+          del layers[start:], inputs[start:]
+          break
+
+  walk(members)
   return layers, y, layout
+
+
+def _members(bijector, layout, kwargs):
+  """The members a walk takes in place of `bijector` (`Rule.members`), or None to take `bijector` itself."""
+  rule = _analytic_rule(bijector, layout)
+  if rule is None or rule.members is None:
+    return None
+  return rule.members(bijector, kwargs)
 
 
 def _same_tensors(a, b):

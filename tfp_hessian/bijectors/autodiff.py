@@ -20,11 +20,15 @@ broadcasting. For a coordinatewise bijector the coordinates are independent too,
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfp_hessian import events, registry, tapes
 from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback
 
-__all__ = ["autodiff_rule", "elementwise_autodiff_rule", "flat_autodiff_rule", "is_coordinatewise"]
+tfb = tfp.bijectors
+
+__all__ = ["autodiff_rule", "elementwise_autodiff_rule", "flat_autodiff_rule", "forward_autodiff_rule",
+           "is_coordinatewise"]
 
 
 def is_coordinatewise(bijector):
@@ -101,3 +105,20 @@ def autodiff_rule(bijector, y, layout, kwargs):
   if is_coordinatewise(bijector) and layout.is_single:
     return elementwise_autodiff_rule(bijector, y, layout, kwargs)
   return flat_autodiff_rule(bijector, y, layout, kwargs)
+
+
+@registry.register_fallback_forward
+def forward_autodiff_rule(bijector, x, layout, kwargs):
+  """The autodiff pullback of `Invert(bijector)` at `x` (its forward map's four derivatives there) for a
+  coordinatewise `bijector`, which the registry inverts to serve `bijector` at `forward(x)` from the exact `x`.
+
+  None for any other bijector, whose inverted autodiff pullback would solve with its Jacobian at every step and
+  could not be merged with its neighbours' tapes, and where autodiff cannot see through `bijector.forward`: the
+  fallback at `forward(x)` then serves it as before.
+  """
+  if not (is_coordinatewise(bijector) and layout.is_single):
+    return None
+  try:
+    return elementwise_autodiff_rule(tfb.Invert(bijector), x, layout, kwargs)
+  except NotImplementedError:
+    return None

@@ -35,13 +35,27 @@ def _validate_chain(bijector, layout, kwargs):
     layout = events.bijector_layout(member, layout)
 
 
-@registry.register(private_api.CHAIN, events="any", validate=_validate_chain)
-def chain_rule(bijector, y, layout, kwargs):
-  # `Chain([b1, b2]).inverse(y) = b2.inverse(b1.inverse(y))`: the first bijector sits on the `y` side.
-  layers, y, layout = registry.pullbacks(zip(bijector.bijectors, member_kwargs(bijector, kwargs)), y, layout)
-  if not layers:  # An empty chain, or one TFP's cache makes the identity at `y`.
+def chain_members(bijector, kwargs):
+  """`(member, its kwargs)` of a `Chain` from the `y` side: `Chain([b1, b2]).inverse(y) = b2.inverse(b1.inverse(y))`,
+  the first bijector sits on the `y` side."""
+  return list(zip(bijector.bijectors, member_kwargs(bijector, kwargs)))
+
+
+def composed(members, y, layout):
+  """The pullback of a composition of `members` (`(bijector, kwargs)` from the `y` side) at `y`.
+
+  `registry.pullbacks` walks them, and walks through a member that is itself a composition (`chain_members`,
+  `invert.inverted_members`): the identity stretches TFP's cache makes are left out wherever they sit.
+  """
+  layers, y, layout = registry.pullbacks(members, y, layout)
+  if not layers:  # An empty composition, or one TFP's cache makes the identity at `y`.
     return ElementwisePullback(y, tf.zeros([], tf.nest.flatten(y)[0].dtype), x_layout=layout)
   return ComposedPullback(layers)
+
+
+@registry.register(private_api.CHAIN, events="any", validate=_validate_chain, members=chain_members)
+def chain_rule(bijector, y, layout, kwargs):
+  return composed(chain_members(bijector, kwargs), y, layout)
 
 
 def part_layouts(bijector, layout):

@@ -3,7 +3,8 @@
 In order of preference:
 
 - `Invert(Chain([b_1, …, b_n]))` is `Chain([Invert(b_n), …, Invert(b_1)])`, and each member is inverted alone
-  (likewise `Invert(JointMap(bs))` is the `JointMap` of the inverted members);
+  (likewise `Invert(JointMap(bs))` is the `JointMap` of the inverted members); a walk over a composition's
+  members (`registry.pullbacks`) takes these in its place, and so sees a round trip across its boundary;
 - `Invert(Invert(c))` is `c`;
 - `b`'s forward rule, where it has one: derivatives of `b.forward` at the point itself, exact to the last digit
   at the edges of the support;
@@ -14,12 +15,11 @@ In order of preference:
 Keyword arguments go where TFP sends them: `Invert(b).inverse(y, **kw)` is `b.forward(y, **kw)`.
 """
 
-import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_hessian import events, private_api, registry
-from tfp_hessian.bijectors.chain import joint_map_pullback, member_kwargs
-from tfp_hessian.pullback import ComposedPullback, ElementwisePullback, InvertedPullback
+from tfp_hessian.bijectors.chain import chain_members, composed, joint_map_pullback
+from tfp_hessian.pullback import InvertedPullback
 
 tfb = tfp.bijectors
 
@@ -34,16 +34,26 @@ def _invertible_analytically(bijector, layout):
   return forward is not None and registry.has_analytic_rule(bijector, forward)
 
 
+def inverted_members(bijector, kwargs):
+  """`(member, its kwargs)` from the `y` side that `Invert(bijector)` composes, or None if it is no composition:
+  `Invert(Chain([b_1, …, b_n]))` is `Chain([Invert(b_n), …, Invert(b_1)])`, and `Invert(Invert(c))` is `c`.
+
+  A walk (`registry.pullbacks`) takes them in the place of `Invert(bijector)`, so that a round trip inside it,
+  or with one end outside, is seen as TFP's cache makes it: the identity.
+  """
+  if isinstance(bijector, private_api.CHAIN):
+    # `Invert(Invert(b))` is `b`: no wrapper whose name the user never wrote, in name scopes and errors.
+    return [(member.bijector if isinstance(member, private_api.INVERT) else tfb.Invert(member), member_kw)
+            for member, member_kw in reversed(chain_members(bijector, kwargs))]
+  if isinstance(bijector, private_api.INVERT):
+    return [(bijector.bijector, kwargs)]
+  return None
+
+
 def inverted_pullback(bijector, y, layout, kwargs):
   """The pullback of `Invert(bijector)` at `y` (event layout `layout`)."""
   if isinstance(bijector, private_api.CHAIN):
-    layers = []
-    for member, member_kw in reversed(list(zip(bijector.bijectors, member_kwargs(bijector, kwargs)))):
-      layers.append(inverted_pullback(member, y, layout, member_kw))
-      y, layout = layers[-1].x, layers[-1].x_layout
-    if not layers:
-      return ElementwisePullback(y, tf.zeros([], tf.nest.flatten(y)[0].dtype), x_layout=layout)
-    return ComposedPullback(layers)
+    return composed(inverted_members(bijector, kwargs), y, layout)
   if isinstance(bijector, private_api.JOINT_MAP):
     return joint_map_pullback(bijector, y, layout, kwargs, inverted_pullback)
   if isinstance(bijector, private_api.INVERT):
@@ -68,6 +78,7 @@ def _validate_inner(bijector, layout, kwargs):
     registry.validate(bijector.bijector, forward, kwargs)
 
 
-@registry.register(private_api.INVERT, events="any", applies=_applies, validate=_validate_inner)
+@registry.register(private_api.INVERT, events="any", applies=_applies, validate=_validate_inner,
+                   members=lambda bijector, kwargs: inverted_members(bijector.bijector, kwargs))
 def invert_rule(bijector, y, layout, kwargs):
   return inverted_pullback(bijector.bijector, y, layout, kwargs)
