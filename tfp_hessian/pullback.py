@@ -111,14 +111,12 @@ def _times_transpose(matrix, tangents):
   return tf.linalg.matmul(matrix, tangents, transpose_b=True)
 
 
-def _subtract_contraction(hess, conditioner, weights):
-  """`hess - Σ_p w_p ∇²o_p` of a conditioner, through its factors where it has them."""
+def _minus_contraction(conditioner, weights):
+  """`-Σ_p w_p ∇²o_p` of a conditioner as a list of terms to sum, through its factors where it has them."""
   factors = conditioner.factors(weights)
   if factors is None:
-    return hess - conditioner.contract(weights)
-  for tangents, c in factors:
-    hess = hess - conditioners.quadratic_form(tangents, c)
-  return hess
+    return [-conditioner.contract(weights)]
+  return [conditioners.quadratic_form(tangents, -c) for tangents, c in factors]
 
 
 def _broadcast_batches(tensors, event_ndims):
@@ -957,9 +955,10 @@ class ConditionedAffinePullback(Pullback):
     v = grad[..., tf.newaxis, :]
     # Kᵀ (Q K) block by block: separate products cost the same flops as one stacked product, without copying
     # the blocks into it.
-    hess = (tf.linalg.matmul(j_t, tf.linalg.matmul(j_t, hess) - s_t * v, transpose_b=True)
-            - tf.linalg.matmul(s_t, j_sx_t * v, transpose_b=True))
-    hess = _subtract_contraction(hess, self._conditioner, self._outputs.network_weights(grad))
+    # The terms are summed in one pass (`_sum`): each binary sum would read and write a whole Hessian again.
+    hess = _sum([tf.linalg.matmul(j_t, tf.linalg.matmul(j_t, hess) - s_t * v, transpose_b=True),
+                 tf.linalg.matmul(s_t, j_sx_t * -v, transpose_b=True)]
+                + _minus_contraction(self._conditioner, self._outputs.network_weights(grad)))
     return _times(j_t, grad) + self._ildj_gradient(), hess
 
   def invert(self, grad, hess):
@@ -1027,9 +1026,9 @@ class CouplingPullback(ConditionedAffinePullback):
     rows_c, rows_t = hess[..., c, :], hess[..., t, :]
     h_cc, h_ct, h_tt = rows_c[..., c], rows_c[..., t], rows_t[..., t]
     q_t = h_ct + tf.linalg.matmul(b_t, h_tt) - s_t * v[..., tf.newaxis, :]
-    cc = (h_cc + tf.linalg.matmul(h_ct, b_t, transpose_b=True) + tf.linalg.matmul(b_t, q_t, transpose_b=True)
-          - tf.linalg.matmul(s_t, (b_t + s_t * x_t[..., tf.newaxis, :]) * v[..., tf.newaxis, :], transpose_b=True))
-    cc = _subtract_contraction(cc, self._coupling, tf.concat([v * a, v * x_t + 1], axis=-1))
+    cc = _sum([h_cc, tf.linalg.matmul(h_ct, b_t, transpose_b=True), tf.linalg.matmul(b_t, q_t, transpose_b=True),
+               tf.linalg.matmul(s_t, (b_t + s_t * x_t[..., tf.newaxis, :]) * -v[..., tf.newaxis, :], transpose_b=True)]
+              + _minus_contraction(self._coupling, tf.concat([v * a, v * x_t + 1], axis=-1)))
     ct = q_t * a[..., tf.newaxis, :]
     tc = tf.linalg.matrix_transpose(ct)
     tt = h_tt * _outer(a, a)
