@@ -808,7 +808,8 @@ class _AffineOutputs:
         identity = tf.one_hot(self.source, d, axis=0, dtype=self.x.dtype)
       m_t = self.conditioner.jacobian_transpose_columns(shifts)
       s_t = self.conditioner.jacobian_transpose_columns(log_scales)
-      # Elementwise passes over [*batch, D, D] cost as much as a product here: the fewest that give all three.
+      # An elementwise pass over [*batch, D, D] costs about half a batched product here: the fewest passes that
+      # give all three.
       scaled = (identity - m_t) * self.scale[..., tf.newaxis, :]
       self._jacobians = scaled - s_t * self.x[..., tf.newaxis, :], s_t, scaled
     return self._jacobians
