@@ -32,6 +32,7 @@ from tfp_hessian import private_api, tapes
 __all__ = [
     "ConditionerDerivatives",
     "times_kernel",
+    "times_transpose",
     "quadratic_form",
     "DenseNetworkDerivatives",
     "AutodiffDerivatives",
@@ -101,12 +102,17 @@ def times_kernel(tangents, kernel):
   return tf.tensordot(tangents, kernel, [[-1], [0]])
 
 
+def times_transpose(matrix, tangents):
+  """`M Tᵀ` for tangents `T` (`[*batch, D, K]`, or `[D, K]` shared by every point: then one GEMM)."""
+  if tangents.shape.rank == 2:
+    return tf.tensordot(matrix, tangents, [[-1], [1]])
+  return tf.linalg.matmul(matrix, tangents, transpose_b=True)
+
+
 def quadratic_form(tangents, weights):
   """`T diag(c) Tᵀ`, `[*batch, D, D]`, for tangents `T` (`[*batch, D, R]`, or `[D, R]` shared by every point) and
   weights `c` (`[*batch, R]`); one GEMM where `T` is shared."""
-  if tangents.shape.rank == 2:
-    return tf.tensordot(weights[..., tf.newaxis, :] * tangents, tangents, [[-1], [1]])
-  return tf.linalg.matmul(tangents * weights[..., tf.newaxis, :], tangents, transpose_b=True)
+  return times_transpose(tangents * weights[..., tf.newaxis, :], tangents)
 
 
 def _columns(matrix, columns):

@@ -104,13 +104,6 @@ def _times(matrix, vector):
   return tf.reduce_sum(matrix * vector[..., tf.newaxis, :], axis=-1)
 
 
-def _times_transpose(matrix, tangents):
-  """`M Tᵀ` for tangents `T` (`[*batch, D, K]`, or `[D, K]` shared by every point: then one GEMM)."""
-  if tangents.shape.rank == 2:
-    return tf.tensordot(matrix, tangents, [[-1], [1]])
-  return tf.linalg.matmul(matrix, tangents, transpose_b=True)
-
-
 def _minus_contraction(conditioner, weights):
   """`-Σ_p w_p ∇²o_p` of a conditioner as a list of terms to sum, through its factors where it has them."""
   factors = conditioner.factors(weights)
@@ -865,13 +858,13 @@ def _factored_affine_pullback(outputs, grad, hess, kernel, d1):
   m_rows, s_rows = tf.transpose(m_kernel), tf.transpose(s_kernel)  # W_mᵀ, Q = W_sᵀ: [D, H]
   p = a[..., tf.newaxis] * m_rows + x[..., tf.newaxis] * s_rows
   t = tf.linalg.matmul(hess, p) + grad[..., tf.newaxis] * s_rows
-  minus_cross = _times_transpose(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], t_last)  # -K
+  minus_cross = conditioners.times_transpose(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], t_last)  # -K
   middle = (tf.linalg.matmul(p, t, adjoint_a=True)
             + tf.linalg.matmul(s_kernel * (grad * a)[..., tf.newaxis, :], m_rows))
   middle = _add_to_diagonal(middle * _outer(d1, d1), -c_last)
   # One sum of the [D, D] terms: each binary add would read and write a whole Hessian again.
   terms = [hess * _outer(a, a), minus_cross, tf.linalg.matrix_transpose(minus_cross),
-           _times_transpose(tf.linalg.matmul(t_last, middle), t_last)]
+           conditioners.times_transpose(tf.linalg.matmul(t_last, middle), t_last)]
   terms += [conditioners.quadratic_form(tangents, -c) for tangents, c in others]
   hess = _sum(terms)
   # ∇G = Jᵀ g - Sᵀ 1 = a ⊙ g - Bᵀ W w, the network's own adjoint at its read-out.
