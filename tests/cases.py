@@ -44,6 +44,13 @@ class BijectorCase:
     min_dim: the smallest event size `make` accepts (a coupling layer needs a coordinate on either side).
     points: `z -> points` taken from the sampled points `[N, *batch, D]`, for points that broadcast against the
       bijector's batch (`POINT_FORMS`); None keeps them.
+    batch: whether the bijector has a batch of parameters (a batch form, `FORMS`). A flow with one has that batch
+      shape, and every layer of it, below the batch too, sees points `[N, B, D]`: TFP samples the base broadcast
+      to the flow's batch shape, and `log_prob` inverts points that carry it.
+    unbatched_points: whether the bijector takes points `[N, D]` only. A built Keras `BatchNormalization` layer
+      keeps the rank it was built for (Keras turns `axis=-1` into 1 and fixes its input's rank), so on points
+      `[N, B, D]` TFP's own `sample` and `log_prob` raise (a reshape of the D moving means into `[1, B, 1]`, or
+      the layer's "expected ndim=2"): such a case cannot be in a flow with a `batch` case.
   """
 
   make: Callable[[np.dtype, np.random.Generator], tfb.Bijector]
@@ -53,6 +60,8 @@ class BijectorCase:
   domain: Optional[Callable[[np.dtype, tfb.Bijector], tfb.Bijector]] = None
   min_dim: int = 1
   points: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
+  batch: bool = False
+  unbatched_points: bool = False
 
 
 def _vec(rng, dtype, low=-1., high=1., size=DIM):
@@ -354,10 +363,11 @@ BIJECTORS = {
         edges=(1e-6, 1 - 1e-5), analytic=False, structure="elementwise", domain=lambda dtype, _: tfb.Sigmoid()),
     # Inference mode only (training mode raises; see test_batch_norm.py). TFP's log-det needs `gamma` (a layer
     # with `scale=False` fails inside TFP), but `beta` may be absent.
-    "BatchNormalization": BijectorCase(_batch_norm, structure="elementwise"),
+    # The layer is built for points `[N, D]`, as one trained on them is (`BijectorCase.unbatched_points`).
+    "BatchNormalization": BijectorCase(_batch_norm, structure="elementwise", unbatched_points=True),
     "BatchNormalization(center=False)": BijectorCase(lambda dtype, rng, dim=DIM: _batch_norm(dtype, rng, dim,
                                                                                                center=False),
-                                                     structure="elementwise"),
+                                                     structure="elementwise", unbatched_points=True),
     # Coupling and autoregressive layers: the conditioner from its kernels (AutoregressiveNetwork) or by tapes.
     "MAF(MADE tanh)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)),
                                    edges=(-6., 6.)),
@@ -417,7 +427,8 @@ def _inverted(case):
     return tuple(mapped[rows, rows % DIM])
 
   return BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(case.make(dtype, rng, dim=dim)), edges=edges,
-                      analytic=case.analytic, structure=case.structure, domain=domain, min_dim=case.min_dim)
+                      analytic=case.analytic, structure=case.structure, domain=domain, min_dim=case.min_dim,
+                      batch=case.batch, unbatched_points=case.unbatched_points)
 
 
 def _edge_values(case, bijector, dtype):
@@ -727,7 +738,7 @@ def _form_case(family, parameters, form, points=None):
     return family.make(dim, **values)
 
   return BijectorCase(make, edges=() if FORMS[form].batch else family.edges, structure=family.structure,
-                      domain=family.domain, points=points)
+                      domain=family.domain, points=points, batch=FORMS[form].batch)
 
 
 def _form_cases():
@@ -791,7 +802,8 @@ def _chain_case(members, points):
   # A chain of elementwise layers (domain maps are elementwise too) is elementwise; of linear ones, linear.
   structures = {family.structure for family, _, _ in members}
   return BijectorCase(make, structure=structures.pop() if len(structures) == 1 else None,
-                      points=None if points is None else POINT_FORMS[points])
+                      points=None if points is None else POINT_FORMS[points],
+                      batch=any(FORMS[form].batch for _, _, form in members))
 
 
 def _chain_cases():

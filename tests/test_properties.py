@@ -17,8 +17,10 @@ layers of `cases.BIJECTORS`, under a structured event (a `Split` into a list thr
 vector and a matrix, matrices by `Reshape`) or over a hierarchical `JointDistributionNamed` base with the layers
 inside a `JointMap`, against nested tapes on the flattened function.
 
-Profiles (`HYPOTHESIS_PROFILE`, default `ci`; both derandomized and database-free, so every run draws the same
-flows):
+Profiles (`HYPOTHESIS_PROFILE`, default `ci`; both derandomized and database-free, so every run that imports the
+same modules draws the same flows: Hypothesis also draws, now and then, integers from the constants of the
+non-test modules in `sys.modules`, and the whole suite imports more of them than this file alone (`harness`,
+`tfp_hessian.demo`, `.keras`, `.bench`), so the two draw different flows from the sixth of the forms' test on):
 
     python -m pytest tests/test_properties.py                             # ci: 20 + 7 flows (the forms' 20 are slow)
     HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 1,000 + 1,000 + 252 flows
@@ -114,6 +116,14 @@ class FlowSpec:
     return tfd.TransformedDistribution(base, tfb.Chain(layers[::-1])), layers
 
 
+def _runs_in_tfp(names):
+  """Whether TFP itself can sample and evaluate a flow of these layers (`cases.BIJECTORS` names): a layer that
+  takes points `[N, D]` only (a built Keras `BatchNormalization`) cannot be in a flow with a batch of parameters,
+  whose points `[N, B, D]` go through every layer, below the batch too (`BijectorCase.unbatched_points`)."""
+  cases = [BIJECTORS[name] for name in names]
+  return not (any(case.batch for case in cases) and any(case.unbatched_points for case in cases))
+
+
 @st.composite
 def flow_specs(draw, with_forms=False):
   dim = draw(st.integers(1, MAX_DIM))
@@ -124,9 +134,25 @@ def flow_specs(draw, with_forms=False):
     # are the chains of forms (one per kind, for CI): their layers are drawn one by one.
     forms = sorted(name for name in FORM_NAMES if BIJECTORS[name].points is None and "Chain[" not in name)
     layer = st.one_of(layer, st.sampled_from(forms))
-  layers = draw(st.lists(layer, min_size=1, max_size=MAX_LAYERS))
+  layers = draw(st.lists(layer, min_size=1, max_size=MAX_LAYERS).filter(_runs_in_tfp))
   return FlowSpec(dim=dim, layers=tuple(layers), base=draw(st.sampled_from(sorted(BASES))),
                   nested=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def test_a_layer_of_unbatched_points_is_not_drawn_with_a_batch_of_parameters():
+  """A flow the full suite drew (session 22; `docs/reliability.md`): its `BatchNormalization` layer, built for
+  points `[N, D]`, is in a flow with a batch of parameters, and TFP's own `sample` raises, with the batch above
+  it or below, flat or nested. Without the batch, the flow runs."""
+  layers = ("RealNVP(fraction_masked)", "Sinh", "Invert(RealNVP)", "Invert(Softplus[low: batch [B, 1]])",
+            "BatchNormalization(center=False)")
+  spec = FlowSpec(dim=11, layers=layers, base="Independent(Normal)", nested=False, seed=0)
+  for drawn in [spec, dataclasses.replace(spec, layers=layers[-1:] + layers[:-1], nested=True)]:
+    assert not _runs_in_tfp(drawn.layers)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Input to reshape is a tensor with 11 values"):
+      drawn.build()[0].sample(NUM_POINTS, seed=(0, 1))
+  unbatched = dataclasses.replace(spec, layers=layers[:3] + ("Invert(Softplus[low: tensor])",) + layers[4:])
+  assert _runs_in_tfp(unbatched.layers)
+  assert unbatched.build()[0].sample(NUM_POINTS, seed=(0, 1)).shape == (NUM_POINTS, 11)
 
 
 def _per_point(mask):
