@@ -15,6 +15,32 @@ from tfp_hessian import reference
 __all__ = ["METHODS", "PEERS", "Method", "forward_over_reverse", "label"]
 
 
+def _xla_dynamic_update_slice_gradient(op, grad):
+  """The gradient TensorFlow lacks of `XlaDynamicUpdateSlice`, which forward-over-reverse under XLA needs.
+
+  Traced for XLA (`jit_compile=True`), the gradient of `Slice` (as of a `tf.concat`, like RealNVP's) is an
+  `XlaDynamicUpdateSlice`; `ForwardAccumulator` takes an op's JVP as the transpose of its gradient, so under the
+  accumulator the gradient of a `Slice` on the tape needs this op's gradient too. TensorFlow registers none, and the
+  trace fails ("gradient registry has no entry for: XlaDynamicUpdateSlice"), unless the non-XLA method traced the
+  same JVP first (TensorFlow caches it per op and shapes, not per context). Written with `Slice` and `Pad` only,
+  which `vectorized_map` vectorizes: the JVP of the `Slice` is then the slice of its tangent, as without XLA.
+  """
+  operand, update, indices = op.inputs
+  index_type = indices.dtype
+  update_shape = tf.shape(update, out_type=index_type)
+  # XLA clamps the indices so that the update fits in the operand.
+  indices = tf.clip_by_value(indices, tf.zeros_like(indices), tf.shape(operand, out_type=index_type) - update_shape)
+  update_grad = tf.slice(grad, indices, update_shape)
+  paddings = tf.stack([indices, tf.shape(grad, out_type=index_type) - indices - update_shape], axis=1)
+  return grad - tf.pad(update_grad, paddings), update_grad, None
+
+
+try:
+  tf.RegisterGradient("XlaDynamicUpdateSlice")(_xla_dynamic_update_slice_gradient)
+except KeyError:  # a TensorFlow that registers it
+  pass
+
+
 def forward_over_reverse(distribution, z, v):
   """`H v` as `tfp_hessian.log_prob_hvp`, by a `ForwardAccumulator` over the tape gradient.
 
