@@ -192,6 +192,7 @@ def test_cli_writes_json(tmp_path, capsys):
   assert report["settings"]["num_points"] == list(harness.QUICK["num_points"])
 
 
+@pytest.mark.slow  # ~20 s; the harness's alternative, not the package: in the full suite (CI's 20 minutes)
 def test_forward_over_reverse_on_realnvp(monkeypatch):
   # Traced for XLA, RealNVP's tf.concat has an XlaDynamicUpdateSlice in its second derivative, whose gradient
   # TensorFlow lacks ("gradient registry has no entry"). It failed only where fwd_rev_xla traced its JVPs first:
