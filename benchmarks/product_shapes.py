@@ -6,7 +6,8 @@ a shared weight, an elementwise pass, a transpose, and gathers of rows and of co
 The MAF and coupling pullbacks are laid out from these ratios (`conditioners.py`, docs/performance.md): on a
 2-core CPU a `[N, D, D] × [N, D, D]` batched product runs at about half the rate of one `[N·D, D] × [D, D]` GEMM,
 an elementwise pass over `[N, D, D]` costs about half a batched product, and a gather of columns several times a
-gather of rows. Calls are interleaved, medians reported.
+gather of rows. A linear layer's `Mᵀ H M` with `M` shared by every point is two GEMMs and a transpose from D = 96
+(`pullback._CONGRUENCE_GEMM_SIZE`; at 1024 points from D = 32). Calls are interleaved, medians reported.
 """
 
 import argparse
@@ -36,6 +37,13 @@ def main():
       "transpose": (tf.linalg.matrix_transpose, (a,)),
       "gather rows": (lambda x: tf.gather(x, source, axis=-2), (a,)),
       "gather columns": (lambda x: tf.gather(x, source, axis=-1), (a,)),
+      # A linear layer's `Mᵀ H M` with `M` shared (`pullback._congruence`): batched products with a broadcast
+      # operand, against two GEMMs and a transpose.
+      "congruence M^T H M, batched": (lambda x, y: tf.linalg.matmul(y, tf.linalg.matmul(x, y), adjoint_a=True),
+                                      (a, w)),
+      "congruence (H M)^T M, tensordots": (
+          lambda x, y: tf.tensordot(tf.linalg.matrix_transpose(tf.tensordot(x, y, [[-1], [0]])), y, [[-1], [0]]),
+          (a, w)),
   }
   functions = {name: (tf.function(fn), inputs) for name, (fn, inputs) in cases.items()}
   for fn, inputs in functions.values():
@@ -53,7 +61,7 @@ def main():
   for name, values in seconds.items():
     median = float(np.median(values))
     rate = f"  ({flops / median / 1e9:.0f} GFLOP/s)" if "product" in name or "GEMM" in name else ""
-    print(f"  {name:40s} {median * 1e3:8.2f} ms{rate}")
+    print(f"  {name:42s} {median * 1e3:8.2f} ms{rate}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import tensorflow_probability as tfp
 
 import tfp_hessian
 from tfp_hessian import bijectors as hb
-from tfp_hessian import reference, registry
+from tfp_hessian import pullback, reference, registry
 
 from cases import BIJECTORS, DIM, DTYPES, RTOL, BoxMap, Shear, _made, _real_nvp_dense, assert_close, random_base
 from cases import _batch_norm as cases_batch_norm
@@ -47,8 +47,8 @@ def _lu(rng, dtype):
   return tf.cast(lower_upper, dtype), permutation
 
 
-def _sinh_arcsinh(rng, dtype):
-  return tfb.SinhArcsinh(skewness=_vec(rng, dtype, -0.8, 0.8), tailweight=_vec(rng, dtype, 0.7, 1.3))
+def _sinh_arcsinh(rng, dtype, size=D):
+  return tfb.SinhArcsinh(skewness=_vec(rng, dtype, -0.8, 0.8, size), tailweight=_vec(rng, dtype, 0.7, 1.3, size))
 
 
 def _real_nvp(rng, dtype, num_masked=2, size=D):
@@ -170,6 +170,30 @@ def _mixed_chain(dtype, rng):
   keep = np.flatnonzero(np.max(exp_output, axis=-1) < 50.)[:NUM_POINTS]
   assert len(keep) == NUM_POINTS
   return tfd.TransformedDistribution(base, bijector), tf.constant(bijector.forward(tf.gather(omega, keep)).numpy())
+
+
+LARGE_D = 128  # over `pullback._CONGRUENCE_GEMM_SIZE`: from there a shared matrix is applied by GEMMs over all points
+
+
+def _large_affine(dtype, rng, size=LARGE_D):
+  """Dense affine layers at D = 128 between elementwise ones, one inverted: their shared matrices are applied by
+  GEMMs over all points there (`pullback._congruence`), in the pullback and in `invert`. Diagonally dominant
+  triangular factors (off-diagonal entries of scale `0.3/√D`), so the flow stays well conditioned at this size."""
+  assert size >= pullback._CONGRUENCE_GEMM_SIZE  # the case exists for that path
+
+  def tril():
+    return lower_triangular(rng, dtype, size, 0.3 / np.sqrt(size), (0.7, 1.3))
+
+  bijector = tfb.Chain([
+      tfb.Shift(_vec(rng, dtype, -1., 1., size)),
+      tfb.ScaleMatvecTriL(tril()),
+      _sinh_arcsinh(rng, dtype, size),
+      tfb.Invert(tfb.ScaleMatvecTriL(tril())),
+      tfb.Softplus(),
+  ])
+  base = tfd.MultivariateNormalDiag(_vec(rng, dtype, -1., 1., size), _vec(rng, dtype, 0.5, 1.5, size))
+  flow = tfd.TransformedDistribution(base, bijector)
+  return flow, _points(flow)
 
 
 def _chain_with_real_nvp(dtype, rng):
@@ -609,6 +633,8 @@ FLOWS = {
     "conditional flow as a base (distribution_kwargs)": _conditional_nested,
     # User-written bijectors.
     "research-style: MAF stages, BatchNorm, box map, shear": _research_style,
+    # Large D: the shared matrices' GEMM path.
+    "dense affine layers at D = 128": _large_affine,
 }
 NAMES = sorted(FLOWS)
 
