@@ -120,9 +120,9 @@ def _congruence(matrix, hess):
   (`H` symmetric, so this is `Mᵀ H M` to rounding, which the sweep's final symmetrisation absorbs); else batched
   products.
   """
-  size, entries = matrix.shape[0] or 0, hess.shape.num_elements() or 0
-  if matrix.shape.rank == 2 and hess.shape.rank > 2 and (size >= _CONGRUENCE_GEMM_SIZE
-                                                         or entries >= _CONGRUENCE_GEMM_ENTRIES):
+  shared = matrix.shape.rank == 2 and (hess.shape.rank or 0) > 2
+  if shared and ((matrix.shape[0] or 0) >= _CONGRUENCE_GEMM_SIZE
+                 or (hess.shape.num_elements() or 0) >= _CONGRUENCE_GEMM_ENTRIES):
     product = tf.tensordot(hess, matrix, [[-1], [0]])  # H M, [*batch, n_x, n_y]
     return tf.tensordot(tf.linalg.matrix_transpose(product), matrix, [[-1], [0]])
   return tf.linalg.matmul(matrix, tf.linalg.matmul(hess, matrix), adjoint_a=True)
