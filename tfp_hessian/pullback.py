@@ -123,8 +123,8 @@ def _congruence(matrix, hess):
   shared = matrix.shape.rank == 2 and (hess.shape.rank or 0) > 2
   if shared and ((matrix.shape[0] or 0) >= _CONGRUENCE_GEMM_SIZE
                  or (hess.shape.num_elements() or 0) >= _CONGRUENCE_GEMM_ENTRIES):
-    product = tf.tensordot(hess, matrix, [[-1], [0]])  # H M, [*batch, n_x, n_y]
-    return tf.tensordot(tf.linalg.matrix_transpose(product), matrix, [[-1], [0]])
+    product = conditioners.times_kernel(hess, matrix)  # H M, [*batch, n_x, n_y]
+    return conditioners.times_kernel(tf.linalg.matrix_transpose(product), matrix)
   return tf.linalg.matmul(matrix, tf.linalg.matmul(hess, matrix), adjoint_a=True)
 
 
