@@ -214,10 +214,13 @@ def _then_inverse(bijector, below):
   return tfb.Chain([tfb.Invert(bijector), bijector, below])
 
 
-def _batch_norm(dtype, rng, dim=DIM, **layer_kwargs):
-  """Inference-mode `BatchNormalization` over a built layer with random moving statistics, gamma and beta."""
+def _batch_norm(dtype, rng, dim=DIM, points=(1,), **layer_kwargs):
+  """Inference-mode `BatchNormalization` over a built layer with random moving statistics, gamma and beta.
+
+  The layer is built on zeros of shape `[*points, dim]`: Keras then fixes the rank of the points it takes.
+  """
   layer = tf_keras.layers.BatchNormalization(epsilon=float(rng.uniform(1e-3, 0.1)), dtype=dtype, **layer_kwargs)
-  layer(tf.zeros([1, dim], dtype))
+  layer(tf.zeros([*points, dim], dtype))
   layer.moving_mean.assign(rng.normal(size=dim) * 2)
   layer.moving_variance.assign(rng.uniform(0.2, 3., size=dim))
   if layer.scale:

@@ -172,11 +172,13 @@ def _mixed_chain(dtype, rng):
   return tfd.TransformedDistribution(base, bijector), tf.constant(bijector.forward(tf.gather(omega, keep)).numpy())
 
 
-LARGE_D = 128  # over `pullback._CONGRUENCE_GEMM_SIZE`: from there a shared matrix is applied by GEMMs over all points
+# `pullback._CONGRUENCE_GEMM_SIZE`: from there a shared matrix is applied by GEMMs over all points. At the
+# threshold itself, to keep CI in time (tf.hessians' cost grows with D²; D = 128 cost 5.6 s per dtype).
+LARGE_D = pullback._CONGRUENCE_GEMM_SIZE
 
 
 def _large_affine(dtype, rng, size=LARGE_D):
-  """Dense affine layers at D = 128 between elementwise ones, one inverted: their shared matrices are applied by
+  """Dense affine layers at D = LARGE_D between elementwise ones, one inverted: their shared matrices are applied by
   GEMMs over all points there (`pullback._congruence`), in the pullback and in `invert`. Diagonally dominant
   triangular factors (off-diagonal entries of scale `0.3/√D`), so the flow stays well conditioned at this size."""
   assert size >= pullback._CONGRUENCE_GEMM_SIZE  # the case exists for that path
@@ -570,6 +572,16 @@ def _batched_parameters(dtype, rng):
   return flow, _structure_points(flow)[:, :1]
 
 
+def _batch_norm_under_batched_parameters(dtype, rng):
+  """A `BatchNormalization` layer built for points `[N, B, D]`, in a flow with a batch `[B]` of parameters (a
+  `[B, D]` scale and an MVN batch): every layer sees points `[N, B, D]`, and this layer was built for them. (One
+  built for `[N, D]` cannot be in such a flow: TFP itself raises, `BijectorCase.unbatched_points`.)"""
+  bijector = tfb.Chain([tfb.Scale(_vec(rng, dtype, 0.5, 2., (B, D))), cases_batch_norm(dtype, rng, points=(1, B)),
+                        _sinh_arcsinh(rng, dtype)])
+  flow = tfd.TransformedDistribution(_mvn_diag(rng, dtype, batch=(B,)), bijector)
+  return flow, _points(flow)
+
+
 FLOWS = {
     # Each base family under a short chain of stock bijectors.
     "MultivariateNormalDiag": _under_short_chain(_mvn_diag),
@@ -606,6 +618,7 @@ FLOWS = {
     "batch [B] Independent(Logistic), points [N, 1, D]": _broadcast_points,
     "batch [B, 1] fallback layer, points [N, 1, D]": _batched_fallback_layer,
     "batch [B, 1] and [B, D] parameters, points [N, 1, D]": _batched_parameters,
+    "BatchNormalization built for [N, B, D], batch [B] of parameters": _batch_norm_under_batched_parameters,
     # Events of other ranks and structures: Hessians over the flat event.
     "matrix events: Sample(Normal, [3, 2])": _matrix_sample,
     "Reshape to matrices, Permute(axis=-2)": _reshape,
@@ -634,7 +647,7 @@ FLOWS = {
     # User-written bijectors.
     "research-style: MAF stages, BatchNorm, box map, shear": _research_style,
     # Large D: the shared matrices' GEMM path.
-    "dense affine layers at D = 128": _large_affine,
+    f"dense affine layers at D = {LARGE_D}": _large_affine,
 }
 NAMES = sorted(FLOWS)
 
