@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, assume, event, example, given, note, setting
 from hypothesis import strategies as st
 
 import tfp_hessian
-from tfp_hessian import private_api, reference
+from tfp_hessian import execution, private_api, reference
 
 from cases import BIJECTORS, FORM_NAMES, RTOL, _made, _real_nvp_dense, assert_close, random_base
 
@@ -224,7 +224,17 @@ def _inside_every_support(layers, z, event_ndims=1, kwargs=None):
   return np.broadcast_to(mask, (len(tf.nest.flatten(z)[0]),))
 
 
-def _determined_by_z(flow, layers, z, expected, rtol):
+def _tape_hessians_with_neighbours(flow, z):
+  """`(at z, at its neighbours)`: nested tapes at `z` (`[N, *batch, D]`), and at `z` moved one ulp up and one down
+  (`[2, N, *batch, D, D]`), from one reference call on all `3N` points (the points are independent; one call
+  records and replays the tapes once instead of twice)."""
+  values = z.numpy()
+  points = np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
+  hessians = reference.tape_hessian(flow, tf.constant(points)).numpy()
+  return hessians[:len(values)], hessians[len(values):].reshape((2, len(values)) + hessians.shape[1:])
+
+
+def _determined_by_z(layers, z, expected, moved, rtol):
   """Mask `[N]` of the points where `z` determines the base draw and the reference to `rtol / 10`.
 
   The sampling pass looks every inverse up: its derivatives are those at the exact image of the base draw, of
@@ -241,9 +251,6 @@ def _determined_by_z(flow, layers, z, expected, rtol):
   with np.errstate(invalid="ignore"):
     same_draw = (np.max(np.abs(recovered - drawn), axis=-1)
                  <= rtol / 10 * np.maximum(np.max(np.abs(drawn), axis=-1), 1.))
-  values = z.numpy()
-  nudged = np.concatenate([np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
-  moved = reference.tape_hessian(flow, tf.constant(nudged)).numpy().reshape((2,) + expected.shape)
   scale = np.max(np.abs(expected), axis=(-2, -1))
   with np.errstate(invalid="ignore"):
     change = np.max(np.abs(moved - expected), axis=(0, -2, -1)) / scale
@@ -290,8 +297,10 @@ def _check_random_flow(spec):
   flow, layers = spec.build()
   z, sampled = tfp_hessian.sample_and_log_prob_derivatives(flow, NUM_POINTS, seed=(spec.seed % 2**31, 1))
   note(f"z = {z.numpy()!r}")
-  inverted = tfp_hessian.log_prob_and_derivatives(flow, tf.identity(z))  # A fresh tensor: no cached inverse.
-  expected = reference.tape_hessian(flow, z).numpy()
+  plans = []  # the plan of the call checked here, chosen when it is traced (its second call on the flow)
+  with execution.observe(plans.append):
+    inverted = tfp_hessian.log_prob_and_derivatives(flow, tf.identity(z))  # A fresh tensor: no cached inverse.
+  expected, moved = _tape_hessians_with_neighbours(flow, z)
   expected_log_prob = flow.log_prob(tf.identity(z)).numpy()
   finite = _finite_points(z, expected, expected_log_prob)
   inside = _inside_every_support(layers, z)
@@ -303,7 +312,7 @@ def _check_random_flow(spec):
   # reference's own error exceeds rtol: nested tapes evaluate the base at a draw off by more than rtol/10, and
   # ours takes a layer's derivatives at the rounded value (a limit stated in docs/reliability.md). Both entry
   # points are compared where z determines the draw; log q at every finite point.
-  determined = finite & _determined_by_z(flow, layers, z, expected, rtol)
+  determined = finite & _determined_by_z(layers, z, expected, moved, rtol)
   event(f"points determined by z to rtol/10: {determined.sum()} of {finite.sum()}")
   hessian = _check_result(inverted, z, spec.dim)
   if determined.any():
@@ -313,13 +322,16 @@ def _check_random_flow(spec):
     assert_close(hessian[determined], expected[determined], rtol, what="Hessian (sampling pass) vs nested tapes")
   # log q is a sum of O(1) terms that may cancel to near zero: its rounding error is absolute. Where z determines
   # the draw it is TFP's own log q; elsewhere it is TFP's log q run the way the default call ran
-  # (`tfp_hessian.execution_plan`): where z does not determine the draw, an XLA-compiled sweep rounds differently
+  # (its `execution` plan): where z does not determine the draw, an XLA-compiled sweep rounds differently
   # from TF's graph, and so does TFP's own `log_prob` compiled the same way, by as much as the draw is uncertain.
   # That comparison holds where z determines TFP's log q itself to rtol/10 (`_log_prob_determined_by_z`); ours
   # must be finite wherever TFP's is.
   log_prob = inverted.log_prob.numpy()
   np.testing.assert_allclose(log_prob[determined], expected_log_prob[determined], rtol=rtol, atol=rtol)
-  xla = tfp_hessian.execution_plan(flow, tf.identity(z)).xla
+  # The plan the checked call ran by, as it chose it: `execution_plan` would trace the whole sweep again (a
+  # quarter of this test's time). The flow is new, so a call that traced nothing ran op by op: no XLA.
+  xla = any(plan.xla for plan in plans)
+  event(f"the checked call ran {'XLA-compiled' if xla else 'as a graph' if plans else 'op by op'}")
   same_execution_fn = tf.function(lambda z: flow.log_prob(z), jit_compile=xla)
   same_execution = same_execution_fn(tf.identity(z)).numpy()
   log_prob_determined = finite & _per_point(_log_prob_determined_by_z(same_execution_fn, z, same_execution, rtol))
