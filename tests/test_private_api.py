@@ -67,3 +67,14 @@ def test_cached_preimage_is_an_input_of_forward_only():
   given = tf.constant([0.5], tf.float64)
   tfb.Tanh().inverse(given)  # cached too, but `given` is the input here: its `x` is computed from it
   assert private_api.cached_preimage(tfb.Tanh(), given, {}) is None
+
+
+def test_xla_compiled_is_the_graph_compiled():
+  concrete = tf.function(lambda x: tf.sin(x) * 2., autograph=False).get_concrete_function(tf.TensorSpec([3]))
+  compiled = private_api.xla_compiled(concrete)
+  assert compiled.graph is concrete.graph
+  x = tf.constant([0.1, 0.2, 0.3])
+  tf.debugging.assert_near(compiled(x), tf.sin(x) * 2.)
+  # What `tf.function(jit_compile=True)` marks its function with: compiled by XLA, and never inlined into a caller.
+  attributes = compiled.function_def.attr
+  assert attributes["_XlaMustCompile"].b and attributes["_noinline"].b

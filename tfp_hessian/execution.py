@@ -16,17 +16,19 @@ a function of its own, and its ops decide, once per trace:
   another function keeps the graph as traced), and
 - the points are few: the Hessians `[N, n, n]` hold at most `_MAX_ELEMENTS` numbers, with N known when traced.
 
-Then the sweep runs compiled (`jit_compile=True`), else the traced function runs as it is. Either gives the
-same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are tested against the
-references. Where `z` does not determine the base draw (a value between layers at the edge of a support), that
-rounding is amplified as it is in TFP's own `log_prob` compiled the same way (`tests/test_properties.py`). Called
-eagerly (a distribution's first call, op by op) nothing is compiled.
+Then the traced graph runs XLA-compiled (as `jit_compile=True` compiles a function; not traced again), else as
+it is. Either gives the same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are
+tested against the references. Where `z` does not determine the base draw (a value between layers at the edge of
+a support), that rounding is amplified as it is in TFP's own `log_prob` compiled the same way
+(`tests/test_properties.py`). Called eagerly (a distribution's first call, op by op) nothing is compiled.
 """
 
 import collections
 import contextlib
 
 import tensorflow as tf
+
+from tfp_hessian import private_api
 
 __all__ = ["Plan", "forced", "observe", "plan", "run"]
 
@@ -109,5 +111,7 @@ def run(sweep, z, hessian_elements):
   for observer in _OBSERVERS:
     observer(chosen)
   if chosen.xla:
-    return tf.function(sweep, autograph=False, jit_compile=True)(z)
+    # The traced graph itself, compiled: tracing it again under `jit_compile` cost the first call about 1 s
+    # (MAF at D = 16; `benchmarks/execution_choice.py` reports first calls), for the same graph.
+    return private_api.xla_compiled(traced)(z)
   return traced(z)

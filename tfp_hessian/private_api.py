@@ -1,12 +1,16 @@
-"""Every private name of TensorFlow Probability and tf-keras this package uses, in one place.
+"""Every private name of TensorFlow, TensorFlow Probability and tf-keras this package uses, in one place.
 
-Checked against TensorFlow Probability 0.25 and tf-keras 2.21 (`tests/test_private_api.py` fails loudly when a
-release renames one of them). Where a public form exists it is used instead, elsewhere.
+Checked against TensorFlow 2.21, TensorFlow Probability 0.25 and tf-keras 2.21 (`tests/test_private_api.py` fails
+loudly when a release renames one of them). Where a public form exists it is used instead, elsewhere.
 """
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow.python.util import nest as tf_nest  # pylint: disable=g-direct-tensorflow-import
+# pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.eager.polymorphic_function import attributes as function_attributes
+from tensorflow.python.eager.polymorphic_function import concrete_function as concrete_function_lib
+from tensorflow.python.util import nest as tf_nest
+# pylint: enable=g-direct-tensorflow-import
 from tensorflow_probability.python.bijectors import chain as chain_lib
 from tensorflow_probability.python.bijectors import invert as invert_lib
 from tensorflow_probability.python.bijectors import joint_map as joint_map_lib
@@ -32,6 +36,7 @@ __all__ = [
     "made_model",
     "real_nvp_masked_size",
     "resolve_deferred",
+    "xla_compiled",
 ]
 
 # TFP builds these private bases (not the public subclasses) when a member is not a CompositeTensor: an
@@ -113,3 +118,14 @@ def real_nvp_masked_size(bijector, event_size):
   """
   bijector._cache_input_depth(tf.TensorSpec([event_size]))  # pylint: disable=protected-access
   return bijector._masked_size  # pylint: disable=protected-access
+
+
+def xla_compiled(concrete):
+  """`concrete` (a traced `tf.function`'s concrete function) as XLA compiles it, without tracing it again.
+
+  A new function of the same graph, with the attributes `tf.function(jit_compile=True)` gives its own: XLA must
+  compile it, and it is not inlined into its caller's graph (which would drop the attribute).
+  """
+  return concrete_function_lib.ConcreteFunction.from_func_graph(
+      concrete.graph, concrete.function_type,
+      attrs={function_attributes.XLA_COMPILE: True, function_attributes.NO_INLINE: True})
