@@ -2,7 +2,8 @@
 
 - `naive_hessian`: `tf.hessians` of the summed log density inside `tf.function` (graph mode is required), the
   diagonal `[n, n]` blocks of the `[N, n, N, n]` result taken per point.
-- `tape_hessian`: nested `tf.GradientTape`s, `batch_jacobian` of the gradient: what an expert writes by hand.
+- `tape_hessian`: nested `tf.GradientTape`s, `batch_jacobian` of the gradient: what an expert writes by hand
+  (`tape_derivatives`: the gradient too, from the same recording).
 - `tape_gradient`: one `tf.GradientTape`, the gradient the Hessian references differentiate.
 
 All three differentiate `distribution.log_prob(z, **kwargs)` itself, so they share none of the package's rules,
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from tfp_hessian import events, private_api, tapes
 
-__all__ = ["naive_hessian", "tape_gradient", "tape_hessian"]
+__all__ = ["naive_hessian", "tape_derivatives", "tape_gradient", "tape_hessian"]
 
 
 def _flat_points(distribution, z, kwargs):
@@ -63,13 +64,20 @@ def naive_hessian(distribution, z, **kwargs):
 _EAGER_LOOP_MAX_SIZE = 32
 
 
-def tape_hessian(distribution, z, **kwargs):
-  """Per-point Hessians of `distribution.log_prob` by nested `GradientTape`s, `[*batch, n, n]`."""
+def tape_derivatives(distribution, z, **kwargs):
+  """`(gradient [*batch, n], hessian [*batch, n, n])` of `distribution.log_prob` by nested `GradientTape`s: the
+  inner tape's gradient and the `batch_jacobian` of it, from one recording."""
   flat, batch, layout, distribution = _flat_points(distribution, z, kwargs)
   use_pfor = tf.inside_function() or layout.size > _EAGER_LOOP_MAX_SIZE
-  hess = tapes.batch_hessian(lambda flat: _summed_log_prob(distribution, flat, batch, layout, kwargs), flat,
-                             experimental_use_pfor=use_pfor)
-  return tf.reshape(hess, batch.concatenate([layout.size, layout.size]))
+  grad, hess = tapes.batch_hessian(lambda flat: _summed_log_prob(distribution, flat, batch, layout, kwargs), flat,
+                                   experimental_use_pfor=use_pfor)
+  return (tf.reshape(grad, batch.concatenate([layout.size])),
+          tf.reshape(hess, batch.concatenate([layout.size, layout.size])))
+
+
+def tape_hessian(distribution, z, **kwargs):
+  """Per-point Hessians of `distribution.log_prob` by nested `GradientTape`s, `[*batch, n, n]`."""
+  return tape_derivatives(distribution, z, **kwargs)[1]
 
 
 def tape_gradient(distribution, z, **kwargs):

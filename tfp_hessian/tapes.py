@@ -5,7 +5,8 @@ records that gradient so that it can be differentiated again. What is differenti
 
 - `per_point_hessian`: the Jacobian of the gradient summed over the batch, `[*batch, n, n]` (fallback layers,
   bases without a closed form, conditioner networks);
-- `batch_hessian`: `batch_jacobian` of the gradient, `[N, n, n]` (the tape reference, `reference.py`);
+- `batch_hessian`: `batch_jacobian` of the gradient, `[N, n, n]`, with the gradient (the tape reference,
+  `reference.py`);
 - `coordinatewise_derivatives`: the gradient of the gradient, for functions of each coordinate alone;
 - `hessian_vector_product` and `linearized_hessian_vector_product`: the gradient of `∇f · v` (reverse over
   reverse), or of `∇f` with output gradient `v` on a tape kept for many `v`.
@@ -117,12 +118,13 @@ def per_point_hessian(fn, x, unconnected_gradients=ZERO, output_gradients=None, 
 
 
 def batch_hessian(fn, x, experimental_use_pfor=True):
-  """Per-point Hessians `[N, n, n]` at `x [N, n]`: `batch_jacobian` of the gradient of `fn` (per point or summed).
+  """`(∇ [N, n], ∇² [N, n, n])` at `x [N, n]`: the gradient of `fn` (per point or summed) and its
+  `batch_jacobian`, from one recording.
 
   `experimental_use_pfor=False` replays the tape once per coordinate instead of vectorizing (no trace).
   """
   _, grad, outer, _ = _recorded_gradient(fn, x, persistent=True)
-  return outer.batch_jacobian(grad, x, experimental_use_pfor=experimental_use_pfor)
+  return grad, outer.batch_jacobian(grad, x, experimental_use_pfor=experimental_use_pfor)
 
 
 def coordinatewise_derivatives(fn, x, unconnected_gradients=NONE, check=None):
