@@ -82,6 +82,20 @@ def test_many_points_and_unknown_points_are_not_compiled():
   assert not plan.xla and "not known" in plan.reason
 
 
+def test_size_limits_are_the_measured_ones():
+  """Up to `_MAX_SIZE` coordinates, at most `_MAX_ELEMENTS` Hessian entries are compiled (1024 points at n = 128
+  were measured to pay); beyond it, `_MAX_ELEMENTS_LARGE` only (a MAF ran slower compiled at n = 512, 16 points)."""
+  graph = tf.function(lambda x: tf.tanh(x) * 2.).get_concrete_function(tf.TensorSpec([None, 3])).graph
+  assert execution.plan(graph, 1024, 128).xla and execution.plan(graph, 16, execution._MAX_SIZE).xla
+  assert execution.plan(graph, execution._MAX_ELEMENTS // 128 ** 2, 128).xla
+  assert not execution.plan(graph, execution._MAX_ELEMENTS // 128 ** 2 + 1, 128).xla
+  large = execution._MAX_SIZE + 1
+  assert execution.plan(graph, execution._MAX_ELEMENTS_LARGE // large ** 2, large).xla
+  assert not execution.plan(graph, execution._MAX_ELEMENTS_LARGE // large ** 2 + 1, large).xla
+  assert not execution.plan(graph, 16, 512).xla and execution.plan(graph, 1, 512).xla
+  assert not execution.plan(graph, 1, 1024).xla
+
+
 def test_eager_first_call_is_not_traced():
   """The first eager call runs op by op: no plan is made (nothing is traced)."""
   distribution, z, kwargs = make_flow(COMPILED[0], np.float64)

@@ -4,19 +4,20 @@ At a few points the sweep's arithmetic is small and TensorFlow's executor, which
 spends most of a call between ops: 4-layer MAF and RealNVP flows at D = 16 to 128 and 16 points ran 1.3–1.9×
 faster when XLA fused the sweep into a few kernels (`benchmarks/execution_choice.txt`, from
 `python benchmarks/execution_choice.py`). At many points the batched matrix products dominate; measured again
-after the sweeps took their present form (session 24), XLA ran them as fast or faster there too: 0.96–1.68× the
-graph's speed for MAF and RealNVP at D = 64 and 128 with 256 and 1024 points (float32; 1.08–1.33× in float64).
-Beyond the largest of those, `N·n² = 1024·128²`, nothing was measured, and the graph is kept. XLA on CPU is
-slow for triangular solves at D ≥ 64 (an elementwise + affine flow ran 0.4–0.9× as fast), cannot compile
-assertions (`validate_args`) or Python calls, and compiling costs the first call 3–6 s more (measured under
-load).
+after the sweeps took their present form (session 24), XLA ran them as fast or faster there too, 0.96–1.68× the
+graph's speed for MAF and RealNVP at D = 64 and 128 with 256 and 1024 points (float32; 1.08–1.33× in float64),
+and up to D = 256 at 16 points. Beyond D = 256 a MAF ran slower compiled except at a single point at D = 512: 0.75×
+at D = 512 and 16 points, 0.53× at D = 1024 and one point. XLA on CPU is also slow for triangular solves at D ≥ 64
+(an elementwise + affine flow ran 0.4–0.9× as fast), cannot compile assertions (`validate_args`) or Python calls,
+and compiling costs the first call 3–6 s more (measured under load).
 
 So, in a graph (a user's `tf.function`, or the compiled eager path of `compiled.py`), the sweep is first traced as
 a function of its own, and its ops decide, once per trace:
 
 - every op is one that XLA compiles well on CPU (`_COMPILES_WELL`; any other op, a control-flow op or a call of
   another function keeps the graph as traced), and
-- the Hessians `[N, n, n]` hold at most `_MAX_ELEMENTS` numbers (the largest measured), with N known when traced.
+- the Hessians `[N, n, n]` are no larger than measured to pay: at most `_MAX_ELEMENTS` numbers for `n` up to
+  `_MAX_SIZE`, `_MAX_ELEMENTS_LARGE` beyond, with N known when traced.
 
 Then the traced graph runs XLA-compiled (as `jit_compile=True` compiles a function; not traced again), else as
 it is. Either gives the same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are
@@ -37,9 +38,13 @@ __all__ = ["Plan", "forced", "observe", "plan", "run"]
 Plan = collections.namedtuple("Plan", ["xla", "reason"])
 Plan.__doc__ = """How a sweep runs: `xla` (bool), and `reason`, a sentence saying why."""
 
-# The largest `[N, n, n]` batch of Hessians compiled: the largest measured, where XLA still ran MAF and RealNVP
-# sweeps 1.6× faster than the graph executor (`benchmarks/execution_choice.py`, session 24).
-_MAX_ELEMENTS = 2 ** 24
+# The largest `[N, n, n]` batches of Hessians compiled, as measured (`benchmarks/execution_choice.py`, session 24):
+# XLA ran MAF and RealNVP sweeps as fast as the graph executor or faster for n ≤ 256 at every N measured, up to
+# `N·n² = 1024·128²` (0.96–1.68× at 256 and 1024 points), but beyond n = 256 only at a few points: a MAF ran
+# 0.75× as fast compiled at n = 512 and 16 points, 0.53× at n = 1024 and one point.
+_MAX_ELEMENTS = 2 ** 24  # N·n² for n ≤ _MAX_SIZE
+_MAX_SIZE = 256
+_MAX_ELEMENTS_LARGE = 2 ** 19  # N·n² for n > _MAX_SIZE
 
 # Op types that XLA compiles on CPU at least as fast as TensorFlow runs them, and that the sweeps of the analytic
 # rules use: elementwise math, shapes and indexing, matrix products and the gradients of those. Not here, so
@@ -59,17 +64,20 @@ _COMPILES_WELL = frozenset("""
 """.split())
 
 
-def plan(graph, hessian_elements):
-  """The `Plan` for a sweep traced into `graph` whose Hessians hold `hessian_elements` numbers (None: unknown)."""
+def plan(graph, num_points, size):
+  """The `Plan` for a sweep traced into `graph`, at `num_points` points (None: unknown when traced) of flat events
+  of `size` numbers."""
   others = sorted({op.type for op in graph.get_operations()} - _COMPILES_WELL)
   if others:
     return Plan(False, f"not compiled: its graph has ops XLA is not known to compile well ({', '.join(others)})")
-  if hessian_elements is None:
+  if num_points is None:
     return Plan(False, "not compiled: the number of points is not known when traced")
-  if hessian_elements > _MAX_ELEMENTS:
-    return Plan(False, f"not compiled: {hessian_elements} Hessian entries, more than {_MAX_ELEMENTS}, where "
-                       "XLA was not measured to be faster")
-  return Plan(True, f"XLA-compiled: {hessian_elements} Hessian entries, at most {_MAX_ELEMENTS}")
+  elements = num_points * size ** 2
+  limit = _MAX_ELEMENTS if size <= _MAX_SIZE else _MAX_ELEMENTS_LARGE
+  if elements > limit:
+    return Plan(False, f"not compiled: {elements} Hessian entries of {size}² each, more than {limit}, where XLA "
+                       "was not measured to be faster")
+  return Plan(True, f"XLA-compiled: {elements} Hessian entries of {size}² each, at most {limit}")
 
 
 _OBSERVERS = []  # callables told each `Plan` chosen while tracing (`sweep.execution_plan`)
@@ -96,18 +104,19 @@ def forced(xla):
     _FORCED.pop()
 
 
-def run(sweep, z, hessian_elements):
+def run(sweep, z, num_points, size):
   """`sweep(z)`, compiled by XLA if `plan` says so (in a graph; eagerly it runs as it is).
 
   Args:
     sweep: `z -> structure of tensors`, the sweep on validated points.
     z: the points (a tensor or a structure of tensors).
-    hessian_elements: `N · n²` if known statically, else None.
+    num_points: `N`, the number of points, if known statically; else None.
+    size: `n`, the number of coordinates of a flat event.
   """
   if tf.executing_eagerly():
     return sweep(z)
   traced = tf.function(sweep, autograph=False).get_concrete_function(z)
-  chosen = plan(traced.graph, hessian_elements)
+  chosen = plan(traced.graph, num_points, size)
   if _FORCED:
     chosen = Plan(_FORCED[-1], f"forced by execution.forced(xla={_FORCED[-1]})")
   for observer in _OBSERVERS:

@@ -201,14 +201,9 @@ def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives", *
     if isinstance(distribution, private_api.TRANSFORMED):
       # Fresh tensors: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
       z = tf.nest.map_structure(tf.identity, z)
+    batch = layout.batch_shape(z)
     return execution.run(lambda points: sweep(distribution, points, layout, kwargs), z,
-                         _hessian_elements(layout, z))
-
-
-def _hessian_elements(layout, z):
-  """`N · n²`, the size of the Hessians of points `z`, if known statically; else None."""
-  batch = layout.batch_shape(z)
-  return batch.num_elements() * layout.size ** 2 if batch.is_fully_defined() else None
+                         batch.num_elements() if batch.is_fully_defined() else None, layout.size)
 
 
 @tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)
