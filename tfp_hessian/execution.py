@@ -122,7 +122,7 @@ def run(sweep, z, num_points, size):
   for observer in _OBSERVERS:
     observer(chosen)
   if chosen.xla:
-    # The traced graph itself, compiled: tracing it again under `jit_compile` cost the first call about 1 s
-    # (MAF at D = 16; `benchmarks/execution_choice.py` reports first calls), for the same graph.
+    # The traced graph itself, compiled: tracing it again under `jit_compile` cost the first call about 1 s more
+    # for the same graph (a MAF at D = 16 and 16 points, first calls in fresh processes, session 24).
     return private_api.xla_compiled(traced)(z)
   return traced(z)
