@@ -232,8 +232,9 @@ def log_prob_hessian(distribution, z, name="log_prob_hessian", **kwargs):
 def execution_plan(distribution, z, **kwargs):
   """How `log_prob_hessian(distribution, z, **kwargs)` runs in a `tf.function`: an `execution.Plan`, with why.
 
-  `Plan(xla=True, ...)` where the sweep is compiled by XLA (few points, flows whose ops XLA compiles well),
-  `Plan(xla=False, ...)` where TensorFlow runs the traced graph. Traces the call once; nothing runs.
+  `Plan(xla=True, ...)` where the sweep is compiled by XLA (flows whose ops XLA compiles well, at no more points
+  than measured to pay: `execution.py`), `Plan(xla=False, ...)` where TensorFlow runs the traced graph. Traces the
+  call once; nothing runs.
   """
   plans = []
   with execution.observe(plans.append):
