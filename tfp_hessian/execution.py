@@ -123,6 +123,6 @@ def run(sweep, z, num_points, size):
     observer(chosen)
   if chosen.xla:
     # The traced graph itself, compiled: tracing it again under `jit_compile` cost the first call about 1 s more
-    # for the same graph (a MAF at D = 16 and 16 points, first calls in fresh processes, session 24).
+    # for the same graph (a MAF at D = 16 and 16 points: `python benchmarks/xla_single_trace.py`).
     return private_api.xla_compiled(traced)(z)
   return traced(z)
