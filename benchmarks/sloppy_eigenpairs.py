@@ -20,6 +20,9 @@ sweep alone, `eigh` alone on its Hessians, the sloppy call, and its products alo
 batched products, `D` per point, with nothing else); the rest of the sloppy call is the block iteration's own work
 (reorthogonalization, the checks).
 
+`--block-iteration` also times the block Lanczos iteration on the same points (`eigenpairs.FORM_HESSIAN = False`
+while it is traced: the sloppy call's path before the Hessian was formed at `max_iterations >= D`), side by side.
+
 Every run prints the command that reproduces it before its table; `--report` prints the commands of the runs it
 tabulates.
 
@@ -66,6 +69,17 @@ def _worker(args):
   if not args.dense_only:
     methods["sloppy"] = tf.function(lambda z: tfp_hessian.top_eigenpairs(distribution, z, K, which="sloppy"),
                                     autograph=False)
+  if args.block_iteration:
+    from tfp_hessian import eigenpairs  # pylint: disable=import-outside-toplevel
+
+    def block_iteration(z):  # traced once, on its first call
+      eigenpairs.FORM_HESSIAN = False
+      try:
+        return tfp_hessian.top_eigenpairs(distribution, z, K, which="sloppy")
+      finally:
+        eigenpairs.FORM_HESSIAN = True
+
+    methods["block_iteration"] = tf.function(block_iteration, autograph=False)
   if args.dense:
     methods["dense"] = tf.function(lambda z: tfp_hessian.spectrum(
         tfp_hessian.log_prob_hessian(distribution, z), symmetry_rtol=None), autograph=False)
@@ -82,10 +96,11 @@ def _worker(args):
       start = time.perf_counter()
       outputs[name] = numpy(methods[name](z))
       times[name].append(time.perf_counter() - start)
-    if len(methods) == 2:
+    if "dense" in methods and "sloppy" in methods:
       values = outputs["dense"].eigenvalues
-      errors.append(float(np.max(np.abs(outputs["sloppy"].eigenvalues - values[:, -K:])
-                                 / np.max(np.abs(values), axis=-1, keepdims=True))))
+      errors.append(float(np.max([np.abs(outputs[name].eigenvalues - values[:, -K:])
+                                  / np.max(np.abs(values), axis=-1, keepdims=True)
+                                  for name in ("sloppy", "block_iteration") if name in outputs])))
   report.update(first_call_s=first, seconds=times, median_s={name: statistics.median(t) for name, t in times.items()})
   if args.dense:
     values = outputs["dense"].eigenvalues
@@ -99,6 +114,11 @@ def _worker(args):
       num_iterations=int(pairs.num_iterations), all_converged=bool(np.all(pairs.converged)),
       max_relative_residual=float(np.max(pairs.residuals / scale)),
       sloppiest_relative=[float(x) for x in np.min(np.abs(pairs.eigenvalues), axis=-1) / scale[:, 0]])
+  if "block_iteration" in outputs:
+    block = outputs["block_iteration"]
+    report["block_iteration"] = dict(
+        num_iterations=int(block.num_iterations), all_converged=bool(np.all(block.converged)),
+        max_relative_residual=float(np.max(block.residuals / scale)))
   if errors:
     report["max_eigenvalue_difference_vs_dense"] = max(errors)
   print("RESULT " + json.dumps(report), flush=True)
@@ -245,6 +265,8 @@ def main(argv=None):
   parser.add_argument("--methods", action="store_true", help="the measurements that decided the method")
   parser.add_argument("--profile", action="store_true",
                       help="the sloppy call's time against the sweep, eigh and its products alone, at D = 1024")
+  parser.add_argument("--block-iteration", action="store_true",
+                      help="also time the block Lanczos iteration (the sloppy path before the formed Hessian)")
   parser.add_argument("--report", metavar="JSON", nargs="+", help="only print the table of earlier runs' JSON")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--flow", help=argparse.SUPPRESS)
@@ -291,7 +313,8 @@ def main(argv=None):
       # Where only the dense path runs (to extrapolate from), one call after the first is enough.
       report["cells"][f"{flow}/{dim}"] = _run(
           ["--flow", flow, "--dim", str(dim), "--rounds", str(args.rounds if sloppy else 1)]
-          + (["--dense"] if dense else []) + ([] if sloppy else ["--dense-only"]), args.timeout)
+          + (["--dense"] if dense else []) + ([] if sloppy else ["--dense-only"])
+          + (["--block-iteration"] if sloppy and args.block_iteration else []), args.timeout)
     _extrapolate(report["cells"], flow, args.dims, args.dense_dims)
   report["wall_s"] = time.time() - started
   if args.json:
@@ -326,9 +349,11 @@ def format_markdown(report):
                    f"{result['lanczos_products']} | {result['minres_relative_residual_after_6d']:.1e} | "
                    f"{result['chebyshev_degree_in_lambda']:.1e} |")
     return "\n".join(lines)
+  blocks = any("block_iteration" in result.get("median_s", {}) for result in report["cells"].values())
   lines = ["| flow | D | sloppy top-5 | first call | products / point | converged | max residual / max\\|λ\\| | "
-           "sloppiest \\|λ\\| / max\\|λ\\| | dense: sweep + eigh | dense / sloppy | max eigenvalue difference |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "sloppiest \\|λ\\| / max\\|λ\\| | dense: sweep + eigh | dense / sloppy | max eigenvalue difference |"
+           + (" block iteration (converged) | dense / block iteration |" if blocks else ""),
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if blocks else "")]
   for cell, result in report["cells"].items():
     flow, dim = cell.split("/")
     if "sloppy" not in result.get("median_s", {}):
@@ -348,8 +373,18 @@ def format_markdown(report):
     lines.append(f"| {flow} | {dim} | {sloppy:.2f} s | {result['first_call_s']['sloppy']:.1f} s | "
                  f"{result['num_iterations']} | {'all' if result['all_converged'] else 'NOT all'} | "
                  f"{result['max_relative_residual']:.1e} | {min(sloppiest):.1e}–{max(sloppiest):.1e} | "
-                 f"{dense_text} | {ratio} | {'—' if difference is None else f'{difference:.1e}'} |")
+                 f"{dense_text} | {ratio} | {'—' if difference is None else f'{difference:.1e}'} |"
+                 + (_block_columns(result) if blocks else ""))
   return "\n".join(lines)
+
+
+def _block_columns(result):
+  if "block_iteration" not in result.get("median_s", {}):
+    return " — | — |"
+  block = result["median_s"]["block_iteration"]
+  converged = "all" if result["block_iteration"]["all_converged"] else "NOT all"
+  dense = result["median_s"].get("dense")
+  return f" {block:.2f} s ({converged}) | {'—' if dense is None else f'{dense / block:.2f}×'} |"
 
 
 if __name__ == "__main__":

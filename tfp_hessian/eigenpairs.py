@@ -84,6 +84,11 @@ ITERATIONS_PER_PAIR = 20
 # Hessians at D = 1024 (BENCHMARKS.md, "Sloppy pairs at large D"), so the default cap is D up to this many. The
 # basis then takes 8 · N · D · cap bytes in float64.
 SLOPPY_ITERATIONS = 4096
+# "sloppy" with a Krylov cap of D (the default up to D = SLOPPY_ITERATIONS) forms the Hessian by the sweep and takes
+# its pairs nearest zero directly (`_formed_nearest_zero`): the Krylov space would have to be about all of R^D,
+# whose D products cost what the sweep does, and its reorthogonalization about what `eigh` does (BENCHMARKS.md,
+# "Sloppy pairs at large D"). False keeps the block iteration there too.
+FORM_HESSIAN = True
 # Vectors per point in each batched product of the sloppy iteration: D // BLOCK_DIVISOR, between 1 and MAX_BLOCK.
 # Per vector, a product of 32 vectors costs 0.2–0.4x a single one (RealNVP, MAF, D = 1024; about 1x for the
 # elementwise + affine flow, whose products are triangular solves), and the basis is read once per block instead of
@@ -103,6 +108,8 @@ SUBSPACE = 32
 INNER_ITERATIONS = 60
 INNER_ITERATIONS_BETWEEN = 6  # at a check before the last (see `_checked`)
 INNER_TOLERANCE = 0.1
+# The same iteration on the formed Hessian (`_formed_nearest_zero`), which no outer iteration follows.
+FORMED_ITERATIONS = 200
 # The shift moves to the wanted eigenvalues' middle (at most MAX_RESHIFTS times) where the rate is above this.
 RESHIFT_RATE = 0.5
 MAX_RESHIFTS = 3
@@ -197,6 +204,8 @@ def top_eigenpairs(distribution, z, k, which="stiff", tolerance=None, max_iterat
 
 def _eigenpairs(distribution, z, kwargs, size, dtype, k, which, tolerance, krylov, seed):
   """`top_eigenpairs` after its checks: `Eigenpairs` of the points `z` (validated arguments)."""
+  if which == "sloppy" and krylov == size and FORM_HESSIAN:
+    return _formed_nearest_zero(distribution, z, kwargs, size, dtype, k, tolerance, seed)
   # The gradient is recorded once; each iteration is then one backward pass through it.
   z, hessian_times = hvp.hessian_operator(distribution, z, **kwargs)
   shape = tf.shape(z)
@@ -218,6 +227,39 @@ def _eigenpairs(distribution, z, kwargs, size, dtype, k, which, tolerance, krylo
 
   return Eigenpairs(unflatten(pairs.eigenvalues, [k]), unflatten(pairs.eigenvectors, [size, k]),
                     unflatten(pairs.residuals, [k]), unflatten(pairs.converged, [k]), pairs.num_iterations)
+
+
+def _formed_nearest_zero(distribution, z, kwargs, size, dtype, k, tolerance, seed):
+  """The sloppy pairs from the Hessian itself: the sweep, then shift-and-invert of `H` (`_nearest_zero`).
+
+  Where the Krylov space may have to be all of R^D, the sweep forms `H` for about the cost of the `D` products the
+  iteration would take (it is their pullback, all at once), without reorthogonalizing a basis that grows to `D`,
+  and in the memory of that basis. `_nearest_zero` then takes the pairs nearest zero of `H` as it does of `T_m`:
+  an LU factorization (a third of the flops of the tridiagonal reduction that `eigh` starts with) and a subspace
+  iteration on `H⁻¹`, checked by the residuals `‖H u − θ u‖`. A pair left unconverged is reported so.
+  """
+  hessian = sweep.log_prob_and_derivatives(distribution, z, **kwargs).hessian  # [*batch, D, D]
+  batch, static = tf.shape(hessian)[:-2], hessian.shape[:-2]
+  hessian = tf.reshape(hessian, [-1, size, size])
+  num_points = tf.shape(hessian)[0]
+  width = min(size, max(2 * k, SUBSPACE))
+  ritz, _, _, _ = _nearest_zero(
+      hessian, lambda x: tf.linalg.matmul(hessian, x), tf.zeros([num_points, 1, size], dtype), k, tolerance,
+      np.finfo(dtype.as_numpy_dtype).eps, tf.zeros([num_points, size, width], dtype),
+      tf.zeros([num_points, size], dtype), tf.zeros([num_points], dtype), FORMED_ITERATIONS,
+      tf.convert_to_tensor(seed, tf.int32))
+  nan = tf.constant(np.nan, dtype)
+  finite = ritz.finite
+
+  def unflatten(x, tail):
+    return tf.ensure_shape(tf.reshape(x, tf.concat([batch, tail], 0)), static.concatenate(tail))
+
+  return Eigenpairs(
+      unflatten(tf.where(finite[:, tf.newaxis], ritz.values, nan), [k]),
+      unflatten(tf.where(finite[:, tf.newaxis, tf.newaxis], _largest_component_positive(ritz.coefficients), nan),
+                [size, k]),
+      unflatten(tf.where(finite[:, tf.newaxis], ritz.residuals, nan), [k]), unflatten(ritz.converged, [k]),
+      tf.constant(size))
 
 
 def _orthogonalize(w, basis):
