@@ -365,7 +365,7 @@ def format_markdown(report):
     elif "dense_estimate" in result:
       low, high = result["dense_estimate"]["seconds"]
       dense_text = f"≈ {low:.0f}–{high:.0f} s (estimated)"
-      ratio = f"≈ {low / sloppy:.0f}–{high / sloppy:.0f}×"
+      ratio = f"≈ {low / sloppy:.1f}–{high / sloppy:.1f}×"
     else:
       dense_text = ratio = "—"
     difference = result.get("max_eigenvalue_difference_vs_dense")

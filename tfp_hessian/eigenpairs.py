@@ -1,4 +1,5 @@
-"""The stiffest or sloppiest eigenpairs of a log-density Hessian, matrix-free: Lanczos on Hessian–vector products.
+"""The stiffest or sloppiest eigenpairs of a log-density Hessian: Lanczos on Hessian–vector products, or for the
+sloppy pairs with a Krylov space that may have to be all of R^D, shift-and-invert of the Hessian itself.
 
 For large D the `[*batch, D, D]` Hessian of `log_prob_hessian` and its `O(D³)` eigendecomposition are out of reach,
 but a few eigenpairs are not: Lanczos needs only products `H q` (`tfp_hessian.log_prob_hvp`) and `O(D·m)` memory per
@@ -41,6 +42,14 @@ Lanczos with full reorthogonalization builds an orthonormal basis `Q_m = [q_1 �
   its LU factorization (a fraction of the cost of an eigendecomposition) and a subspace iteration on
   `(T_m − σ)⁻¹`, `σ = 0`, or the middle of the wanted values when they lie together away from zero (the end of a
   definite spectrum). A Ritz value that is spurious has a large residual, and is reported so.
+
+  *The formed Hessian.* Where `max_iterations >= D` (the default up to D = 4096) the iteration may have to go to
+  the whole space, and then its `D` products cost what one sweep does (the sweep is their pullback, all at once)
+  and reorthogonalizing its basis about what `eigh` does. There the sweep forms `H` instead, in the memory the
+  basis would take, and the same shift-and-invert runs on `H` itself (an LU factorization, a third of the flops of
+  the tridiagonal reduction `eigh` begins with, and a subspace iteration on `H⁻¹`): at D = 1024 1.4–1.95 times as
+  fast as the sweep and `eigh`, where the block iteration was 0.4–0.96 times (BENCHMARKS.md, "Sloppy pairs at large
+  D"). Its residuals `‖H u − θ u‖` are computed with `H`; `num_iterations` is then D.
 
 Breakdowns and repeated eigenvalues: when the Krylov space becomes invariant (`β ≈ 0`, or a block `B` without a
 new direction), its Ritz pairs are exact and Lanczos goes on from fresh random vectors orthogonal to the basis.
@@ -132,7 +141,7 @@ Attributes:
     relation, no further product).
   converged: `[*batch, k]` bool, `residuals <= tolerance · max|θ|` per point.
   num_iterations: scalar int32, the Krylov dimension reached (= the number of Hessian–vector products per point;
-    "sloppy" takes them `b` at a time, one batched call each).
+    "sloppy" takes them `b` at a time, one batched call each); D where "sloppy" formed the Hessian.
 """
 
 
@@ -141,23 +150,26 @@ def top_eigenpairs(distribution, z, k, which="stiff", tolerance=None, max_iterat
                    name="top_eigenpairs", **kwargs):
   """The `k` stiffest or sloppiest eigenpairs of `∇²_z log q(z)` per point, by Lanczos on Hessian–vector products.
 
-  Never forms the `D × D` Hessian: memory is `O(D · max_iterations)` per point (for "sloppy" also the projected
-  matrix, `max_iterations²`). Works eagerly (as one compiled function, traced once per flow and input signature)
-  and inside `tf.function`. Events of any structure are taken over their flat event (`tfp_hessian.flatten_event`),
-  of size `D`.
+  Memory is `O(D · max_iterations)` per point (for "sloppy" also the projected matrix, `max_iterations²`); "stiff",
+  and "sloppy" with `max_iterations < D`, never form the `D × D` Hessian. "sloppy" with `max_iterations >= D`
+  (its default up to D = 4096), where the Krylov space may have to be all of R^D, forms it by the sweep instead (in
+  the memory the basis would take) and takes its pairs nearest zero directly (see the module docstring). Works
+  eagerly (as one compiled function, traced once per flow and input signature) and inside `tf.function`. Events of
+  any structure are taken over their flat event (`tfp_hessian.flatten_event`), of size `D`.
 
   Args:
     distribution: as in `tfp_hessian.log_prob_hessian`.
     z: points, as `distribution.log_prob` takes them (`[*batch, D]` for vector events).
     k: number of eigenpairs, `1 <= k <= D`.
-    which: "stiff" (largest `|λ|`) or "sloppy" (smallest `|λ|`: block Lanczos, `b = D // 32` vectors per product
-      between 1 and 64; see the module docstring for indefinite Hessians).
+    which: "stiff" (largest `|λ|`) or "sloppy" (smallest `|λ|`: the formed Hessian where `max_iterations >= D`,
+      else block Lanczos, `b = D // 32` vectors per product between 1 and 64; see the module docstring for
+      indefinite Hessians).
     tolerance: relative residual tolerance, `‖H u − λ u‖ <= tolerance · max|θ|`; default 1e-10 (float64),
       1e-5 (float32).
     max_iterations: largest Krylov dimension, `k <= max_iterations`; capped at D, where the Krylov space is the
       whole space and the result exact up to rounding. Default `min(D, max(100, 20 k))` for "stiff" and
-      `min(D, max(4096, 20 k))` for "sloppy", whose interior eigenvalues may need all of it (the basis then takes
-      `8 D²` bytes per point in float64: set it lower for larger D).
+      `min(D, max(4096, 20 k))` for "sloppy", whose interior eigenvalues may need all of it: there the Hessian is
+      formed, `8 D²` bytes per point in float64 (as the basis would take); set it lower for matrix-free Lanczos.
     seed: stateless seed (a pair of integers) of the random starting vectors.
     name: name scope of the ops.
     **kwargs: as `distribution.log_prob` takes them (`bijector_kwargs`, `distribution_kwargs`).
