@@ -57,20 +57,13 @@ def naive_hessian(distribution, z, **kwargs):
   return tf.function(hessians, autograph=False)(flat)
 
 
-# Called eagerly, `batch_jacobian` vectorized by pfor traces a new graph on every call (1.5–3 s for the test flows,
-# seen), while its loop of n gradients replays the tape n times: 2–3× faster at n = 5 (measured); kept up to
-# n = 32, where n replays should still cost less than one trace (an estimate, not measured).
-# Inside `tf.function` pfor is traced once, with the function, and vectorizes the n gradients: kept there.
-_EAGER_LOOP_MAX_SIZE = 32
-
-
 def tape_derivatives(distribution, z, **kwargs):
   """`(gradient [*batch, n], hessian [*batch, n, n])` of `distribution.log_prob` by nested `GradientTape`s: the
   inner tape's gradient and the `batch_jacobian` of it, from one recording."""
   flat, batch, layout, distribution = _flat_points(distribution, z, kwargs)
-  use_pfor = tf.inside_function() or layout.size > _EAGER_LOOP_MAX_SIZE
+  # Eagerly a loop of gradients, not pfor, at small sizes (`tapes.use_pfor`).
   grad, hess = tapes.batch_hessian(lambda flat: _summed_log_prob(distribution, flat, batch, layout, kwargs), flat,
-                                   experimental_use_pfor=use_pfor)
+                                   experimental_use_pfor=tapes.use_pfor(layout.size))
   return (tf.reshape(grad, batch.concatenate([layout.size])),
           tf.reshape(hess, batch.concatenate([layout.size, layout.size])))
 
