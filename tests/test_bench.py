@@ -103,6 +103,7 @@ def test_run_bench_every_stock_flow():
   assert "every method that ran agrees" in text
 
 
+@pytest.mark.slow  # ~17 s; the harness's cells (conditional flows are checked against the references elsewhere)
 def test_cli_few_and_many_points_of_a_conditional_flow(tmp_path, capsys):
   # Issue #13's cells at a small D: N = 4 (latency) and N = 1024 (throughput), the condition passed to every
   # method; the JAX peer, which rebuilds only the stock flows, skipped with its reason.

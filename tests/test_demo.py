@@ -21,12 +21,14 @@ def _agreement(output):
   return float(match.group(1)), match.group(2)
 
 
-def test_main_prints_report_agrees_with_references_and_returns_zero(monkeypatch, capsys):
-  """One demo run through the command line: its report, and the `DemoResult` behind it."""
+def test_main_prints_report_agrees_with_references_and_returns_zero(monkeypatch, capsys, tmp_path):
+  """One demo run through the command line: its report (the stiff and sloppy directions of every point, the
+  ladder figure written where asked), and the `DemoResult` behind it."""
   results = []
   run_demo = demo.run_demo
   monkeypatch.setattr(demo, "run_demo", lambda **kwargs: results.append(run_demo(**kwargs)) or results[-1])
-  status = cli.main(["demo"] + SMALL)
+  path = tmp_path / "ladder.png"
+  status = cli.main(["demo"] + [arg for arg in SMALL if arg != "--no-figure"] + ["--figure", str(path)])
   output = capsys.readouterr().out
   assert status == 0
   disagreement, verdict = _agreement(output)
@@ -34,11 +36,17 @@ def test_main_prints_report_agrees_with_references_and_returns_zero(monkeypatch,
   assert verdict == "OK"
   assert "stiff -> sloppy" in output
   assert "median of 2 calls" in output
+  assert "stiff and sloppy directions per point" in output
+  assert sum(line.startswith("  z[") for line in output.splitlines()) == 3
+  assert f"eigenvalue ladder of all 3 points written to {path}" in output
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   [result] = results
   assert result.ok
   assert len(result.disagreement) == 4
   assert max(result.disagreement.values()) <= demo.TOLERANCE
   assert result.eigenvalues.shape == (4,)
+  assert result.spectrum.eigenvalues.shape == (3, 4)
+  np.testing.assert_array_equal(result.eigenvalues, result.spectrum.eigenvalues[0])
   np.testing.assert_array_equal(np.abs(result.eigenvalues), np.sort(np.abs(result.eigenvalues))[::-1])
   assert list(result.timings) == ["ours, tf.function", "ours, eager", "tf.hessians, tf.function",
                                   "nested tapes, tf.function", "log_prob alone, tf.function"]

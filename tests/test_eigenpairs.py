@@ -124,7 +124,18 @@ def sloppy_path(request, monkeypatch):
   return request.param
 
 
-WHICH_AND_PATH = [("stiff", None)] + [("sloppy", path) for path in SLOPPY_PATHS]
+# The block iteration is the default for `max_iterations < D` only. In CI it keeps the tests of its own mechanics
+# (blocks, conditions under `vectorized_map`, breakdowns and repeated eigenvalues, a cluster away from zero, the
+# last block cut, definite early convergence, too few iterations); tests that check the same result of every path
+# (shapes, batches, NaN points, k = D, the dense spectrum) run it in the full suite.
+@pytest.fixture(params=["formed", pytest.param("lanczos", marks=pytest.mark.slow)])
+def sloppy_path_lanczos_slow(request, monkeypatch):
+  """As `sloppy_path`, the block iteration in the full suite only."""
+  monkeypatch.setattr(eigenpairs_lib, "FORM_HESSIAN", request.param == "formed")
+  return request.param
+
+
+WHICH_AND_PATH = [("stiff", None), ("sloppy", "formed"), pytest.param("sloppy", "lanczos", marks=pytest.mark.slow)]
 
 
 def _bench_flow_and_points(name, dim, num_points=3):
@@ -135,11 +146,9 @@ def _bench_flow_and_points(name, dim, num_points=3):
   return bench_flow.distribution, z, kwargs
 
 
-# Each sloppy case traces the block iteration (5-10 s a case): float32 sloppy for the flows beyond one runs in the
-# full suite only, as for the flows' own tests (tests/test_flows.py).
+# A sloppy case by the block iteration traces it (5-10 s a case): in the full suite (see `sloppy_path_lanczos_slow`).
 @pytest.mark.parametrize("name, dtype, which, path", [
-    pytest.param(name, dtype, which, path, marks=pytest.mark.slow if (
-        path == "lanczos" and dtype is np.float32 and name != "elementwise+affine") else ())
+    pytest.param(name, dtype, which, path, marks=pytest.mark.slow if path == "lanczos" else ())
     for name in sorted(FLOWS) for dtype in DTYPES for which in eigenpairs_lib.WHICH
     for path in (SLOPPY_PATHS if which == "sloppy" else (None,))])
 def test_against_dense_spectrum(name, dtype, which, path, monkeypatch):
@@ -253,7 +262,7 @@ def test_sloppy_last_block_cut_to_max_iterations(lanczos):
 
 
 @pytest.mark.parametrize("name", ["elementwise_affine", pytest.param("realnvp", marks=pytest.mark.slow)])
-def test_sloppy_graph_with_unknown_batch_shape(name, sloppy_path):
+def test_sloppy_graph_with_unknown_batch_shape(name, sloppy_path_lanczos_slow):
   """Inside a user's `tf.function`, points of unknown number (blocks of 2, taken by `vectorized_map`)."""
   flow, z, _ = _bench_flow_and_points(name, 64)
   graph = tf.function(lambda z: tfp_hessian.top_eigenpairs(flow, z, 3, which="sloppy"), input_signature=[
@@ -263,7 +272,7 @@ def test_sloppy_graph_with_unknown_batch_shape(name, sloppy_path):
   _assert_pairs_match(result, tfp_hessian.log_prob_hessian(flow, z), "sloppy", RTOL[np.float64])
 
 
-def test_sloppy_points_outside_the_support_are_nan_and_not_converged(sloppy_path):
+def test_sloppy_points_outside_the_support_are_nan_and_not_converged(sloppy_path_lanczos_slow):
   rng = np.random.default_rng(8)
   dim = 64
   flow = tfd.TransformedDistribution(random_base(np.float64, rng, dim), tfb.Softplus())

@@ -1,6 +1,5 @@
 """`tfp_hessian.spectrum`, its summaries, its figures (`tfp_hessian.plots`) and the demo's use of them."""
 
-import io
 import sys
 
 import numpy as np
@@ -304,16 +303,7 @@ def test_plots_without_matplotlib_say_what_to_install(monkeypatch):
 # The demo's stiff/sloppy summary and its figure.
 
 
-def test_demo_prints_stiff_sloppy_summary_and_writes_ladder(tmp_path):
-  out, path = io.StringIO(), tmp_path / "ladder.png"
-  result = demo.run_demo(dim=3, num_points=2, seed=2, repeats=1, out=out, figure=str(path))
-  report = out.getvalue()
-  assert "stiff and sloppy directions per point" in report
-  assert sum(line.startswith("  z[") for line in report.splitlines()) == 2
-  assert f"eigenvalue ladder of all 2 points written to {path}" in report
-  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert result.spectrum.eigenvalues.shape == (2, 3)
-  np.testing.assert_array_equal(result.eigenvalues, result.spectrum.eigenvalues[0])
+# The demo's stiff and sloppy summary and its ladder figure: `tests/test_demo.py`, in its one in-process run.
 
 
 def test_demo_figure_without_matplotlib_exits_2_before_running(monkeypatch, capsys):
