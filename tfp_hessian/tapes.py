@@ -22,7 +22,7 @@ inverse of tensors it produced, which would cut them off the tapes) passes a fre
 import tensorflow as tf
 
 __all__ = ["batch_first", "batch_hessian", "coordinatewise_derivatives", "gradient", "hessian_vector_product",
-           "linearized_hessian_vector_product", "per_point_hessian", "per_point_jacobian"]
+           "linearized_hessian_vector_product", "per_point_hessian", "per_point_jacobian", "use_pfor"]
 
 ZERO = tf.UnconnectedGradients.ZERO
 NONE = tf.UnconnectedGradients.NONE
