@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import execution, reference
+from tfp_hessian import execution, products, reference
 
 from test_flows import GRAPH, make_flow
 
@@ -128,3 +128,23 @@ def test_compiled_float32_no_less_accurate_than_tapes(name):
   assert np.all(tapes_error <= 1e-3 * scale), tapes_error / scale
   allowed = 2 * tapes_error + 8 * np.finfo(np.float32).eps * scale
   assert np.all(ours_error <= allowed), (ours_error / scale, tapes_error / scale)
+
+
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("k", [3, products.SHORT_CONTRACTION + 1])
+def test_short_products_are_matmul(transpose_a, transpose_b, k):
+  """`products.matmul` is `tf.linalg.matmul` in every transposition, with batches broadcast (`[N, 1]` against
+  `[1, B]`), for a short contraction (the broadcast form) and a long one (the batched dot), eagerly and under XLA;
+  a non-finite entry spoils only the entries it enters."""
+  rng = np.random.default_rng(k)
+  a = rng.standard_normal([4, 1] + ([k, 5] if transpose_a else [5, k]))
+  b = rng.standard_normal([1, 2] + ([6, k] if transpose_b else [k, 6]))
+  a[0, 0, 0, 0] = np.inf if transpose_a else np.nan
+  a, b = tf.constant(a), tf.constant(b)
+  expected = tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b).numpy()
+  compiled = tf.function(lambda a, b: products.matmul(a, b, transpose_a, transpose_b), jit_compile=True)
+  for actual in (products.matmul(a, b, transpose_a, transpose_b), compiled(a, b)):
+    np.testing.assert_array_equal(np.isfinite(actual), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(actual.numpy()[finite], expected[finite], rtol=1e-13)

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tf_keras
 from tensorflow_probability.python.bijectors import masked_autoregressive as maf_lib
 
-from tfp_hessian import private_api, tapes
+from tfp_hessian import private_api, products, tapes
 
 __all__ = [
     "ConditionerDerivatives",
@@ -106,7 +106,7 @@ def times_transpose(matrix, tangents):
   """`M Tᵀ` for tangents `T` (`[*batch, D, K]`, or `[D, K]` shared by every point: then one GEMM)."""
   if tangents.shape.rank == 2:
     return tf.tensordot(matrix, tangents, [[-1], [1]])
-  return tf.linalg.matmul(matrix, tangents, transpose_b=True)
+  return products.matmul(matrix, tangents, transpose_b=True)
 
 
 def quadratic_form(tangents, weights):

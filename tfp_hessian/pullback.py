@@ -23,7 +23,7 @@ import abc
 
 import tensorflow as tf
 
-from tfp_hessian import conditioners, tapes
+from tfp_hessian import conditioners, products, tapes
 from tfp_hessian.events import EventLayout
 
 __all__ = [
@@ -125,7 +125,7 @@ def _congruence(matrix, hess):
                  or (hess.shape.num_elements() or 0) >= _CONGRUENCE_GEMM_ENTRIES):
     product = conditioners.times_kernel(hess, matrix)  # H M, [*batch, n_x, n_y]
     return conditioners.times_kernel(tf.linalg.matrix_transpose(product), matrix)
-  return tf.linalg.matmul(matrix, tf.linalg.matmul(hess, matrix), adjoint_a=True)
+  return products.matmul(matrix, products.matmul(hess, matrix), transpose_a=True)
 
 
 def _minus_contraction(conditioner, weights):
@@ -183,7 +183,7 @@ class Pullback(abc.ABC):
 
   def jacobian_transpose_times(self, matrix):
     """`Jᵀ M` for `M` of shape `[*batch, n_x, k]`: `[*batch, n_y, k]`. Structured pullbacks do it cheaper."""
-    return tf.linalg.matmul(self.jacobian(), matrix, adjoint_a=True)
+    return products.matmul(self.jacobian(), matrix, transpose_a=True)
 
   def jacobian_inverse_transpose_times(self, matrix):
     """`J⁻ᵀ M` for `M` of shape `[*batch, n_y, k]` (square `J` only): `[*batch, n_x, k]`."""
@@ -400,10 +400,10 @@ class LinearPullback(Pullback):
     return _transpose_times(m, grad), _congruence(m, hess)
 
   def jacobian_transpose_times(self, matrix):
-    return tf.linalg.matmul(self.matrix, matrix, adjoint_a=True)
+    return products.matmul(self.matrix, matrix, transpose_a=True)
 
   def jacobian_inverse_transpose_times(self, matrix):
-    return tf.linalg.matmul(self._inverse(), matrix, adjoint_a=True)
+    return products.matmul(self._inverse(), matrix, transpose_a=True)
 
   def jacobian(self):
     batch = tf.shape(self.flat_x)[:-1]
@@ -881,14 +881,14 @@ def _factored_affine_pullback(outputs, grad, hess, kernel, d1):
   m_kernel, s_kernel = kernel[:, :d], kernel[:, d:]  # W_m, W_s: [H, D]
   m_rows, s_rows = tf.transpose(m_kernel), tf.transpose(s_kernel)  # W_mᵀ, Q = W_sᵀ: [D, H]
   p = a[..., tf.newaxis] * m_rows + x[..., tf.newaxis] * s_rows
-  t = tf.linalg.matmul(hess, p) + grad[..., tf.newaxis] * s_rows
+  t = products.matmul(hess, p) + grad[..., tf.newaxis] * s_rows
   minus_cross = conditioners.times_transpose(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], t_last)  # -K
-  middle = (tf.linalg.matmul(p, t, adjoint_a=True)
-            + tf.linalg.matmul(s_kernel * (grad * a)[..., tf.newaxis, :], m_rows))
+  middle = (products.matmul(p, t, transpose_a=True)
+            + products.matmul(s_kernel * (grad * a)[..., tf.newaxis, :], m_rows))
   middle = _add_to_diagonal(middle * _outer(d1, d1), -c_last)
   # One sum of the [D, D] terms: each binary add would read and write a whole Hessian again.
   terms = [hess * _outer(a, a), minus_cross, tf.linalg.matrix_transpose(minus_cross),
-           conditioners.times_transpose(tf.linalg.matmul(t_last, middle), t_last)]
+           conditioners.times_transpose(products.matmul(t_last, middle), t_last)]
   terms += [conditioners.quadratic_form(tangents, -c) for tangents, c in others]
   hess = _sum(terms)
   # ∇G = Jᵀ g - Sᵀ 1 = a ⊙ g - Bᵀ W w, the network's own adjoint at its read-out.
@@ -957,8 +957,8 @@ class ConditionedAffinePullback(Pullback):
   def _curvature(self, grad):
     """`Σ_i v_i ∇²x_i + ∇² ildj` for `v = grad` (class docstring)."""
     j_t, s_t, _ = self._outputs.jacobians_transposed()
-    jvs = tf.linalg.matmul(j_t, s_t * grad[..., tf.newaxis, :], transpose_b=True)  # Jᵀ V S
-    svs = tf.linalg.matmul(s_t, s_t * (grad * self.x)[..., tf.newaxis, :], transpose_b=True)
+    jvs = products.matmul(j_t, s_t * grad[..., tf.newaxis, :], transpose_b=True)  # Jᵀ V S
+    svs = products.matmul(s_t, s_t * (grad * self.x)[..., tf.newaxis, :], transpose_b=True)
     network = self._conditioner.contract(self._outputs.network_weights(grad))
     return -(jvs + tf.linalg.matrix_transpose(jvs) + svs + network)
 
@@ -974,8 +974,8 @@ class ConditionedAffinePullback(Pullback):
     # Kᵀ (Q K) block by block: separate products cost the same flops as one stacked product, without copying
     # the blocks into it.
     # The terms are summed in one pass (`_sum`): each binary sum would read and write a whole Hessian again.
-    hess = _sum([tf.linalg.matmul(j_t, tf.linalg.matmul(j_t, hess) - s_t * v, transpose_b=True),
-                 tf.linalg.matmul(s_t, j_sx_t * -v, transpose_b=True)]
+    hess = _sum([products.matmul(j_t, products.matmul(j_t, hess) - s_t * v, transpose_b=True),
+                 products.matmul(s_t, j_sx_t * -v, transpose_b=True)]
                 + _minus_contraction(self._conditioner, self._outputs.network_weights(grad)))
     return _times(j_t, grad) + self._ildj_gradient(), hess
 
@@ -1043,9 +1043,9 @@ class CouplingPullback(ConditionedAffinePullback):
     v = grad[..., t]
     rows_c, rows_t = hess[..., c, :], hess[..., t, :]
     h_cc, h_ct, h_tt = rows_c[..., c], rows_c[..., t], rows_t[..., t]
-    q_t = h_ct + tf.linalg.matmul(b_t, h_tt) - s_t * v[..., tf.newaxis, :]
-    cc = _sum([h_cc, tf.linalg.matmul(h_ct, b_t, transpose_b=True), tf.linalg.matmul(b_t, q_t, transpose_b=True),
-               tf.linalg.matmul(s_t, (b_t + s_t * x_t[..., tf.newaxis, :]) * -v[..., tf.newaxis, :], transpose_b=True)]
+    q_t = h_ct + products.matmul(b_t, h_tt) - s_t * v[..., tf.newaxis, :]
+    cc = _sum([h_cc, products.matmul(h_ct, b_t, transpose_b=True), products.matmul(b_t, q_t, transpose_b=True),
+               products.matmul(s_t, (b_t + s_t * x_t[..., tf.newaxis, :]) * -v[..., tf.newaxis, :], transpose_b=True)]
               + _minus_contraction(self._coupling, tf.concat([v * a, v * x_t + 1], axis=-1)))
     ct = q_t * a[..., tf.newaxis, :]
     tc = tf.linalg.matrix_transpose(ct)
