@@ -394,17 +394,19 @@ BIJECTORS = {
         lambda dtype, rng, dim=DIM: _real_nvp(dtype, rng, fraction_masked=0.6), min_dim=2),
     "Invert(RealNVP)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(_real_nvp(dtype, rng)), min_dim=3),
     # A permutation after a coupling or autoregressive layer is folded into it (pullback.py); two in a row
-    # compose, and one on the z side of the chain has no layer to fold into.
+    # compose, and one on the z side of the chain has no layer to fold into. After a factored (narrow) MAF, the
+    # sweep carries the permutations as a frame through an elementwise layer and into the next MAF
+    # (`Pullback.in_frame`).
     "Chain(MAF, Permute, RealNVP)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
         tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)), tfb.Permute(rng.permutation(dim)),
         _real_nvp_dense(dtype, rng, dim=dim)]), edges=(-6., 6.), min_dim=2),
     "Chain(Permute, MAF, Permute, Permute, MAF(callable))": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
         tfb.Permute(rng.permutation(dim)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)),
         tfb.Permute(rng.permutation(dim)), tfb.Permute(rng.permutation(dim)), _maf_callable(dtype, rng, dim)])),
-    "Chain(MAF narrow, Permute, Permute, MAF narrow)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
+    "Chain(MAF narrow, Permute, Sinh, Permute, MAF narrow)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
         tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "tanh", (5, 3), dim)), tfb.Permute(rng.permutation(dim)),
-        tfb.Permute(rng.permutation(dim)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "softplus", (3,), dim))]),
-        min_dim=4),
+        tfb.Sinh(), tfb.Permute(rng.permutation(dim)),
+        tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "softplus", (3,), dim))]), min_dim=4),
     "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False),
 }
 

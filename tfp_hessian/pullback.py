@@ -147,6 +147,16 @@ def _broadcast_batches(tensors, event_ndims):
   return [tf.broadcast_to(t, tf.concat([batch, tf.shape(t)[-event_ndims:]], 0)) for t in tensors]
 
 
+def _permuted(grad, hess, index):
+  """`(gather(grad, index), hess gathered by index along both axes)`: derivatives with permuted coordinates."""
+  # Rows, then rows of the transpose: TF gathers whole rows fast, single elements of the last axis slowly (at
+  # D = 128 a flattened gather takes 3x as long, a gather along the last axis 2.5x). That gives the transpose of
+  # the permuted Hessian, which is the permuted Hessian: Hessians are symmetric, and the sweep symmetrises its
+  # result once at the end.
+  hess = tf.linalg.matrix_transpose(tf.gather(hess, index, axis=-2))
+  return tf.gather(grad, index, axis=-1), tf.gather(hess, index, axis=-2)
+
+
 class Pullback(abc.ABC):
   """Second-order local model of a bijector's inverse `x = h(y)` at a batch of points.
 
@@ -176,6 +186,20 @@ class Pullback(abc.ABC):
   @abc.abstractmethod
   def __call__(self, grad, hess):
     """Maps `(∇F, ∇²F)` at `x` to `(∇G, ∇²G)` at `y` (module docstring)."""
+
+  def in_frame(self, grad, hess, frame):
+    """`__call__` for derivatives held in a frame: `(grad, hess, frame)` at `x` to the same at `y` (`pull_back`).
+
+    A frame `σ` (an integer vector over the flat event, or None for none) holds derivatives with their
+    coordinates permuted: the gradient is `gather(grad, σ)` and the Hessian `hess` gathered by `σ` along both
+    axes. A `PermutationPullback` only composes frames, so permutations cost nothing until a layer needs the
+    derivatives in order; a layer that can work in the frame gathers its own vectors and factors into it
+    instead of every Hessian (`ElementwisePullback`, the factored `ConditionedAffinePullback`). This default
+    applies the frame, then the pullback, and gives its result in none.
+    """
+    if frame is not None:
+      grad, hess = _permuted(grad, hess, frame)
+    return self(grad, hess) + (None,)
 
   @abc.abstractmethod
   def invert(self, grad, hess):
@@ -311,6 +335,14 @@ class ElementwisePullback(Pullback):
       hess = _add_to_diagonal(hess, curvature)
     return grad, hess
 
+  def in_frame(self, grad, hess, frame):
+    if frame is None:
+      return self(grad, hess) + (None,)
+    inverse = tf.math.invert_permutation(frame)  # coordinate i is at σ⁻¹(i) of the frame
+    terms = tuple(None if term is None else tf.gather(term, inverse, axis=-1)
+                  for term in (self.d1, self.d2, self.dlog1, self.dlog2))
+    return ElementwisePullback.from_flat(self.x, self.ildj, terms, self.x_layout)(grad, hess) + (frame,)
+
   def invert(self, grad, hess):
     if self.dlog1 is not None:
       grad = grad - self.dlog1
@@ -433,20 +465,15 @@ class PermutationPullback(Pullback):
     # ∂G/∂y_j = ∂F/∂x_{σ⁻¹(j)}.
     self._inverse_source = tf.math.invert_permutation(source)
 
-  @staticmethod
-  def _permute(grad, hess, index):
-    # Rows, then rows of the transpose: TF gathers whole rows fast, single elements of the last axis slowly
-    # (at D = 128 a flattened gather takes 3x as long, a gather along the last axis 2.5x). That gives the
-    # transpose of the permuted Hessian, which is the permuted Hessian: Hessians are symmetric, and the
-    # sweep symmetrises its result once at the end.
-    hess = tf.linalg.matrix_transpose(tf.gather(hess, index, axis=-2))
-    return tf.gather(grad, index, axis=-1), tf.gather(hess, index, axis=-2)
-
   def __call__(self, grad, hess):
-    return self._permute(grad, hess, self._inverse_source)
+    return _permuted(grad, hess, self._inverse_source)
+
+  def in_frame(self, grad, hess, frame):
+    # Nothing moves: gathering by σ⁻¹ what the frame gathers by `frame` is gathering by `frame[σ⁻¹]`.
+    return grad, hess, self._inverse_source if frame is None else tf.gather(frame, self._inverse_source)
 
   def invert(self, grad, hess):
-    return self._permute(grad, hess, self.source)
+    return _permuted(grad, hess, self.source)
 
   def jacobian_transpose_times(self, matrix):
     return tf.gather(matrix, self._inverse_source, axis=-2)
@@ -738,8 +765,11 @@ def pull_back(layers, grad, hess):
     grad: `[*batch, n]` on the `x` side of the last layer.
     hess: `[*batch, n, n]` there.
   """
+  frame = None  # permutations are applied where a layer needs them, composed until then (`Pullback.in_frame`)
   for layer in reversed(layers):
-    grad, hess = layer(grad, hess)
+    grad, hess, frame = layer.in_frame(grad, hess, frame)
+  if frame is not None:
+    grad, hess = _permuted(grad, hess, frame)
   return grad, hess
 
 
@@ -850,7 +880,7 @@ class _AffineOutputs:
     return tf.gather(weights, tf.concat([order, order + tf.size(order, out_type=order.dtype)], 0), axis=-1)
 
 
-def _factored_affine_pullback(outputs, grad, hess, kernel, d1):
+def _factored_affine_pullback(outputs, grad, hess, kernel, d1, frame=None):
   """The dense pullback of `ConditionedAffinePullback` with its Jacobian kept factored through the read-out layer.
 
   Where the network reads `(m, s)` out linearly from a hidden layer of `H < D` units, `a_L = σ(z_L)`, the
@@ -867,24 +897,37 @@ def _factored_affine_pullback(outputs, grad, hess, kernel, d1):
 
   `O(D²H)` per point instead of `O(D³)` (`x ⊙ S` cancels between `P` and `V X S`).
 
+  In a frame `σ` (`Pullback.in_frame`) every term is taken in it: the vectors and the rows of the factors are
+  gathered into it (`O(DH)` per point), never the Hessian, and so is the result.
+
   Args:
     outputs: the layer's `_AffineOutputs`, in the network's own output order.
-    grad: `∇F`, `[*batch, D]`.
-    hess: `∇²F`, `[*batch, D, D]`.
+    grad: `∇F`, `[*batch, D]` (in the frame, if any).
+    hess: `∇²F`, `[*batch, D, D]` (in the frame, if any).
     kernel: `W`, the read-out kernel, `[H, 2D]`.
     d1: `σ'(z_L)`, `[*batch, H]`.
+    frame: `σ`, or None for none.
   """
   d = outputs.x.shape[-1]
-  weights = outputs.network_weights(grad)
-  (t_last, c_last), *others = outputs.conditioner.factors(weights)  # T_L = Z_Lᵀ: [*batch, D, H] or [D, H]
   a, x = outputs.scale, outputs.x
-  m_kernel, s_kernel = kernel[:, :d], kernel[:, d:]  # W_m, W_s: [H, D]
-  m_rows, s_rows = tf.transpose(m_kernel), tf.transpose(s_kernel)  # W_mᵀ, Q = W_sᵀ: [D, H]
+  if frame is None:
+    weights = outputs.network_weights(grad)
+    into_frame = lambda rows, axis: rows
+  else:
+    weights = outputs.network_weights(tf.gather(grad, frame, axis=-1))  # the network's own order
+    inverse = tf.math.invert_permutation(frame)
+    into_frame = lambda rows, axis: tf.gather(rows, inverse, axis=axis)  # y_i (or x_i) is at σ⁻¹(i)
+    a, x = into_frame(a, -1), into_frame(x, -1)
+  (t_last, c_last), *others = outputs.conditioner.factors(weights)  # T_L = Z_Lᵀ: [*batch, D, H] or [D, H]
+  t_last = into_frame(t_last, -2)
+  others = [(into_frame(tangents, -2), c) for tangents, c in others]
+  m_rows = into_frame(tf.transpose(kernel[:, :d]), -2)  # W_mᵀ: [D, H]
+  s_rows = into_frame(tf.transpose(kernel[:, d:]), -2)  # Q = W_sᵀ: [D, H]
   p = a[..., tf.newaxis] * m_rows + x[..., tf.newaxis] * s_rows
   t = products.matmul(hess, p) + grad[..., tf.newaxis] * s_rows
   minus_cross = conditioners.times_transpose(-a[..., tf.newaxis] * t * d1[..., tf.newaxis, :], t_last)  # -K
   middle = (products.matmul(p, t, transpose_a=True)
-            + products.matmul(s_kernel * (grad * a)[..., tf.newaxis, :], m_rows))
+            + products.matmul(s_rows * (grad * a)[..., tf.newaxis], m_rows, transpose_a=True))
   middle = _add_to_diagonal(middle * _outer(d1, d1), -c_last)
   # One sum of the [D, D] terms: each binary add would read and write a whole Hessian again.
   terms = [hess * _outer(a, a), minus_cross, tf.linalg.matrix_transpose(minus_cross),
@@ -964,6 +1007,12 @@ class ConditionedAffinePullback(Pullback):
 
   def _ildj_gradient(self):
     return -tf.reduce_sum(self._outputs.jacobians_transposed()[1], axis=-1)
+
+  def in_frame(self, grad, hess, frame):
+    readout = self._readout()
+    if frame is None or readout is None:
+      return super().in_frame(grad, hess, frame)
+    return _factored_affine_pullback(self._outputs, grad, hess, *readout, frame=frame) + (frame,)
 
   def __call__(self, grad, hess):
     readout = self._readout()
