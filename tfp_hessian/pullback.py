@@ -447,7 +447,8 @@ class LinearPullback(Pullback):
 
 
 class PermutationPullback(Pullback):
-  """`h` permutes coordinates: `x_i = y_{σ(i)}`; derivatives are gathered, at O(D²) per point.
+  """`h` permutes coordinates: `x_i = y_{σ(i)}`; derivatives are gathered, at O(D²) per point, where a layer
+  needs them in order: in a sweep a permutation only composes the frame (`Pullback.in_frame`).
 
   Index bookkeeping between events of other layouts (`Reshape`, `Split`, `Restructure`, `Transpose`) is a
   permutation of the flat events too.
