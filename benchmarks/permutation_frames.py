@@ -48,14 +48,8 @@ def main():
     functions[label] = function
   pullback.pull_back = sweep.pull_back = frames
   old, new = functions["old"](z).numpy(), functions["new"](z).numpy()
-  times = {label: [] for label in functions}
-  rng = np.random.default_rng(0)
-  for _ in range(args.calls):
-    for label in rng.permutation(list(functions)):
-      start = time.perf_counter()
-      functions[label](z).numpy()
-      times[label].append(time.perf_counter() - start)
-  ms = {label: 1e3 * np.median(value) for label, value in times.items()}
+  medians = harness.interleaved_medians(functions, z, args.calls, np.random.default_rng(0))
+  ms = {label: 1e3 * seconds for label, seconds in medians.items()}
   print(f"{args.flow} D={args.dim} N={args.num_points} {args.dtype}: old {ms['old']:.1f} ms, new {ms['new']:.1f} ms, "
         f"old/new {ms['old'] / ms['new']:.2f}x; max |new - old| / max |old| "
         f"{np.max(np.abs(new - old)) / np.max(np.abs(old)):.1e}")

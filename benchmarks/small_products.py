@@ -61,14 +61,7 @@ def _whole_calls(cells, calls, rng):
     products.SHORT_CONTRACTION = default
     functions["fwd_rev_xla"] = harness.METHODS["fwd_rev_xla"].make(distribution, kwargs)
     old, new = functions["old"](z).numpy(), functions["new"](z).numpy()
-    times = {key: [] for key in functions}
-    for _ in range(calls):
-      for index in rng.permutation(len(functions)):
-        key = list(functions)[index]
-        start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), functions[key](z))
-        times[key].append(time.perf_counter() - start)
-    ms = {key: 1e3 * np.median(value) for key, value in times.items()}
+    ms = {key: 1e3 * seconds for key, seconds in harness.interleaved_medians(functions, z, calls, rng).items()}
     print(f"{name} D={dim} N={num_points}: " + ", ".join(f"{key} {value:.2f} ms" for key, value in ms.items())
           + f"; old/new {ms['old'] / ms['new']:.2f}x; max |new - old| / max |old| "
           f"{np.max(np.abs(new - old)) / np.max(np.abs(old)):.1e}", flush=True)

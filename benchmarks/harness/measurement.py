@@ -8,6 +8,7 @@ JAX peer.
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from harness.methods import METHODS
 from harness.peak_rss import PeakRss
@@ -77,6 +78,20 @@ def _statistics(seconds):
   q1, median, q3 = np.percentile(ms, [25, 50, 75])
   return dict(median_ms=float(median), q1_ms=float(q1), q3_ms=float(q3), min_ms=float(ms.min()),
               max_ms=float(ms.max()), calls=len(ms))
+
+
+def interleaved_medians(functions, z, calls, rng):
+  """Median seconds per call of each of `functions` (`{label: fn(z)}`), called `calls` times round-robin in a
+  random order each round: the A/B comparisons of the benchmark scripts (`small_products.py`,
+  `permutation_frames.py`)."""
+  times = {label: [] for label in functions}
+  for _ in range(calls):
+    for index in rng.permutation(len(functions)):
+      label = list(functions)[index]
+      start = time.perf_counter()
+      tf.nest.map_structure(lambda t: t.numpy(), functions[label](z))
+      times[label].append(time.perf_counter() - start)
+  return {label: float(np.median(value)) for label, value in times.items()}
 
 
 def predicted_seconds(previous, dim, num_points, points_power=1.):
