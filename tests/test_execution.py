@@ -1,9 +1,10 @@
 """How the default call runs in a graph (`execution.py`): XLA where chosen, exact either way.
 
-The flows of `test_flows.FLOWS` whose sweep is compiled are checked against the references there, through the
-compiled eager path (a `tf.function` of the package's own). Here: which flows are compiled and why, that the
-choice holds inside a user's `tf.function` and follows the number of points, and that in float32 a compiled sweep
-is, point by point, no less accurate than nested tapes are.
+The flows of `test_flows.FLOWS` whose sweep is compiled (`test_flows.COMPILED`, checked there with every flow's
+plan) are checked against the references there, through the compiled eager path (a `tf.function` of the
+package's own). Here: why some flows are not compiled, that the choice holds inside a user's `tf.function` and
+follows the number of points, and that in float32 a compiled sweep is, point by point, no less accurate than
+nested tapes are.
 """
 
 import numpy as np
@@ -13,12 +14,10 @@ import tensorflow as tf
 import tfp_hessian
 from tfp_hessian import execution, products, reference
 
-from test_flows import GRAPH, make_flow
+from test_flows import COMPILED, make_flow
 
-# Flows of the registry whose every op XLA compiles well, at the registry's few points.
-COMPILED = ["conditional MAFs in a Chain, [N, C] conditions", "conditional MAF, one point and [N, C] conditions",
-            "matrix events: Sample(Normal, [3, 2])", "scalar events", "batch [D] Sample(Normal), one point [D]"]
-# ... and some that keep the traced graph, with the op that decides it.
+# Flows of the registry that keep the traced graph, with the op that decides it (which flows are compiled, and
+# that every plan says why: `test_flows.test_flow_matches_references`).
 NOT_COMPILED = {
     "MultivariateNormalTriL": "MatrixTriangularSolve",  # slow under XLA on CPU
     "chain with IAF": "While",  # an IAF's sequential inverse
@@ -51,18 +50,6 @@ def test_not_compiled_names_the_op(name, op):
   plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
   assert not plan.xla
   assert op in plan.reason
-
-
-def test_plan_of_every_code_path_says_why():
-  """Every flow gets a plan with a reason; of the graph-mode flows (one per code path) and the compiled ones,
-  exactly the compiled ones are compiled."""
-  chosen = {}
-  for name in sorted(set(GRAPH) | set(COMPILED)):
-    distribution, z, kwargs = make_flow(name, np.float64)
-    plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
-    assert plan.reason.startswith("XLA-compiled" if plan.xla else "not compiled")
-    chosen[name] = plan.xla
-  assert {name for name, xla in chosen.items() if xla} == set(COMPILED)
 
 
 def test_many_points_and_unknown_points_are_not_compiled():

@@ -15,7 +15,7 @@ import tensorflow_probability as tfp
 
 import tfp_hessian
 from tfp_hessian import bijectors as hb
-from tfp_hessian import pullback, reference, registry
+from tfp_hessian import execution, pullback, reference, registry
 
 from cases import BIJECTORS, DIM, DTYPES, RTOL, BoxMap, Shear, _made, _real_nvp_dense, assert_close, random_base
 from cases import _batch_norm as cases_batch_norm
@@ -662,6 +662,12 @@ GRAPH = ["MultivariateNormalTriL", "Sample(StudentT) (diagonal autodiff)", "Mult
          "build_affine_surrogate_posterior (DeferredModule)", "conditional MAFs in a Chain, [N, C] conditions",
          "conditional MAF, one point and [N, C] conditions", "research-style: MAF stages, BatchNorm, box map, shear"]
 
+# Flows of the registry whose every op XLA compiles well, at the registry's few points (`execution.py`): their
+# sweeps are compiled, every other flow's sweep runs as traced (`test_flow_matches_references` checks both).
+COMPILED = ["conditional MAFs in a Chain, [N, C] conditions", "conditional MAF, one point and [N, C] conditions",
+            "matrix events: Sample(Normal, [3, 2])", "scalar events", "batch [D] Sample(Normal), one point [D]",
+            "BatchNormalization built for [N, B, D], batch [B] of parameters"]
+
 # Every flow runs in float64 in CI, the precision the package's exactness is checked in; float32 runs there for the
 # GRAPH flows (one per code path) and for all flows in the full suite (`slow`: CI_RUN_SLOW=1), to keep CI in time.
 FLOW_CASES = [pytest.param(name, dtype, id=f"{name}-{dtype.__name__}",
@@ -722,7 +728,12 @@ def test_flow_matches_references(name, dtype):
   np.testing.assert_array_equal(result.hessian, tf.linalg.matrix_transpose(result.hessian))
   # The first eager call runs op by op, the later ones a compiled function (`compiled.py`): the same derivatives,
   # and `log_prob_hessian` is the compiled function's Hessian, bit for bit.
-  compiled = tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs)
+  plans = []
+  with execution.observe(plans.append):
+    compiled = tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs)
+  # Its sweep was traced once, compiled by XLA exactly for the flows in COMPILED, and the plan says why.
+  assert [plan.xla for plan in plans] == [name in COMPILED], [plan.reason for plan in plans]
+  assert plans[0].reason.startswith("XLA-compiled" if plans[0].xla else "not compiled")
   assert_same_derivatives(compiled, result, RTOL[dtype], "compiled vs op by op:")
   np.testing.assert_array_equal(tfp_hessian.log_prob_hessian(distribution, z, **kwargs), compiled.hessian)
   if name in GRAPH and dtype is np.float64:
