@@ -231,8 +231,20 @@ def _eigenpairs(distribution, z, kwargs, size, dtype, k, which, tolerance, krylo
   else:
     pairs = _block_lanczos_nearest_zero(matvec, num_points, size, dtype, k, tolerance, krylov,
                                         _block_size(size, krylov), seed)
-  batch = shape[:-1]
-  static = z.shape[:-1]
+  return _unflattened(pairs, shape[:-1], z.shape[:-1], size, k)
+
+
+def _pairs(values, vectors, residuals, converged, finite, num_iterations):
+  """`Eigenpairs` of flat points (`[N, k]`, `[N, D, k]`), each eigenvector's largest component positive, NaN at
+  the points whose Hessian is not `finite` (`converged` is False there)."""
+  nan = tf.constant(np.nan, values.dtype)
+  return Eigenpairs(tf.where(finite[:, tf.newaxis], values, nan),
+                    tf.where(finite[:, tf.newaxis, tf.newaxis], _largest_component_positive(vectors), nan),
+                    tf.where(finite[:, tf.newaxis], residuals, nan), converged, num_iterations)
+
+
+def _unflattened(pairs, batch, static, size, k):
+  """`Eigenpairs` of flat points reshaped to the points' batch shape (`batch` as a tensor, `static` as known)."""
 
   def unflatten(x, tail):
     return tf.ensure_shape(tf.reshape(x, tf.concat([batch, tail], 0)), static.concatenate(tail))
@@ -260,18 +272,8 @@ def _formed_nearest_zero(distribution, z, kwargs, size, dtype, k, tolerance, see
       np.finfo(dtype.as_numpy_dtype).eps, tf.zeros([num_points, size, width], dtype),
       tf.zeros([num_points, size], dtype), tf.zeros([num_points], dtype), FORMED_ITERATIONS,
       tf.convert_to_tensor(seed, tf.int32))
-  nan = tf.constant(np.nan, dtype)
-  finite = ritz.finite
-
-  def unflatten(x, tail):
-    return tf.ensure_shape(tf.reshape(x, tf.concat([batch, tail], 0)), static.concatenate(tail))
-
-  return Eigenpairs(
-      unflatten(tf.where(finite[:, tf.newaxis], ritz.values, nan), [k]),
-      unflatten(tf.where(finite[:, tf.newaxis, tf.newaxis], _largest_component_positive(ritz.coefficients), nan),
-                [size, k]),
-      unflatten(tf.where(finite[:, tf.newaxis], ritz.residuals, nan), [k]), unflatten(ritz.converged, [k]),
-      tf.constant(size))
+  pairs = _pairs(ritz.values, ritz.coefficients, ritz.residuals, ritz.converged, ritz.finite, tf.constant(size))
+  return _unflattened(pairs, batch, static, size, k)
 
 
 def _orthogonalize(w, basis):
@@ -348,13 +350,7 @@ def _lanczos(matvec, num_points, size, dtype, k, tolerance, krylov, seed):
       maximum_iterations=krylov)
   ritz = _ritz(alphas[:dimension], betas[:dimension], k, tolerance)
   vectors = tf.einsum("mnd,nmk->ndk", basis[:dimension], ritz.coefficients)
-  vectors = _largest_component_positive(vectors)
-  nan = tf.constant(np.nan, dtype)
-  finite = ritz.finite
-  return Eigenpairs(tf.where(finite[:, tf.newaxis], ritz.values, nan),
-                    tf.where(finite[:, tf.newaxis, tf.newaxis], vectors, nan),
-                    tf.where(finite[:, tf.newaxis], ritz.residuals, nan),
-                    ritz.converged, dimension)
+  return _pairs(ritz.values, vectors, ritz.residuals, ritz.converged, ritz.finite, dimension)
 
 
 _Ritz = collections.namedtuple("_Ritz", ["values", "coefficients", "residuals", "converged", "finite"])
@@ -548,13 +544,9 @@ def _block_lanczos_nearest_zero(matvec, num_points, size, dtype, k, tolerance, k
   steps_taken, state = tf.while_loop(condition, step, (tf.constant(0), state), maximum_iterations=steps)
   # The loop ends on a check: every point settled, or the last block step (checked whatever the schedule).
   basis = tf.reshape(tf.transpose(state.chunks.stack(), [1, 0, 2, 3]), [num_points, capacity, size])
-  vectors = _largest_component_positive(tf.einsum("nmd,nmk->ndk", basis, state.coefficients))
-  nan = tf.constant(np.nan, dtype)
-  finite = state.finite
-  return Eigenpairs(tf.where(finite[:, tf.newaxis], state.values, nan),
-                    tf.where(finite[:, tf.newaxis, tf.newaxis], vectors, nan),
-                    tf.where(finite[:, tf.newaxis], state.residuals, nan),
-                    state.converged, tf.minimum(steps_taken * block, krylov))
+  vectors = tf.einsum("nmd,nmk->ndk", basis, state.coefficients)
+  return _pairs(state.values, vectors, state.residuals, state.converged, state.finite,
+                tf.minimum(steps_taken * block, krylov))
 
 
 def _checked(state, i, dimension, block, k, tolerance, eps, last, seed):
