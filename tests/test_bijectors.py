@@ -27,7 +27,8 @@ def _slow_log_prob_case(name, dtype):
 
 
 def _slow_tf_hessians_case(name):
-  """As `_slow_forms`; the elementwise and linear layers but one of each, too (`TF_HESSIANS_CASES`)."""
+  """Slow for the parameter forms (as `_slow_forms`) and for the elementwise and linear layers but `Exp` and
+  `Scale` (`TF_HESSIANS_CASES`)."""
   if BIJECTORS[name].structure is not None and name not in ("Exp", "Scale"):
     return pytest.mark.slow
   return _slow_forms(name)
