@@ -147,8 +147,10 @@ def _bench_flow_and_points(name, dim, num_points=3):
 
 
 # A sloppy case by the block iteration traces it (5-10 s a case): in the full suite (see `sloppy_path_lanczos_slow`).
+# So is float32 but for the elementwise + affine flow: the same iteration, rounded otherwise.
 @pytest.mark.parametrize("name, dtype, which, path", [
-    pytest.param(name, dtype, which, path, marks=pytest.mark.slow if path == "lanczos" else ())
+    pytest.param(name, dtype, which, path, marks=pytest.mark.slow if path == "lanczos" or (
+        dtype is np.float32 and name != "elementwise+affine") else ())
     for name in sorted(FLOWS) for dtype in DTYPES for which in eigenpairs_lib.WHICH
     for path in (SLOPPY_PATHS if which == "sloppy" else (None,))])
 def test_against_dense_spectrum(name, dtype, which, path, monkeypatch):
