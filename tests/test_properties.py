@@ -17,13 +17,16 @@ layers of `cases.BIJECTORS`, under a structured event (a `Split` into a list thr
 vector and a matrix, matrices by `Reshape`) or over a hierarchical `JointDistributionNamed` base with the layers
 inside a `JointMap`, against nested tapes on the flattened function.
 
-Profiles (`HYPOTHESIS_PROFILE`, default `ci`; both derandomized and database-free, so every run that imports the
-same modules draws the same flows: Hypothesis also draws, now and then, integers from the constants of the
-non-test modules in `sys.modules`, and the whole suite imports more of them than this file alone (`harness`,
-`tfp_hessian.demo`, `.keras`, `.bench`), so the two draw different flows from the sixth of the forms' test on):
+Profiles (`HYPOTHESIS_PROFILE`, default `ci`; `ci` and `long` derandomized, `long-part` drawn from the seed it is
+given, all database-free, so every run that imports the same modules draws the same flows: Hypothesis also
+draws, now and then, integers from the constants of the non-test modules in `sys.modules`, and the whole suite
+imports more of them than this file alone (`harness`, `tfp_hessian.demo`, `.keras`, `.bench`), so the two draw
+different flows from the sixth of the forms' test on):
 
     python -m pytest tests/test_properties.py                             # ci: 20 + 7 flows (the forms' 20 are slow)
     HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 1,000 + 1,000 + 252 flows
+    HYPOTHESIS_PROFILE=long-part python -m pytest tests/test_properties.py -k parameter_forms --hypothesis-seed=1
+                                                                          # a quarter: 250 flows of seed 1 (1 to 4)
 
 The long profile runs outside CI, about 6 flows a minute per test on one core of the shared 2-core machine
 (2026-11-30): about 3 hours for the first test's 1,000, 9 for the forms' 1,000; docs/reliability.md says how far
@@ -58,7 +61,18 @@ _COMMON = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.register_profile("ci", max_examples=20, **_COMMON)
 settings.register_profile("long", max_examples=1000, **_COMMON)
-PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# A quarter of the long profile, drawn from the seed given by `--hypothesis-seed` (1 to 4: the four parts), for a
+# test whose long run does not fit one sitting (the forms test: about 9 hours of one core).
+settings.register_profile("long-part", max_examples=250, **dict(_COMMON, derandomize=False))
+PROFILE_NAME = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+PROFILE = settings.get_profile(PROFILE_NAME)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _part_has_a_seed(request):
+  """A part of the long profile is reproducible only by its seed."""
+  if PROFILE_NAME == "long-part" and request.config.getoption("hypothesis_seed") is None:
+    pytest.fail("HYPOTHESIS_PROFILE=long-part draws from a seed: give it, e.g. --hypothesis-seed=1 (parts 1 to 4)")
 
 
 def _diag_normal(rng, dim):
