@@ -15,7 +15,7 @@ import tensorflow_probability as tfp
 
 import tfp_hessian
 from tfp_hessian import bijectors as hb
-from tfp_hessian import execution, pullback, reference, registry
+from tfp_hessian import execution, pullback, reference, registry, sweep
 
 from cases import (BIJECTORS, DIM, DTYPES, FLOAT32_SLOW, RTOL, BoxMap, Shear, _made, _real_nvp_dense, assert_close,
                    random_base)
@@ -238,6 +238,23 @@ def _nested_three_over_student_t(dtype, rng):
   flow = tfd.TransformedDistribution(flow, tfb.ScaleMatvecLU(*_lu(rng, dtype)))
   flow = tfd.TransformedDistribution(flow, tfb.Chain([tfb.Shift(_vec(rng, dtype, -1., 1.)), _real_nvp(rng, dtype)]))
   return flow, _points(flow)
+
+
+DEEP = 12  # nested TransformedDistributions in the deeply nested flow
+
+
+def _deeply_nested(dtype, rng):
+  """`DEEP` TransformedDistributions, each over the last, one elementwise or affine layer each, a batch [B] `Shift`
+  at the fifth. TFP's own `batch_shape` (and so `sample`) takes `2^DEEP` times one level's time on it: its points
+  are the base's draws pushed through the layers, as `sample` would give them."""
+  base = _mvn_diag(rng, dtype)
+  layers = [lambda: tfb.Shift(_vec(rng, dtype, -1., 1.)), lambda: tfb.Scale(_vec(rng, dtype, 0.7, 1.3)),
+            lambda: tfb.SinhArcsinh(_vec(rng, dtype, -.5, .5), _vec(rng, dtype, .8, 1.2))]
+  flow, points = base, base.sample([NUM_POINTS, 1], seed=SEED)  # [N, 1, D]: [N, B, D] from the batch [B] layer on
+  for level in range(DEEP):
+    bijector = (tfb.Shift(tf.constant(rng.normal(size=(B, D)), dtype)) if level == 4 else layers[level % 3]())
+    flow, points = tfd.TransformedDistribution(flow, bijector), bijector.forward(points)
+  return flow, tf.constant(points.numpy())
 
 
 def _package_flow(dtype, rng):
@@ -606,6 +623,7 @@ FLOWS = {
     "chain with IAF": _iaf_chain,
     "nested": _nested,
     "nested x3 over MultivariateStudentT": _nested_three_over_student_t,
+    f"{DEEP} nested, a batch [B] Shift at the 5th": _deeply_nested,
     "tfp_hessian.TransformedDistribution": _package_flow,
     "stock over tfp_hessian.TransformedDistribution": _stock_over_package_flow,
     # Batch shapes of the distribution, and points broadcasting against them.
@@ -667,7 +685,8 @@ GRAPH = ["MultivariateNormalTriL", "Sample(StudentT) (diagonal autodiff)", "Mult
 # sweeps are compiled, every other flow's sweep runs as traced (`test_flow_matches_references` checks both).
 COMPILED = ["conditional MAFs in a Chain, [N, C] conditions", "conditional MAF, one point and [N, C] conditions",
             "matrix events: Sample(Normal, [3, 2])", "scalar events", "batch [D] Sample(Normal), one point [D]",
-            "BatchNormalization built for [N, B, D], batch [B] of parameters"]
+            "BatchNormalization built for [N, B, D], batch [B] of parameters",
+            f"{DEEP} nested, a batch [B] Shift at the 5th"]
 
 # Every flow runs in float64 in CI, the precision the package's exactness is checked in; float32 runs there for the
 # GRAPH flows (one per code path) and for all flows in the full suite (`slow`: CI_RUN_SLOW=1), to keep CI in time.
@@ -836,6 +855,36 @@ def test_transformed_distribution_methods(dtype):
   np.testing.assert_array_equal(flow.log_prob_hessian(z), compiled.hessian)
   graph = tf.function(flow.log_prob_hessian)(z)
   assert_close(graph, result.hessian, RTOL[dtype], what="graph log_prob_hessian")
+
+
+def test_batch_shape_asks_each_nested_base_once(monkeypatch):
+  """`sweep.batch_shape` walks nested distributions once: TFP's own asks each base twice per level (and its cache
+  of `batch_shape` never hits), `2^12` times at the deeply nested flow's base."""
+  distribution, z, _ = make_flow(f"{DEEP} nested, a batch [B] Shift at the 5th", np.float64)
+  base = distribution
+  while isinstance(base, tfd.TransformedDistribution):
+    base = base.distribution
+  calls = []
+  original = type(base)._batch_shape
+  monkeypatch.setattr(type(base), "_batch_shape", lambda self: calls.append(self) or original(self))
+  assert sweep.batch_shape(distribution) == [B] == distribution.log_prob(z).shape[1:]
+  assert calls == [base]
+
+
+# Nested flows, batch shapes from the base and from layers, structured events and a conditional base (every flow's
+# Hessian has the batch shape of its `log_prob`: `test_flow_matches_references`). TFP's own `batch_shape` takes
+# minutes at the deeply nested flow.
+BATCH_SHAPE_CASES = ["nested", "nested x3 over MultivariateStudentT", "batch [B], points [N, B, D]",
+                     "batch [B, 1] fallback layer, points [N, 1, D]",
+                     "BatchNormalization built for [N, B, D], batch [B] of parameters",
+                     "Restructure into a dict, JointMap with RealNVP", "JointDistributionNamed (hierarchical)",
+                     "conditional flow as a base (distribution_kwargs)"]
+
+
+@pytest.mark.parametrize("name", BATCH_SHAPE_CASES)
+def test_batch_shape_is_tfps(name):
+  distribution, _, _ = make_flow(name, np.float64)
+  assert sweep.batch_shape(distribution) == distribution.batch_shape
 
 
 def test_fallback_flows_have_fallback_layers():

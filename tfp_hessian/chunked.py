@@ -172,9 +172,10 @@ def _checked_flow_and_strategy(distribution, what, strategy, kwargs):
   resolved = private_api.resolve_deferred(distribution)
   layout = sweep.check_distribution(resolved, kwargs)
   dtype = sweep.dtype_of(resolved)
-  if any(batch.rank != 0 for batch in tf.nest.flatten(resolved.batch_shape)):
+  batch_shape = sweep.batch_shape(resolved)
+  if any(batch.rank != 0 for batch in tf.nest.flatten(batch_shape)):
     raise ValueError(f"hessians_in_chunks needs a distribution of batch shape []; {resolved.name!r} has batch "
-                     f"shape {resolved.batch_shape}. Use `tfp_hessian.log_prob_hessian` for batched flows.")
+                     f"shape {batch_shape}. Use `tfp_hessian.log_prob_hessian` for batched flows.")
   strategy = tf.distribute.get_strategy() if strategy is None else strategy
   if not isinstance(strategy, tf.distribute.Strategy):
     raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; got {type(strategy).__name__}.")

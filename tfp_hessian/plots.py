@@ -130,9 +130,10 @@ def density_with_directions(distribution, points, hessians=None, ax=None, extent
   """
   _, collections, lines = _matplotlib()
   size = sweep.check_distribution(distribution).size
-  if size != 2 or distribution.batch_shape.rank != 0:
+  batch_shape = sweep.batch_shape(distribution)
+  if size != 2 or batch_shape.rank != 0:
     raise ValueError(f"`distribution` must have event shape [2] and batch shape []; got event shape "
-                     f"{distribution.event_shape}, batch shape {distribution.batch_shape}.")
+                     f"{distribution.event_shape}, batch shape {batch_shape}.")
   dtype = tf.as_dtype(distribution.dtype)
   if np.ndim(points) not in (1, 2) or np.shape(points)[-1] != 2:
     raise ValueError(f"`points` must have shape [N, 2] or [2]; got shape {np.shape(points)}.")

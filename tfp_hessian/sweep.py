@@ -116,9 +116,38 @@ def points(distribution, z, kwargs=None):
   return _broadcast_to_batch(distribution, z, layout), layout
 
 
+def batch_shape(distribution):
+  """`distribution.batch_shape`, in time linear in the nesting of `TransformedDistribution`s.
+
+  TFP's own asks a `TransformedDistribution`'s base for its batch shape twice (once itself, once through the
+  parameters it infers it from), so nested distributions take time `2^depth`: 90 s at depth 12 (6 layers, each
+  nested with its domain map), against 0.8 s for nested tapes' whole Hessian. Here, as TFP infers it, a
+  `TransformedDistribution`'s batch shape is its base's broadcast with its bijector's at the base's event ranks,
+  each level asked once; a structured batch shape, or a base of unknown event rank, is TFP's own.
+  """
+  if not isinstance(distribution, private_api.TRANSFORMED):
+    return distribution.batch_shape
+  base = distribution.distribution
+  base_batch = batch_shape(base)
+  event_ndims = tf.nest.map_structure(lambda shape: shape.rank, base.event_shape)
+  if tf.nest.is_nested(base_batch) or any(rank is None for rank in tf.nest.flatten(event_ndims)):
+    return distribution.batch_shape
+  bijector_batch = distribution.bijector.experimental_batch_shape(x_event_ndims=event_ndims)
+  return tf.broadcast_static_shape(base_batch, tf.TensorShape(bijector_batch))
+
+
 def _batch_shapes(distribution):
-  batch = distribution.batch_shape
+  batch = batch_shape(distribution)
   return tf.nest.flatten(batch) if tf.nest.is_nested(distribution.dtype) else [batch]
+
+
+def _batch_shape_tensors(distribution):
+  """The distribution's batch shapes as tensors: constants where known statically (TFP's `batch_shape_tensor` of
+  nested distributions takes time `2^depth`, as `batch_shape` does)."""
+  shapes = _batch_shapes(distribution)
+  if all(shape.is_fully_defined() for shape in shapes):
+    return [tf.constant(shape.as_list(), tf.int32) for shape in shapes]
+  return tf.nest.flatten(distribution.batch_shape_tensor())
 
 
 def _broadcast_to_batch(distribution, z, layout):
@@ -135,14 +164,14 @@ def _broadcast_to_batch(distribution, z, layout):
       static = tf.broadcast_static_shape(static, distribution_batch)
   except ValueError:
     raise ValueError(f"`z` has batch shape {batch}, which does not broadcast against the distribution's batch "
-                     f"shape {distribution.batch_shape}.") from None
+                     f"shape {batch_shape(distribution)}.") from None
   if static.is_fully_defined() and all(part.shape[:part.shape.rank - shape.rank] == static
                                        for part, shape in zip(layout.parts(z), layout.shapes)):
     return z
   dynamic = None
   if not static.is_fully_defined():
     dynamic = layout.batch_shape_tensor(z)
-    for distribution_batch in tf.nest.flatten(distribution.batch_shape_tensor()):
+    for distribution_batch in _batch_shape_tensors(distribution):
       dynamic = tf.broadcast_dynamic_shape(dynamic, distribution_batch)
   return layout.broadcast(z, static, dynamic)
 
