@@ -29,8 +29,9 @@ different flows from the sixth of the forms' test on):
                                                                           # a quarter: 250 flows of seed 1 (1 to 4)
 
 The long profile runs outside CI, about 6 flows a minute per test on one core of the shared 2-core machine
-(2026-11-30): about 3 hours for the first test's 1,000, 9 for the forms' 1,000; docs/reliability.md says how far
-it got and what it found.
+(2026-11-30): about 3 hours for the first test's 1,000, 9 for the forms' 1,000, and much longer where it draws
+deeply nested flows, which TFP's own `sample` takes time `2^depth` on; docs/reliability.md says how far it got
+and what it found.
 """
 
 import dataclasses
