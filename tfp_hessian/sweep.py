@@ -123,7 +123,8 @@ def batch_shape(distribution):
   parameters it infers it from), so nested distributions take time `2^depth`: 90 s at depth 12 (6 layers, each
   nested with its domain map), against 0.8 s for nested tapes' whole Hessian. Here, as TFP infers it, a
   `TransformedDistribution`'s batch shape is its base's broadcast with its bijector's at the base's event ranks,
-  each level asked once; a structured batch shape, or a base of unknown event rank, is TFP's own.
+  each level asked once; a structured batch shape, a base of unknown event rank, or a bijector that cannot say its
+  batch shape (no `_parameter_properties`) get TFP's own.
   """
   if not isinstance(distribution, private_api.TRANSFORMED):
     return distribution.batch_shape
@@ -132,7 +133,10 @@ def batch_shape(distribution):
   event_ndims = tf.nest.map_structure(lambda shape: shape.rank, base.event_shape)
   if tf.nest.is_nested(base_batch) or any(rank is None for rank in tf.nest.flatten(event_ndims)):
     return distribution.batch_shape
-  bijector_batch = distribution.bijector.experimental_batch_shape(x_event_ndims=event_ndims)
+  try:
+    bijector_batch = distribution.bijector.experimental_batch_shape(x_event_ndims=event_ndims)
+  except NotImplementedError:  # a user's bijector without `_parameter_properties`: TFP's answer (unknown)
+    return distribution.batch_shape
   return tf.broadcast_static_shape(base_batch, tf.TensorShape(bijector_batch))
 
 
