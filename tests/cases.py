@@ -27,8 +27,9 @@ tfd = tfp.distributions
 DIM = 5
 DTYPES = (np.float64, np.float32)
 # For tests of a mechanism that float32 only rounds differently (sampling caches, entry points, the HVP): float32 in
-# the full suite (`slow`: CI_RUN_SLOW=1), to keep CI in time. Every rule and every flow code path still runs in
-# float32 in CI (`test_bijectors.py`, the GRAPH flows of `test_flows.py`, `test_execution.py`).
+# the full suite (`slow`: CI_RUN_SLOW=1), to keep CI in time. float32 stays in CI for every rule but the linear
+# ones (`test_bijectors.py`), one flow per code path (GRAPH in `test_flows.py`) and the compiled sweeps
+# (`test_execution.py`).
 FLOAT32_SLOW = (pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="float32", marks=pytest.mark.slow))
 # Relative tolerance of a Hessian entry, against the largest entry of its point's Hessian.
 RTOL = {np.float64: 1e-8, np.float32: 1e-4}
