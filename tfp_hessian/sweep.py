@@ -145,10 +145,9 @@ def _batch_shapes(distribution):
   return tf.nest.flatten(batch) if tf.nest.is_nested(distribution.dtype) else [batch]
 
 
-def _batch_shape_tensors(distribution):
-  """The distribution's batch shapes as tensors: constants where known statically (TFP's `batch_shape_tensor` of
-  nested distributions takes time `2^depth`, as `batch_shape` does)."""
-  shapes = _batch_shapes(distribution)
+def _batch_shape_tensors(distribution, shapes):
+  """The distribution's batch shapes (`shapes`, its static `_batch_shapes`) as tensors: constants where known
+  (TFP's `batch_shape_tensor` of nested distributions takes time `2^depth`, as `batch_shape` does)."""
   if all(shape.is_fully_defined() for shape in shapes):
     return [tf.constant(shape.as_list(), tf.int32) for shape in shapes]
   return tf.nest.flatten(distribution.batch_shape_tensor())
@@ -163,8 +162,9 @@ def _broadcast_to_batch(distribution, z, layout):
   """
   batch = layout.batch_shape(z)
   static = batch
+  distribution_batches = _batch_shapes(distribution)
   try:
-    for distribution_batch in _batch_shapes(distribution):
+    for distribution_batch in distribution_batches:
       static = tf.broadcast_static_shape(static, distribution_batch)
   except ValueError:
     raise ValueError(f"`z` has batch shape {batch}, which does not broadcast against the distribution's batch "
@@ -175,7 +175,7 @@ def _broadcast_to_batch(distribution, z, layout):
   dynamic = None
   if not static.is_fully_defined():
     dynamic = layout.batch_shape_tensor(z)
-    for distribution_batch in _batch_shape_tensors(distribution):
+    for distribution_batch in _batch_shape_tensors(distribution, distribution_batches):
       dynamic = tf.broadcast_dynamic_shape(dynamic, distribution_batch)
   return layout.broadcast(z, static, dynamic)
 
