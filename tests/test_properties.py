@@ -104,14 +104,19 @@ class FlowSpec:
   dim: int
   layers: Tuple[str, ...]  # `cases.BIJECTORS` names, base side first.
   base: str
-  nested: bool  # One TransformedDistribution per layer, or one over a Chain.
+  nested: bool  # One TransformedDistribution per drawn layer (with its domain map), or one over a Chain.
   seed: int
 
   def build(self):
-    """`(flow, layers)`: the flow, and its bijectors from the base side, each case's domain map before it."""
+    """`(flow, layers)`: the flow, and its bijectors from the base side, each case's domain map before it.
+
+    Nested, a drawn layer and its domain map are one level (a `Chain`), so a flow is at most `MAX_LAYERS` deep:
+    TFP's own `sample`, which the sampling pass calls, takes time at least `2^depth` (docs/reliability.md), and at
+    one level per bijector (12 deep) the long profile stalled on it. The sweep at 12 levels is the registry's
+    deeply nested flow (`test_flows.py`)."""
     rng = np.random.default_rng(self.seed)
     base = BASES[self.base](rng, self.dim)
-    layers = []
+    layers, levels = [], []
     for name in self.layers:
       case = BIJECTORS[name]
       bijector = case.make(DTYPE, rng, dim=self.dim)
@@ -122,11 +127,14 @@ class FlowSpec:
         # be an unequal instance, which shares no cache entries: that pair's limit is documented in docs/reliability.md
         # ("NaN, validation and dtypes") and measured in `test_edges.py`, not drawn here.
         layers.append(case.domain(DTYPE, bijector))
+        levels.append(tfb.Chain([bijector, layers[-1]]))
+      else:
+        levels.append(bijector)
       layers.append(bijector)
     if self.nested:
       flow = base
-      for bijector in layers:
-        flow = tfd.TransformedDistribution(flow, bijector)
+      for level in levels:
+        flow = tfd.TransformedDistribution(flow, level)
       return flow, layers
     return tfd.TransformedDistribution(base, tfb.Chain(layers[::-1])), layers
 
