@@ -57,6 +57,11 @@ class BijectorCase:
       keeps the rank it was built for (Keras turns `axis=-1` into 1 and fixes its input's rank), so on points
       `[N, B, D]` TFP's own `sample` and `log_prob` raise (a reshape of the D moving means into `[1, B, 1]`, or
       the layer's "expected ndim=2"): such a case cannot be in a flow with a `batch` case.
+    min_batched_dim: the smallest event size at which the bijector takes points that carry a batch, `[N, B, D]`.
+      A tf-keras `AutoregressiveNetwork` (MADE) built for events of size 1 does not: Keras drops the trailing
+      axis of size 1 of `[N, B, 1]` and the network raises in TFP's own `sample` and `log_prob` ("expected axis
+      -1 of input shape to have value 1"; the long profile, session 29). At a smaller D such a case cannot be in
+      a flow with a `batch` case.
   """
 
   make: Callable[[np.dtype, np.random.Generator], tfb.Bijector]
@@ -68,6 +73,7 @@ class BijectorCase:
   points: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
   batch: bool = False
   unbatched_points: bool = False
+  min_batched_dim: int = 1
 
 
 def _vec(rng, dtype, low=-1., high=1., size=DIM):
@@ -379,17 +385,18 @@ BIJECTORS = {
                                                      structure="elementwise", unbatched_points=True),
     # Coupling and autoregressive layers: the conditioner from its kernels (AutoregressiveNetwork) or by tapes.
     "MAF(MADE tanh)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)),
-                                   edges=(-6., 6.)),
+                                   edges=(-6., 6.), min_batched_dim=2),
     "MAF(MADE softplus, 1 layer)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(
-        _made(dtype, rng, "softplus", (9,), dim)), edges=(-6., 6.)),
+        _made(dtype, rng, "softplus", (9,), dim)), edges=(-6., 6.), min_batched_dim=2),
     "MAF(MADE relu)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(
-        _made(dtype, rng, "relu", (8, 8), dim))),
+        _made(dtype, rng, "relu", (8, 8), dim)), min_batched_dim=2),
     # A last hidden layer narrower than D: the pullback keeps the Jacobian factored through it (pullback.py).
     "MAF(MADE tanh, narrower than D)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.MaskedAutoregressiveFlow(
         _made(dtype, rng, "tanh", (6, 3), dim)), edges=(-6., 6.), min_dim=4),
     "MAF(callable)": BijectorCase(_maf_callable, edges=(-6., 6.)),
     "IAF: Invert(MAF(MADE tanh))": BijectorCase(
-        lambda dtype, rng, dim=DIM: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)))),
+        lambda dtype, rng, dim=DIM: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim))),
+        min_batched_dim=2),
     "RealNVP": BijectorCase(_real_nvp, edges=(-6., 6.), min_dim=3),
     "RealNVP(DenseShiftAndLogScale)": BijectorCase(_real_nvp_dense, edges=(-6., 6.)),
     "RealNVP(DenseShiftAndLogScale swish)": BijectorCase(
@@ -408,12 +415,13 @@ BIJECTORS = {
         _real_nvp_dense(dtype, rng, dim=dim)]), edges=(-6., 6.), min_dim=2),
     "Chain(Permute, MAF, Permute, Permute, MAF(callable))": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
         tfb.Permute(rng.permutation(dim)), tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim)),
-        tfb.Permute(rng.permutation(dim)), tfb.Permute(rng.permutation(dim)), _maf_callable(dtype, rng, dim)])),
+        tfb.Permute(rng.permutation(dim)), tfb.Permute(rng.permutation(dim)), _maf_callable(dtype, rng, dim)]),
+        min_batched_dim=2),
     "Chain(MAF narrow, Permute, Sinh, Permute, MAF narrow)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Chain([
         tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "tanh", (5, 3), dim)), tfb.Permute(rng.permutation(dim)),
         tfb.Sinh(), tfb.Permute(rng.permutation(dim)),
         tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "softplus", (3,), dim))]), min_dim=4),
-    "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False),
+    "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False, min_batched_dim=2),
 }
 
 
@@ -439,7 +447,8 @@ def _inverted(case):
 
   return BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(case.make(dtype, rng, dim=dim)), edges=edges,
                       analytic=case.analytic, structure=case.structure, domain=domain, min_dim=case.min_dim,
-                      batch=case.batch, unbatched_points=case.unbatched_points)
+                      batch=case.batch, unbatched_points=case.unbatched_points,
+                      min_batched_dim=case.min_batched_dim)
 
 
 def _edge_values(case, bijector, dtype):

@@ -25,13 +25,14 @@ different flows from the sixth of the forms' test on):
 
     python -m pytest tests/test_properties.py                             # ci: 20 + 7 flows (the forms' 20 are slow)
     HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py     # long: 1,000 + 1,000 + 252 flows
-    HYPOTHESIS_PROFILE=long-part python -m pytest tests/test_properties.py -k parameter_forms --hypothesis-seed=1
-                                                                          # a quarter: 250 flows of seed 1 (1 to 4)
+    HYPOTHESIS_PROFILE=long-part python -m pytest tests/test_properties.py -n 0 -k parameter_forms \
+        --hypothesis-seed=1                                               # a quarter: 250 flows of seed 1 (1 to 4)
 
-The long profile runs outside CI, about 6 flows a minute per test on one core of the shared 2-core machine
-(2026-11-30): about 3 hours for the first test's 1,000, 9 for the forms' 1,000, and much longer where it draws
-deeply nested flows, which TFP's own `sample` takes time `2^depth` on; docs/reliability.md says how far it got
-and what it found.
+The long profile runs outside CI. A quarter of 250 flows of one test took 22 to 26 minutes of one core of the
+shared 2-core machine (2026-12-01), so the four quarters of both tests run in about two hours on both cores. A
+process keeps about 18 MB per drawn flow (TensorFlow and TFP hold every traced graph: docs/reliability.md), so
+quarters in separate processes, not the 1,000 in one, keep it to a few GB. docs/reliability.md says when it
+last passed and what it found.
 """
 
 import dataclasses
@@ -62,8 +63,8 @@ _COMMON = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.register_profile("ci", max_examples=20, **_COMMON)
 settings.register_profile("long", max_examples=1000, **_COMMON)
-# A quarter of the long profile, drawn from the seed given by `--hypothesis-seed` (1 to 4: the four parts), for a
-# test whose long run does not fit one sitting (the forms test: about 9 hours of one core).
+# A quarter of the long profile, drawn from the seed given by `--hypothesis-seed` (1 to 4: the four parts): each
+# quarter in a process of its own, both tests at once on two cores (module docstring).
 settings.register_profile("long-part", max_examples=250, **dict(_COMMON, derandomize=False))
 PROFILE_NAME = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 PROFILE = settings.get_profile(PROFILE_NAME)
@@ -139,12 +140,14 @@ class FlowSpec:
     return tfd.TransformedDistribution(base, tfb.Chain(layers[::-1])), layers
 
 
-def _runs_in_tfp(names):
-  """Whether TFP itself can sample and evaluate a flow of these layers (`cases.BIJECTORS` names): a layer that
-  takes points `[N, D]` only (a built Keras `BatchNormalization`) cannot be in a flow with a batch of parameters,
-  whose points `[N, B, D]` go through every layer, below the batch too (`BijectorCase.unbatched_points`)."""
+def _runs_in_tfp(names, dim):
+  """Whether TFP itself can sample and evaluate a flow of these layers (`cases.BIJECTORS` names) at event size
+  `dim`: a layer that takes points `[N, D]` only (a built Keras `BatchNormalization`, or a MADE at D = 1) cannot
+  be in a flow with a batch of parameters, whose points `[N, B, D]` go through every layer, below the batch too
+  (`BijectorCase.unbatched_points`, `BijectorCase.min_batched_dim`)."""
   cases = [BIJECTORS[name] for name in names]
-  return not (any(case.batch for case in cases) and any(case.unbatched_points for case in cases))
+  return not (any(case.batch for case in cases)
+              and any(case.unbatched_points or dim < case.min_batched_dim for case in cases))
 
 
 @st.composite
@@ -157,7 +160,7 @@ def flow_specs(draw, with_forms=False):
     # are the chains of forms (one per kind, for CI): their layers are drawn one by one.
     forms = sorted(name for name in FORM_NAMES if BIJECTORS[name].points is None and "Chain[" not in name)
     layer = st.one_of(layer, st.sampled_from(forms))
-  layers = draw(st.lists(layer, min_size=1, max_size=MAX_LAYERS).filter(_runs_in_tfp))
+  layers = draw(st.lists(layer, min_size=1, max_size=MAX_LAYERS).filter(lambda names: _runs_in_tfp(names, dim)))
   return FlowSpec(dim=dim, layers=tuple(layers), base=draw(st.sampled_from(sorted(BASES))),
                   nested=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
 
@@ -170,12 +173,27 @@ def test_a_layer_of_unbatched_points_is_not_drawn_with_a_batch_of_parameters():
             "BatchNormalization(center=False)")
   spec = FlowSpec(dim=11, layers=layers, base="Independent(Normal)", nested=False, seed=0)
   for drawn in [spec, dataclasses.replace(spec, layers=layers[-1:] + layers[:-1], nested=True)]:
-    assert not _runs_in_tfp(drawn.layers)
+    assert not _runs_in_tfp(drawn.layers, drawn.dim)
     with pytest.raises(tf.errors.InvalidArgumentError, match="Input to reshape is a tensor with 11 values"):
       drawn.build()[0].sample(NUM_POINTS, seed=(0, 1))
   unbatched = dataclasses.replace(spec, layers=layers[:3] + ("Invert(Softplus[low: tensor])",) + layers[4:])
-  assert _runs_in_tfp(unbatched.layers)
+  assert _runs_in_tfp(unbatched.layers, unbatched.dim)
   assert unbatched.build()[0].sample(NUM_POINTS, seed=(0, 1)).shape == (NUM_POINTS, 11)
+
+
+def test_a_made_at_event_size_1_is_not_drawn_with_a_batch_of_parameters():
+  """A flow the long profile's forms test drew (session 29; `docs/reliability.md`): a MAF at D = 1 in a flow with
+  a batch of parameters. TFP's own `sample` raises in the MADE (tf-keras drops the trailing axis of size 1 of
+  the points `[N, B, 1]`, `BijectorCase.min_batched_dim`). At D = 2 the flow runs."""
+  spec = FlowSpec(dim=1, layers=("Softplus[hinge_softness, low: batch [B, 1]]", "MAF(MADE tanh)"),
+                  base="MultivariateNormalTriL", nested=True, seed=0)
+  assert not _runs_in_tfp(spec.layers, spec.dim)
+  with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 1"):
+    spec.build()[0].sample(NUM_POINTS, seed=(0, 1))
+  wider = dataclasses.replace(spec, dim=2)
+  assert _runs_in_tfp(wider.layers, wider.dim)
+  sample = wider.build()[0].sample(NUM_POINTS, seed=(0, 1))
+  assert sample.shape.rank == 3 and sample.shape[0] == NUM_POINTS and sample.shape[-1] == 2
 
 
 def _per_point(mask):
