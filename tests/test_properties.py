@@ -292,13 +292,13 @@ def _determined_by_z(layers, z, expected, moved, rtol):
   the reference both compute from `z` and are compared wherever the first holds.
   """
   drawn, recovered = z, tf.identity(z)
-  values_determined = np.ones(z.shape, bool)
+  values_determined = np.ones(z.shape[0], bool)  # per point: a layer may broadcast the points to a batch
   for bijector in layers[::-1]:
     drawn = bijector.inverse(drawn)  # TFP's cache: the sampled values themselves
     recovered = bijector.inverse(tf.identity(recovered))  # recomputed from z, layer by layer
     with np.errstate(invalid="ignore"):
       error = np.abs(recovered.numpy() - drawn.numpy())
-      values_determined &= (error <= rtol / 10 * np.abs(drawn.numpy())) | (error == 0)
+      values_determined &= _per_point((error <= rtol / 10 * np.abs(drawn.numpy())) | (error == 0))
   drawn, recovered = drawn.numpy(), recovered.numpy()
   with np.errstate(invalid="ignore"):
     same_draw = (np.max(np.abs(recovered - drawn), axis=-1)
@@ -307,7 +307,7 @@ def _determined_by_z(layers, z, expected, moved, rtol):
   with np.errstate(invalid="ignore"):
     change = np.max(np.abs(moved - expected), axis=(0, -2, -1)) / scale
   determined = _per_point(same_draw & (change <= rtol / 10))  # NaN (a moved point off the support) is False.
-  return determined, determined & _per_point(values_determined)
+  return determined, determined & values_determined
 
 
 def _log_prob_determined_by_z(log_prob, z, value, rtol):
@@ -364,7 +364,8 @@ def _check_random_flow(spec):
   # Where z does not determine the base draw (a value between two layers next to the edge of a support), the
   # reference's own error exceeds rtol: nested tapes evaluate the base at a draw off by more than rtol/10, and
   # ours takes a layer's derivatives at the rounded value (a limit stated in docs/reliability.md). Both entry
-  # points are compared where z determines the draw; log q at every finite point.
+  # points are compared where z determines the draw, the sampling pass only where z determines every value between
+  # the layers too (`_determined_by_z`); log q at every finite point.
   determined, every_value_determined = _determined_by_z(layers, z, expected, moved, rtol)
   determined &= finite
   every_value_determined &= finite
