@@ -298,7 +298,7 @@ def _determined_by_z(layers, z, expected, moved, rtol):
     recovered = bijector.inverse(tf.identity(recovered))  # recomputed from z, layer by layer
     with np.errstate(invalid="ignore"):
       error = np.abs(recovered.numpy() - drawn.numpy())
-      values_determined &= _per_point((error <= rtol / 10 * np.abs(drawn.numpy())) | (error == 0))
+      values_determined &= _per_point((error <= rtol / 10 * np.abs(drawn)) | (error == 0))
   drawn, recovered = drawn.numpy(), recovered.numpy()
   with np.errstate(invalid="ignore"):
     same_draw = (np.max(np.abs(recovered - drawn), axis=-1)
