@@ -20,7 +20,17 @@ a function of its own, and its ops decide, once per trace:
   `_MAX_SIZE`, `_MAX_ELEMENTS_LARGE` beyond, with N known when traced.
 
 Then the traced graph runs XLA-compiled (as `jit_compile=True` compiles a function; not traced again), else as
-it is. Either gives the same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are
+it is, but for its pull-back stage: where the Hessians `[N, n, n]` are formed (`pull_back`), which is traced as a
+function of its own inside the sweep and compiled alone when its own ops all compile well and there are at least
+`_MIN_POINTS_PULL_BACK` points or `_MIN_SIZE_PULL_BACK` coordinates (and no more than the limits above). That
+keeps TensorFlow's triangular solves (and a joint distribution's placeholders, a fallback layer's gathers) in the
+graph, where they are fast and as accurate as nested tapes, and compiles the products and elementwise passes: a
+4-layer elementwise + affine flow (`ScaleMatvecTriL`) ran 1.1–2.6× as fast as the graph from 64 points or 32
+coordinates on, 2.0× at D = 128 and 1024 points, where the whole sweep compiled ran 0.29× (its batched solves);
+at 16 points of D = 2 and 16 it gained nothing beyond noise (0.96×, 1.02×) and cost the first call 0.5 s more
+(float32; `python benchmarks/pull_back_stage.py`).
+
+Either way gives the same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are
 tested against the references. Where `z` does not determine the base draw (a value between layers at the edge of
 a support), that rounding is amplified as it is in TFP's own `log_prob` compiled the same way
 (`tests/test_properties.py`). Called eagerly (a distribution's first call, op by op) nothing is compiled.
@@ -33,10 +43,11 @@ import tensorflow as tf
 
 from tfp_hessian import private_api
 
-__all__ = ["Plan", "forced", "observe", "plan", "run"]
+__all__ = ["Plan", "forced", "observe", "plan", "plan_pull_back", "pull_back", "run"]
 
-Plan = collections.namedtuple("Plan", ["xla", "reason"])
-Plan.__doc__ = """How a sweep runs: `xla` (bool), and `reason`, a sentence saying why."""
+Plan = collections.namedtuple("Plan", ["xla", "reason", "pull_back_xla"])
+Plan.__doc__ = """How a sweep runs: `xla` (bool: the whole sweep compiled), `reason`, a sentence saying why, and
+`pull_back_xla` (bool: its pull-back stage compiled, alone or as part of the whole)."""
 
 # The largest `[N, n, n]` batches of Hessians compiled, as measured (`benchmarks/execution_choice.py`, session 24):
 # XLA ran MAF and RealNVP sweeps as fast as the graph executor or faster for n ≤ 256 at every N measured, up to
@@ -45,6 +56,10 @@ Plan.__doc__ = """How a sweep runs: `xla` (bool), and `reason`, a sentence sayin
 _MAX_ELEMENTS = 2 ** 24  # N·n² for n ≤ _MAX_SIZE
 _MAX_SIZE = 256
 _MAX_ELEMENTS_LARGE = 2 ** 19  # N·n² for n > _MAX_SIZE
+# The pull-back compiled on its own (`pull_back`) pays from this many points, or coordinates, on (measured: the
+# module's docstring).
+_MIN_POINTS_PULL_BACK = 64
+_MIN_SIZE_PULL_BACK = 32
 
 # Op types that XLA compiles on CPU at least as fast as TensorFlow runs them, and that the sweeps of the analytic
 # rules use: elementwise math, shapes and indexing, matrix products and the gradients of those. Not here, so
@@ -64,24 +79,63 @@ _COMPILES_WELL = frozenset("""
 """.split())
 
 
-def plan(graph, num_points, size):
-  """The `Plan` for a sweep traced into `graph`, at `num_points` points (None: unknown when traced) of flat events
-  of `size` numbers."""
-  others = sorted({op.type for op in graph.get_operations()} - _COMPILES_WELL)
+_Stage = collections.namedtuple("_Stage", ["graph", "call_ops", "plan"])  # a pull-back stage as traced
+_Run = collections.namedtuple("_Run", ["num_points", "size", "stages"])  # a sweep being traced by `run`
+_RUNS = []
+
+
+def _why_not(types, num_points, size):
+  """Why a graph of ops of `types` at these sizes is not compiled, or None if it is measured to pay."""
+  others = sorted(set(types) - _COMPILES_WELL)
   if others:
-    return Plan(False, f"not compiled: its graph has ops XLA is not known to compile well ({', '.join(others)})")
+    return f"its graph has ops XLA is not known to compile well ({', '.join(others)})"
   if num_points is None:
-    return Plan(False, "not compiled: the number of points is not known when traced")
+    return "the number of points is not known when traced"
   elements = num_points * size ** 2
-  limit = _MAX_ELEMENTS if size <= _MAX_SIZE else _MAX_ELEMENTS_LARGE
-  if elements > limit:
-    return Plan(False, f"not compiled: {elements} Hessian entries of {size}² each, more than {limit}, where XLA "
-                       "was not measured to be faster")
-  return Plan(True, f"XLA-compiled: {elements} Hessian entries of {size}² each, at most {limit}")
+  if elements > _limit(size):
+    return (f"{elements} Hessian entries of {size}² each, more than {_limit(size)}, where XLA was not measured to be "
+            "faster")
+  return None
+
+
+def _limit(size):
+  return _MAX_ELEMENTS if size <= _MAX_SIZE else _MAX_ELEMENTS_LARGE
+
+
+def _sizes(num_points, size):
+  return f"{num_points * size ** 2} Hessian entries of {size}² each, at most {_limit(size)}"
+
+
+def plan_pull_back(graph, num_points, size):
+  """The `Plan` for a pull-back stage traced into `graph` on its own (`pull_back`), in a sweep that is not
+  compiled whole: compiled where its ops compile well and there are enough points or coordinates to pay."""
+  why = _why_not([op.type for op in graph.get_operations()], num_points, size)
+  if why is None and num_points < _MIN_POINTS_PULL_BACK and size < _MIN_SIZE_PULL_BACK:
+    why = (f"{num_points} points of {size} coordinates, fewer than {_MIN_POINTS_PULL_BACK} points of fewer than "
+           f"{_MIN_SIZE_PULL_BACK}, where compiling the pull-back alone was measured to gain nothing")
+  if why is not None:
+    return Plan(False, f"pull-back not compiled: {why}", False)
+  return Plan(False, f"pull-back XLA-compiled: {_sizes(num_points, size)}", True)
+
+
+def plan(graph, num_points, size, stages=()):
+  """The `Plan` for a sweep traced into `graph`, at `num_points` points (None: unknown when traced) of flat events
+  of `size` numbers; `stages`, its pull-back stages as traced by `pull_back` (their ops count as the sweep's)."""
+  calls = {name for stage in stages for name in stage.call_ops}
+  types = {op.type for op in graph.get_operations() if op.name not in calls}
+  for stage in stages:
+    types |= {op.type for op in stage.graph.get_operations()}
+  why = _why_not(types, num_points, size)
+  if why is None:
+    return Plan(True, f"XLA-compiled: {_sizes(num_points, size)}", True)
+  compiled_stages = [stage.plan for stage in stages if stage.plan.pull_back_xla]
+  if compiled_stages:
+    return Plan(False, f"{compiled_stages[0].reason}; the rest as traced: {why}", True)
+  return Plan(False, f"not compiled: {why}", False)
 
 
 _OBSERVERS = []  # callables told each `Plan` chosen while tracing (`sweep.execution_plan`)
-_FORCED = []  # [xla] while `forced(xla)` is active: the choice, for measuring one against the other
+_FORCED = []  # [(xla, pull_back_xla)] while `forced` is active: the choice, for measuring one against another
 
 
 @contextlib.contextmanager
@@ -95,13 +149,18 @@ def observe(observer):
 
 
 @contextlib.contextmanager
-def forced(xla):
-  """Within the block, sweeps traced are compiled (`xla=True`) or not, whatever `plan` says: for benchmarks."""
-  _FORCED.append(bool(xla))
+def forced(xla, pull_back_xla=None):
+  """Within the block, sweeps traced are compiled (`xla=True`) or not, whatever `plan` says, and so is their
+  pull-back stage on its own (`pull_back_xla`, default `xla`): for benchmarks."""
+  _FORCED.append((bool(xla), bool(xla if pull_back_xla is None else pull_back_xla)))
   try:
     yield
   finally:
     _FORCED.pop()
+
+
+def _forced_reason():
+  return "forced by execution.forced(xla={}, pull_back_xla={})".format(*_FORCED[-1])
 
 
 def run(sweep, z, num_points, size):
@@ -115,10 +174,16 @@ def run(sweep, z, num_points, size):
   """
   if tf.executing_eagerly():
     return sweep(z)
-  traced = tf.function(sweep, autograph=False).get_concrete_function(z)
-  chosen = plan(traced.graph, num_points, size)
+  tracing = _Run(num_points, size, [])
+  _RUNS.append(tracing)
+  try:
+    traced = tf.function(sweep, autograph=False).get_concrete_function(z)
+  finally:
+    _RUNS.pop()
+  chosen = plan(traced.graph, num_points, size, tracing.stages)
   if _FORCED:
-    chosen = Plan(_FORCED[-1], f"forced by execution.forced(xla={_FORCED[-1]})")
+    xla, pull_back_xla = _FORCED[-1]
+    chosen = Plan(xla, _forced_reason(), xla or pull_back_xla)
   for observer in _OBSERVERS:
     observer(chosen)
   if chosen.xla:
@@ -126,3 +191,26 @@ def run(sweep, z, num_points, size):
     # for the same graph (a MAF at D = 16 and 16 points: `python benchmarks/xla_single_trace.py`).
     return private_api.xla_compiled(traced)(z)
   return traced(z)
+
+
+def pull_back(back, grad, hess):
+  """`back(grad, hess)`: the pull-back stage of the sweep `run` is tracing, compiled by XLA on its own where the
+  sweep as a whole is not and `plan_pull_back` says it pays (elsewhere, and eagerly, it runs as it is).
+
+  The pull-back (`pullback.pull_back`) is where the Hessians `[N, n, n]` are formed: matrix products and
+  elementwise passes, which XLA compiles well. What keeps a whole sweep from being compiled is mostly in the
+  inverse pass and the base: triangular solves (slow under XLA on CPU, and less accurate in float32), an IAF's
+  loop, a joint distribution's placeholders. Compiled alone, the pull-back keeps TensorFlow's solves.
+  """
+  if tf.executing_eagerly() or not _RUNS:
+    return back(grad, hess)
+  tracing = _RUNS[-1]
+  traced = tf.function(back, autograph=False).get_concrete_function(grad, hess)
+  chosen = plan_pull_back(traced.graph, tracing.num_points, tracing.size)
+  if _FORCED:
+    chosen = Plan(False, _forced_reason(), _FORCED[-1][1])
+  graph = tf.compat.v1.get_default_graph()
+  before = {op.name for op in graph.get_operations()}
+  result = (private_api.xla_compiled(traced) if chosen.pull_back_xla else traced)(grad, hess)
+  tracing.stages.append(_Stage(traced.graph, {op.name for op in graph.get_operations()} - before, chosen))
+  return result

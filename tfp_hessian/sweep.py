@@ -198,10 +198,14 @@ def sweep(distribution, z, layout, kwargs=None):
         lambda x: base.log_prob(x_layout.unflatten(x)))
   else:
     log_prob, grad, hess = bases.log_prob_derivatives(base, y, layout, base_kwargs)
-  grad, hess = pull_back(pullbacks, grad, hess)
   for pullback in reversed(pullbacks):
     log_prob = log_prob + pullback.ildj
-  hess = 0.5 * (hess + tf.linalg.matrix_transpose(hess))
+
+  def back(grad, hess):
+    grad, hess = pull_back(pullbacks, grad, hess)
+    return grad, 0.5 * (hess + tf.linalg.matrix_transpose(hess))
+
+  grad, hess = execution.pull_back(back, grad, hess)
   return LogProbDerivatives(log_prob, grad, hess)
 
 
