@@ -13,7 +13,8 @@ A flow `TransformedDistribution(base, f)` with inverse `h = f⁻¹` written as a
     H_l = J_l^T H_{l-1} J_l + \\sum_k (g_{l-1})_k ∇^2 h_{l,k} + ∇^2 ildj_l, \\qquad J_l = ∂h_l/∂y(y_l).
 
 `(g_K, H_K)` are the gradient and Hessian of `log q` at `z`. Which structured map each layer applies is the
-registry's business (`registry.py`); the sweep only composes them.
+registry's business (`registry.py`); the sweep only composes them. Step 3 is where the Hessians are formed, and
+goes through `execution.pull_back`, which may compile it with XLA on its own (`execution.py`).
 
 Events of any rank or structure are flat here (`events.py`): gradients and Hessians are over the flat event,
 while each layer takes and gives its points in their own structure. Keyword arguments go where
@@ -270,8 +271,9 @@ def execution_plan(distribution, z, **kwargs):
   """How `log_prob_hessian(distribution, z, **kwargs)` runs in a `tf.function`: an `execution.Plan`, with why.
 
   `Plan(xla=True, ...)` where the sweep is compiled by XLA (flows whose ops XLA compiles well, at no more points
-  than measured to pay: `execution.py`), `Plan(xla=False, ...)` where TensorFlow runs the traced graph. Traces the
-  call once; nothing runs.
+  than measured to pay: `execution.py`), `Plan(xla=False, ...)` where TensorFlow runs the traced graph; then
+  `pull_back_xla` says whether its pull-back stage, where the Hessians are formed, is compiled on its own. Traces
+  the call once; nothing runs.
   """
   plans = []
   with execution.observe(plans.append):
