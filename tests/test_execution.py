@@ -25,8 +25,8 @@ NOT_COMPILED = {
 }
 
 
-# Flows whose sweep is not compiled whole (a triangular solve, a joint distribution's placeholders, a fallback
-# layer's gathers) but whose pull-back is, alone, from `execution._MIN_POINTS_PULL_BACK` points on: in CI one
+# Flows whose sweep is not compiled whole (a triangular solve, a joint distribution's placeholders, other ops of
+# the inverse pass) but whose pull-back is, alone, from `execution._MIN_POINTS_PULL_BACK` points on: in CI one
 # per kind of pull-back (affine, elementwise, permutation frames, fallback layers, structured and matrix events,
 # batches of parameters, an event size that changes), the rest of them in the full suite.
 PULL_BACK = ["MultivariateNormalTriL", "nested", "batch [B, 1] fallback layer, points [N, 1, D]",

@@ -23,12 +23,13 @@ Then the traced graph runs XLA-compiled (as `jit_compile=True` compiles a functi
 it is, but for its pull-back stage: where the Hessians `[N, n, n]` are formed (`pull_back`), which is traced as a
 function of its own inside the sweep and compiled alone when its own ops all compile well and there are at least
 `_MIN_POINTS_PULL_BACK` points or `_MIN_SIZE_PULL_BACK` coordinates (and no more than the limits above). That
-keeps TensorFlow's triangular solves (and a joint distribution's placeholders, a fallback layer's gathers) in the
+keeps TensorFlow's triangular solves (and a joint distribution's placeholders, other ops of the inverse pass) in the
 graph, where they are fast and as accurate as nested tapes, and compiles the products and elementwise passes: a
-4-layer elementwise + affine flow (`ScaleMatvecTriL`) ran 1.1–2.6× as fast as the graph from 64 points or 32
-coordinates on, 2.0× at D = 128 and 1024 points, where the whole sweep compiled ran 0.29× (its batched solves);
-at 16 points of D = 2 and 16 it gained nothing beyond noise (0.96×, 1.02×) and cost the first call 0.5 s more
-(float32; `python benchmarks/pull_back_stage.py`).
+4-layer elementwise + affine flow (`ScaleMatvecTriL`) ran 1.2–2.4× as fast as the graph from 64 points or 32
+coordinates on (0.94× at D = 2 and 64 points, noise), 2.0× at D = 128 and 1024 points, where the whole sweep
+compiled ran 0.26× (its batched solves); at 16 points of D = 2 and 16 it gained nothing (0.87×, 0.94×, with the
+graph against itself at 0.81×, 0.93×) and cost the first call 0.3–0.5 s more (float32;
+`python benchmarks/pull_back_stage.py`, BENCHMARKS.md session 31).
 
 Either way gives the same Hessian to rounding (XLA may fuse and reorder floating-point operations); both are
 tested against the references. Where `z` does not determine the base draw (a value between layers at the edge of
