@@ -80,7 +80,7 @@ _COMPILES_WELL = frozenset("""
 """.split())
 
 
-_Stage = collections.namedtuple("_Stage", ["graph", "call_ops", "plan"])  # a pull-back stage as traced
+_Stage = collections.namedtuple("_Stage", ["op_types", "call_ops", "plan"])  # a pull-back stage as traced
 _Run = collections.namedtuple("_Run", ["num_points", "size", "stages"])  # a sweep being traced by `run`
 _RUNS = []
 
@@ -110,7 +110,7 @@ def _sizes(num_points, size):
 def plan_pull_back(graph, num_points, size):
   """The `Plan` for a pull-back stage traced into `graph` on its own (`pull_back`), in a sweep that is not
   compiled whole: compiled where its ops compile well and there are enough points or coordinates to pay."""
-  why = _why_not([op.type for op in graph.get_operations()], num_points, size)
+  why = _why_not({op.type for op in graph.get_operations()}, num_points, size)
   if why is None and num_points < _MIN_POINTS_PULL_BACK and size < _MIN_SIZE_PULL_BACK:
     why = (f"{num_points} points of {size} coordinates, fewer than {_MIN_POINTS_PULL_BACK} points of fewer than "
            f"{_MIN_SIZE_PULL_BACK}, where compiling the pull-back alone was measured to gain nothing")
@@ -125,7 +125,7 @@ def plan(graph, num_points, size, stages=()):
   calls = {name for stage in stages for name in stage.call_ops}
   types = {op.type for op in graph.get_operations() if op.name not in calls}
   for stage in stages:
-    types |= {op.type for op in stage.graph.get_operations()}
+    types |= stage.op_types
   why = _why_not(types, num_points, size)
   if why is None:
     return Plan(True, f"XLA-compiled: {_sizes(num_points, size)}", True)
@@ -213,5 +213,6 @@ def pull_back(back, grad, hess):
   graph = tf.compat.v1.get_default_graph()
   before = {op.name for op in graph.get_operations()}
   result = (private_api.xla_compiled(traced) if chosen.pull_back_xla else traced)(grad, hess)
-  tracing.stages.append(_Stage(traced.graph, {op.name for op in graph.get_operations()} - before, chosen))
+  tracing.stages.append(_Stage({op.type for op in traced.graph.get_operations()},
+                               {op.name for op in graph.get_operations()} - before, chosen))
   return result
