@@ -422,6 +422,13 @@ BIJECTORS = {
         tfb.Sinh(), tfb.Permute(rng.permutation(dim)),
         tfb.MaskedAutoregressiveFlow(_made(dtype, rng, "softplus", (3,), dim))]), min_dim=4),
     "MAF(bijector_fn) (fallback)": BijectorCase(_maf_spline, analytic=False, min_batched_dim=2),
+    # Its inverse is MAF's forward, a `tf.while_loop` over the coordinates: the fallback takes the tapes on the
+    # forward map (MAF's inverse, one pass) and runs them backwards.
+    "Invert(MAF(bijector_fn)) (fallback)": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Invert(_maf_spline(dtype, rng, dim)), analytic=False, min_batched_dim=2),
+    # User-written: a Python loop over the coordinates to invert, a matvec and a tanh forward.
+    "Shear (fallback)": BijectorCase(
+        lambda dtype, rng, dim=DIM: Shear(tf.constant(rng.normal(size=(dim, dim)) * 0.7, dtype)), analytic=False),
 }
 
 

@@ -84,7 +84,11 @@ def _tape_inverse_derivatives(bijector, y):
   times, where the Jacobian of all `D` recorded gradients at once would replay all of them `D²` times.
   """
   size = y.shape[-1]
-  batch = tf.broadcast_static_shape(y.shape[:-1], bijector.experimental_batch_shape(y_event_ndims=1))
+  try:
+    bijector_batch = bijector.experimental_batch_shape(y_event_ndims=1)
+  except NotImplementedError:  # a user-written bijector without `_parameter_properties` (`Shear`): no batch of its own
+    bijector_batch = tf.TensorShape([])
+  batch = tf.broadcast_static_shape(y.shape[:-1], bijector_batch)
   flat = tf.reshape(tf.broadcast_to(y, batch + [size]), [-1, size])
 
   def outputs(flat):

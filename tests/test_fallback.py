@@ -14,7 +14,8 @@ import tfp_hessian
 from tfp_hessian import bijectors as hb
 from tfp_hessian import events, reference, registry
 from tfp_hessian.bijectors import autodiff
-from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback
+from tfp_hessian.examples import BoxMap, Shear
+from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback, InvertedPullback
 
 from cases import BIJECTORS, DIM, RTOL, assert_close, flow_and_points
 from factories import lower_triangular
@@ -118,6 +119,49 @@ def test_vector_event_bijector_gets_the_flat_fallback(name):
   assert not registry.has_analytic_rule(bijector)
   assert not autodiff.is_coordinatewise(bijector)
   assert isinstance(hb.hessian_pullback(bijector, z), AutodiffPullback)
+
+
+def _shear(dim):
+  return Shear(tf.constant(np.random.default_rng(1).normal(size=(dim, dim)) * 0.7, tf.float64))
+
+
+# Vector-event bijectors without a rule, with the direction the fallback differentiates them in: the forward map
+# (then run backwards, an `InvertedPullback`) where the inverse's graph loops or has `INVERSE_COST_RATIO` times the
+# forward's ops, else the inverse (an `AutodiffPullback`).
+DIRECTIONS = {
+    # A Python loop over the 16 coordinates to invert (~230 ops), a matvec and a tanh forward (~16).
+    "Shear, D = 16": (lambda: _shear(16), 16, InvertedPullback),
+    # At D = 4 the loop is short (~64 ops against ~16).
+    "Shear, D = 4": (lambda: _shear(4), 4, AutodiffPullback),
+    # Its inverse is MAF's forward, a `tf.while_loop`.
+    "Invert(MAF(bijector_fn))": (lambda: tfb.Invert(BIJECTORS["MAF(bijector_fn) (fallback)"].make(
+        np.float64, np.random.default_rng(0), dim=8)), 8, InvertedPullback),
+    # Its forward loops: the inverse stays.
+    "MAF(bijector_fn)": (lambda: BIJECTORS["MAF(bijector_fn) (fallback)"].make(
+        np.float64, np.random.default_rng(0), dim=8), 8, AutodiffPullback),
+    "BoxMap": (lambda: BoxMap(tf.constant(-2., tf.float64), tf.constant(3., tf.float64)), 8, AutodiffPullback),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_fallback_differentiates_the_cheaper_direction(name):
+  """The fallback's choice of direction, and the flow's value, gradient and Hessian through it against both
+  references (float64, random points of the flow)."""
+  make, dim, expected = DIRECTIONS[name]
+  rng = np.random.default_rng(2)
+  base = tfd.MultivariateNormalTriL(tf.constant(rng.normal(size=dim) * 0.5),
+                                    lower_triangular(rng, np.float64, dim, 0.3, (0.7, 1.3), strict=False))
+  flow = tfd.TransformedDistribution(base, make())
+  z = tf.identity(flow.sample(6, seed=(2, 0)))
+  pullback = hb.hessian_pullback(flow.bijector, z)
+  assert type(pullback) is expected  # pylint: disable=unidiomatic-typecheck
+  rtol = RTOL[np.float64]
+  value, gradient, hessian = tfp_hessian.log_prob_and_derivatives(flow, z)
+  expected_gradient, expected_hessian = reference.tape_derivatives(flow, z)
+  assert_close(value[:, None], flow.log_prob(z)[:, None], rtol, 1, what="value")
+  assert_close(gradient, expected_gradient, rtol, 1, what="gradient")
+  assert_close(hessian, expected_hessian, rtol)
+  assert_close(hessian, reference.naive_hessian(flow, z), rtol)
 
 
 @pytest.mark.parametrize("name", sorted(name for name, case in BIJECTORS.items() if not case.analytic))
