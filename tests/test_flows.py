@@ -831,9 +831,11 @@ def test_sample_and_log_prob_derivatives(name, dtype):
   assert z.shape == tf.TensorShape([NUM_POINTS]).concatenate(distribution.batch_shape).concatenate([D])
   copy = tf.constant(z.numpy())
   assert_matches_references(distribution, copy, result, dtype, what="sample_and_log_prob_derivatives: ")
-  # Later eager calls run a compiled function (`compiled.py`): the same points, the same Hessians to rounding.
+  # Later eager calls run a compiled function (`compiled.py`): the same points, the same Hessians to rounding. The
+  # graph runs the kernels grappler's remapper fuses, which round differently from eager dispatch: in float32 the
+  # IAF chain's points differ by 7e-7 (1.2e-6 relative; identical with the remapper off, session 32).
   z_again, hessian = tfp_hessian.sample_and_log_prob_hessian(distribution, NUM_POINTS, seed=SEED)
-  np.testing.assert_array_equal(z_again, z)
+  assert_close(z_again, z, RTOL[dtype], 1, what="compiled vs op by op, points")
   assert_close(hessian, result.hessian, RTOL[dtype], what="compiled vs op by op")
 
 
