@@ -8,7 +8,7 @@ second-order inverse-function theorem (three solves with the `[D, D]` Jacobian p
 where the inverse's graph loops, or has `INVERSE_COST_RATIO` times the forward's ops
 (`tfp_hessian.bijectors.autodiff.forward_is_cheaper`). This script times both directions, forced, against the
 default call in one process, on flows whose fallback layers are `examples.Shear` (a loop over the coordinates to
-invert, ~6 ops per coordinate; its forward map is a matvec and a tanh):
+invert, ~14 ops per coordinate with the log-det; its forward map is a matvec and a tanh, ~37 ops):
 
 - `research_flow`: 3 MAF stages with a `Shear` each, BatchNormalization, a box map (`tfp_hessian.examples`);
 - `shears`: 4 `Shear`s with a `Permute` between each (all fallback: in the inverse direction one tape serves the

@@ -121,6 +121,29 @@ def test_vector_event_bijector_gets_the_flat_fallback(name):
   assert isinstance(hb.hessian_pullback(bijector, z), AutodiffPullback)
 
 
+class _EagerOnlyForward(tfb.Bijector):
+  """A user's bijector whose forward map runs only eagerly (numpy on the values) and whose inverse is a loop over
+  the coordinates: the forward map cannot be traced to be costed, so the fallback keeps the inverse."""
+
+  def __init__(self):
+    super().__init__(forward_min_event_ndims=1, name="eager_only_forward")
+
+  def _forward(self, x):
+    y = x.numpy().copy()
+    for i in range(1, y.shape[-1]):
+      y[..., i] += 0.3 * np.tanh(x.numpy()[..., i - 1])
+    return tf.constant(y)
+
+  def _inverse(self, y):
+    xs = [y[..., 0]]
+    for i in range(1, y.shape[-1]):
+      xs.append(y[..., i] - 0.3 * tf.tanh(xs[-1]))
+    return tf.stack(xs, axis=-1)
+
+  def _inverse_log_det_jacobian(self, y):
+    return tf.zeros_like(y[..., 0])
+
+
 def _shear(dim):
   return Shear(tf.constant(np.random.default_rng(1).normal(size=(dim, dim)) * 0.7, tf.float64))
 
@@ -140,6 +163,8 @@ DIRECTIONS = {
     "MAF(bijector_fn)": (lambda: BIJECTORS["MAF(bijector_fn) (fallback)"].make(
         np.float64, np.random.default_rng(0), dim=8), 8, AutodiffPullback),
     "BoxMap": (lambda: BoxMap(tf.constant(-2., tf.float64), tf.constant(3., tf.float64)), 8, AutodiffPullback),
+    # Its inverse loops over 16 coordinates, but its forward map cannot be traced: the inverse stays.
+    "eager-only forward map": (_EagerOnlyForward, 16, AutodiffPullback),
 }
 
 

@@ -122,11 +122,12 @@ def flat_autodiff_rule(bijector, y, layout, kwargs):
 
 def _graph_cost(fn, values):
   """`(number of ops, whether it loops)` of `fn` traced alone at the shapes and dtypes of `values`, or None where
-  it cannot be traced (a method the bijector does not implement)."""
+  it cannot be traced: a method the bijector does not implement, or eager-only code (a `.numpy()` call) in a
+  bijector whose flow otherwise runs, which keeps the direction the fallback always took."""
   specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), values)
   try:
     graph = tf.function(fn, autograph=False).get_concrete_function(specs).graph
-  except NotImplementedError:
+  except Exception:  # pylint: disable=broad-except  (whatever tracing it alone raises: no choice is made from it)
     return None
   operations = graph.get_operations()
   return len(operations), any(op.type in _LOOPS for op in operations)
