@@ -32,20 +32,13 @@ import tfp_hessian
 from tfp_hessian import examples
 from tfp_hessian.bijectors import autodiff
 
+from real_flows import shears  # benchmarks/, beside this script: its "shears" flow
+
 tfb, tfd = tfp.bijectors, tfp.distributions
 
 
-def shears(dim, dtype, seed=0):
-  rng = np.random.default_rng(seed)
-  layers = []
-  for k in range(4):
-    layers += [examples.Shear(tf.constant(rng.normal(size=(dim, dim)) * 0.3, dtype), name=f"shear{k}"),
-               tfb.Permute(rng.permutation(dim))]
-  return tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(dim, dtype)), tfb.Chain(layers[:-1]))
-
-
 FLOWS = {"research_flow": lambda dim, dtype: examples.research_flow(dim=dim, dtype=dtype),
-         "shears": shears}
+         "shears": lambda dim, dtype: shears(dim, dtype)}
 
 
 def _op_counts(flow, z):

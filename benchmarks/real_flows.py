@@ -45,7 +45,7 @@ FLOWS = ("research-style", "shears", "conditional MAF", "JointDistributionNamed"
 METHODS = ("ours eager", "ours tf.function", "tapes", "log_prob")
 
 
-def _shears(dim, dtype, seed=0):
+def shears(dim, dtype, seed=0):
   """4 user-written coordinate-mixing bijectors (`Shear`), a Permute between each: all autodiff fallback."""
   rng = np.random.default_rng(seed)
   layers = []
@@ -61,7 +61,7 @@ def build(name, num_points, dtype=tf.float32, seed=0):
   if name == "research-style":
     flow = examples.research_flow(dim=10, dtype=dtype, seed=seed)
   elif name == "shears":
-    flow = _shears(32, dtype, seed)
+    flow = shears(32, dtype, seed)
   elif name == "conditional MAF":
     flow = examples.conditional_maf(dim=16, condition_size=4, dtype=dtype, seed=seed)
     condition = tf.constant(np.random.default_rng(seed).normal(size=(num_points, 4)), dtype)

@@ -153,11 +153,10 @@ def forward_is_cheaper(bijector, y, x, layout, x_layout, kwargs):
   return inverse_loops or inverse_ops >= INVERSE_COST_RATIO * forward_ops
 
 
-def inverted_forward_autodiff_rule(bijector, y, layout, kwargs, x=None):
+def inverted_forward_autodiff_rule(bijector, y, layout, kwargs):
   """The pullback of `bijector` at `y` from nested tapes on its forward map at `x = bijector.inverse(y)`: the
   flat autodiff pullback of `Invert(bijector)` at `x`, run backwards (`Pullback.inverted`)."""
-  if x is None:
-    x = bijector.inverse(y, **kwargs)
+  x = bijector.inverse(y, **kwargs)  # TFP's cache: the tensor the sweep's inverse pass took, no new op
   x_layout = events.layout_of(x, bijector.inverse_event_ndims(layout.ranks, **kwargs))
   return flat_autodiff_rule(tfb.Invert(bijector), x, x_layout, kwargs).inverted(x, x_layout)
 
@@ -171,7 +170,7 @@ def autodiff_rule(bijector, y, layout, kwargs):
   x = bijector.inverse(y, **kwargs)
   x_layout = events.layout_of(x, bijector.inverse_event_ndims(layout.ranks, **kwargs))
   if forward_is_cheaper(bijector, y, x, layout, x_layout, kwargs):
-    return inverted_forward_autodiff_rule(bijector, y, layout, kwargs, x)
+    return inverted_forward_autodiff_rule(bijector, y, layout, kwargs)
   return flat_autodiff_rule(bijector, y, layout, kwargs)
 
 
