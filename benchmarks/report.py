@@ -115,8 +115,8 @@ def _rate(points_per_s):
 
 
 def _plan(cell):
-  xla = cell["execution"]["xla"]
-  return "?" if xla is None else ("XLA" if xla else "graph")
+  xla, chunks = cell["execution"]["xla"], cell["execution"].get("chunks", 1)
+  return "?" if xla is None else ("graph" if not xla else "XLA" if chunks == 1 else f"XLA, {chunks} chunks")
 
 
 def summary_table(report):

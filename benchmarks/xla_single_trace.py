@@ -19,7 +19,7 @@ sys.path.insert(0, {bench!r})
 import harness, tfp_hessian
 from tfp_hessian import execution
 
-def retrace(sweep, z, num_points, size):
+def retrace(sweep, z, num_points, size, splittable=False):
   if tf.executing_eagerly():
     return sweep(z)
   traced = tf.function(sweep, autograph=False).get_concrete_function(z)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import tfp_hessian
 from tfp_hessian import execution, products, reference
+from tfp_hessian import sweep as sweep_lib
 
 from test_flows import COMPILED, PULL_BACK_COMPILED, assert_matches_references, make_flow
 
@@ -114,6 +115,66 @@ def test_size_limits_are_the_measured_ones():
   assert not execution.plan(graph, 1, 1024).xla
 
 
+# Compiled flows whose points the sweep may run in chunks (`execution.run`); the other compiled flows may not: one
+# point against `[N, C]` conditions (the conditions give the batch), a distribution with a batch of its own.
+CHUNKED = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sample(Normal, [3, 2])", "scalar events"]
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_sweep_in_chunks_matches_references(name, monkeypatch):
+  """At many points a compiled sweep runs as calls on chunks of the points (`execution.chunk_count`), here made to
+  at the registry's 3 points: 2 chunks of 2 points, the last padded with a copy of the last point (its result
+  dropped), conditions `[N, C]` split with the points. The derivatives match the references and one call on all
+  the points; points that cannot be split run in one call."""
+  distribution, z, kwargs = make_flow(name, np.float64)
+  call = lambda: tf.function(lambda z: tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs))(z)  # noqa: E731
+  whole = call()
+  size = whole.hessian.shape[-1]
+  monkeypatch.setattr(execution, "_CHUNK_ENTRIES", 2 * size ** 2)
+  plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
+  assert plan.xla, plan.reason
+  chunked = name in CHUNKED
+  assert plan.chunks == (2 if chunked else 1), plan.reason
+  assert ("2 calls on chunks of 2 points, side by side" in plan.reason) == chunked, plan.reason
+  result = call()
+  assert_matches_references(distribution, z, result, np.float64, kwargs=kwargs)
+  for value, expected in zip(result, whole):
+    np.testing.assert_allclose(value, expected, rtol=1e-13, atol=1e-13 * np.max(np.abs(expected)))
+
+
+def test_chunks_are_the_measured_ones():
+  """About `_CHUNK_ENTRIES` Hessian entries a chunk, at most `_MAX_CHUNKS` chunks (`benchmarks/chunked_sweep.py`)."""
+  assert execution.chunk_count(1024, 64) == 32 and execution.chunk_count(1024, 128) == 32
+  assert execution.chunk_count(1024, 16) == 2 and execution.chunk_count(1000, 16) == 2
+  assert execution.chunk_count(16, 64) == 1 and execution.chunk_count(1024, 4) == 1
+  assert execution.chunk_count(3, 1024) == 3
+
+
+@pytest.mark.parametrize("kwargs, batch, chunked", [
+    ({}, [8], True),
+    ({"c": np.zeros([8, 3])}, [8], True),  # a condition per point
+    ({"c": tf.zeros([3]), "flag": True, "name": "x", "none": None}, [8], True),  # shared by every point, flags
+    ({"c": tf.Variable(tf.zeros([8, 3]))}, [8], True),
+    ({}, [8, 2], False),  # points along two axes
+    ({}, [], False),  # one point
+    ({"c": tf.zeros([1, 3])}, [8], False),  # a condition broadcast against the points
+    ({"c": tf.zeros([8, 1, 3])}, [8], False),  # a condition that would give a batch of its own
+    ({"c": [[0.5, 1.], [2., 3.]]}, [8], False),  # Python numbers: maybe part of a nested list
+    ({"scale": 0.5}, [8], False),
+])
+def test_points_split_only_where_every_kwarg_is_per_point_or_shared(kwargs, batch, chunked):
+  """The sweep runs in chunks only where each kwarg is a condition per point (`[N, C]`), one for all points (`[C]`),
+  or a flag, the points lie along one axis and the distribution has no batch of its own."""
+  distribution, _, _ = make_flow("scalar events", np.float64)
+  leaves = tf.nest.flatten(kwargs)
+  per_point = sweep_lib._per_point_leaves(distribution, tf.TensorShape(batch), leaves)
+  assert (per_point is not None) == chunked
+  if chunked:
+    assert per_point == [i for i, leaf in enumerate(leaves) if np.ndim(leaf) == 2]
+  batched, _, _ = make_flow("batch [D] Sample(Normal), one point [D]", np.float64)
+  assert sweep_lib._per_point_leaves(batched, tf.TensorShape([8]), []) is None
+
+
 def test_eager_first_call_is_not_traced():
   """The first eager call runs op by op: no plan is made (nothing is traced)."""
   distribution, z, kwargs = make_flow(COMPILED[0], np.float64)
@@ -123,21 +184,27 @@ def test_eager_first_call_is_not_traced():
   assert plans == []
 
 
-@pytest.mark.parametrize("name, drawn", [(name, False) for name in COMPILED + PULL_BACK_COMPILED] + [
-    ("MultivariateNormalTriL", True), ("build_affine_surrogate_posterior (DeferredModule)", True)])
-def test_compiled_float32_no_less_accurate_than_tapes(name, drawn):
+@pytest.mark.parametrize("name, drawn, chunked", [(name, False, False) for name in COMPILED + PULL_BACK_COMPILED] + [
+    ("MultivariateNormalTriL", True, False), ("build_affine_surrogate_posterior (DeferredModule)", True, False)] + [
+    (name, False, True) for name in CHUNKED])
+def test_compiled_float32_no_less_accurate_than_tapes(name, drawn, chunked, monkeypatch):
   """Point by point, the compiled float32 Hessian is as close to the float64 one as nested tapes' float32 is.
 
   The float64 Hessian of the same flow and points is the truth. A compiled sweep may round differently from the
   graph (XLA fuses and reorders), so it is held to the accuracy users would get from tapes: its error at each
   point at most twice the tapes' error there, plus 8 float32 ulps of the Hessian's largest entry (an error of a
   few ulps where the tapes happen to be exact is rounding, not a loss of accuracy). Flows compiled whole at the
-  registry's points, and flows whose pull-back alone is compiled, at the registry's points or at points drawn.
+  registry's points (also run in chunks of 2 points), and flows whose pull-back alone is compiled, at the
+  registry's points or at points drawn.
   """
   distribution32, z32, kwargs32 = make_flow(name, np.float32)
   if drawn:
     z32 = _drawn_points(distribution32)
-  assert tfp_hessian.execution_plan(distribution32, z32, **kwargs32).pull_back_xla
+  if chunked:
+    size = tfp_hessian.flatten_event(distribution32, z32).shape[-1]
+    monkeypatch.setattr(execution, "_CHUNK_ENTRIES", 2 * size ** 2)
+  plan = tfp_hessian.execution_plan(distribution32, z32, **kwargs32)
+  assert plan.pull_back_xla and plan.chunks == (2 if chunked else 1), plan
   distribution64, _, kwargs64 = make_flow(name, np.float64)
   z64 = tf.nest.map_structure(lambda part: tf.cast(part, tf.float64), z32)
   truth = tfp_hessian.log_prob_hessian(distribution64, z64, **kwargs64).numpy()

@@ -24,6 +24,7 @@ while each layer takes and gives its points in their own structure. Keyword argu
 
 import collections
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -181,6 +182,34 @@ def _broadcast_to_batch(distribution, z, layout):
   return layout.broadcast(z, static, dynamic)
 
 
+def _per_point_leaves(distribution, batch, leaves):
+  """Indices of the kwargs' `leaves` that hold one row per point, if the sweep may run on chunks of the points
+  (`execution.run`); else None.
+
+  It may where the points lie along one axis (`z` of batch shape `[N]`), the distribution has no batch of its own
+  and every kwarg is either a condition per point (`[N, C]`), shared by all points (`[C]` or a scalar tensor), or a
+  flag (a bool, a string, None). Anything else (a Python number, which may be part of a nested list, a condition
+  of another shape) keeps the points whole.
+  """
+  if batch.rank != 1 or batch[0] is None or any(shape != [] for shape in _batch_shapes(distribution)):
+    return None
+  per_point = []
+  for index, leaf in enumerate(leaves):
+    if leaf is None or isinstance(leaf, (bool, str)):
+      continue
+    if isinstance(leaf, np.ndarray):
+      shape = leaf.shape
+    elif isinstance(leaf, (tf.Tensor, tf.Variable)) and leaf.shape.rank is not None:
+      shape = tuple(leaf.shape)
+    else:
+      return None
+    if len(shape) == 2 and shape[0] == batch[0]:
+      per_point.append(index)
+    elif len(shape) > 1:
+      return None
+  return per_point
+
+
 def sweep(distribution, z, layout, kwargs=None):
   """The sweep itself, on validated points `z` of event layout `layout`.
 
@@ -240,8 +269,19 @@ def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives", *
       # Fresh tensors: TFP caches the inverse of tensors it sampled, and nothing of ours may be cut off from `z`.
       z = tf.nest.map_structure(tf.identity, z)
     batch = layout.batch_shape(z)
-    return execution.run(lambda points: sweep(distribution, points, layout, kwargs), z,
-                         batch.num_elements() if batch.is_fully_defined() else None, layout.size)
+    num_points = batch.num_elements() if batch.is_fully_defined() else None
+    leaves = tf.nest.flatten(kwargs)
+    per_point = _per_point_leaves(distribution, batch, leaves)
+
+    def run_sweep(inputs):
+      points, conditions = inputs
+      given = list(leaves)
+      for index, condition in zip(per_point or [], conditions):
+        given[index] = condition
+      return sweep(distribution, points, layout, tf.nest.pack_sequence_as(kwargs, given))
+
+    conditions = [tf.convert_to_tensor(leaves[index]) for index in per_point or []]
+    return execution.run(run_sweep, (z, conditions), num_points, layout.size, splittable=per_point is not None)
 
 
 @tf.autograph.experimental.do_not_convert  # graph code as it stands (see `compiled.py`)

@@ -168,12 +168,12 @@ def run_bench(flows=DEFAULTS["flows"], dims=DEFAULTS["dims"], dtypes=DEFAULTS["d
 
 
 def _execution(distribution, z, kwargs):
-  """How the default call `log_prob_hessian` runs in a `tf.function` on these points: `{xla, reason}`."""
+  """How the default call `log_prob_hessian` runs in a `tf.function` on these points: `{xla, reason, chunks}`."""
   try:
     plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
   except Exception as error:  # pylint: disable=broad-except
     return dict(xla=None, reason=f"unknown: {measurement.reason(error)}")
-  return dict(xla=bool(plan.xla), reason=plan.reason)
+  return dict(xla=bool(plan.xla), reason=plan.reason, chunks=int(plan.chunks))
 
 
 def _command_options(settings):
