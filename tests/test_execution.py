@@ -130,7 +130,7 @@ def test_compiled_sweep_in_chunks_matches_references(name, monkeypatch):
   call = lambda: tf.function(lambda z: tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs))(z)  # noqa: E731
   whole = call()
   size = whole.hessian.shape[-1]
-  monkeypatch.setattr(execution, "_CHUNK_ENTRIES", 2 * size ** 2)
+  monkeypatch.setattr(execution, "_CHUNK_BYTES", 2 * size ** 2 * np.dtype(np.float64).itemsize)
   plan = tfp_hessian.execution_plan(distribution, z, **kwargs)
   assert plan.xla, plan.reason
   chunked = name in CHUNKED
@@ -143,10 +143,11 @@ def test_compiled_sweep_in_chunks_matches_references(name, monkeypatch):
 
 
 def test_chunks_are_the_measured_ones():
-  """About `_CHUNK_ENTRIES` Hessian entries a chunk, at most `_MAX_CHUNKS` chunks (`benchmarks/chunked_sweep.py`)."""
-  assert execution.chunk_count(1024, 64) == 32 and execution.chunk_count(1024, 128) == 32
+  """Hessians of about `_CHUNK_BYTES` a chunk, at most `_MAX_CHUNKS` chunks (`benchmarks/chunked_sweep.py`)."""
+  assert execution.chunk_count(1024, 64) == 32 and execution.chunk_count(1024, 128) == 64
+  assert execution.chunk_count(1024, 64, itemsize=8) == 64
   assert execution.chunk_count(1024, 16) == 2 and execution.chunk_count(1000, 16) == 2
-  assert execution.chunk_count(16, 64) == 1 and execution.chunk_count(1024, 4) == 1
+  assert execution.chunk_count(16, 64) == 1 and execution.chunk_count(1024, 8) == 1
   assert execution.chunk_count(3, 1024) == 3
 
 
@@ -202,7 +203,7 @@ def test_compiled_float32_no_less_accurate_than_tapes(name, drawn, chunked, monk
     z32 = _drawn_points(distribution32)
   if chunked:
     size = tfp_hessian.flatten_event(distribution32, z32).shape[-1]
-    monkeypatch.setattr(execution, "_CHUNK_ENTRIES", 2 * size ** 2)
+    monkeypatch.setattr(execution, "_CHUNK_BYTES", 2 * size ** 2 * np.dtype(np.float32).itemsize)
   plan = tfp_hessian.execution_plan(distribution32, z32, **kwargs32)
   assert plan.pull_back_xla and plan.chunks == (2 if chunked else 1), plan
   distribution64, _, kwargs64 = make_flow(name, np.float64)

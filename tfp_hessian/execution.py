@@ -32,7 +32,7 @@ graph against itself at 0.81×, 0.93×) and cost the first call 0.3–0.5 s more
 `python benchmarks/pull_back_stage.py`, BENCHMARKS.md session 31).
 
 A sweep compiled whole runs, at many points, as calls of one compiled function on chunks of the points
-(`chunk_count`: about `_CHUNK_ENTRIES` Hessian entries a chunk, at most `_MAX_CHUNKS` chunks), which TensorFlow's
+(`chunk_count`: Hessians of about `_CHUNK_BYTES` a chunk, at most `_MAX_CHUNKS` chunks), which TensorFlow's
 executor runs side by side, each on a working set that stays in a core's cache: `run` says where the points may be
 split and what it measured. Chunks are a function of `N` and `n` only, so the plan says how many (`Plan.chunks`).
 
@@ -67,10 +67,10 @@ _MAX_ELEMENTS_LARGE = 2 ** 19  # N·n² for n > _MAX_SIZE
 # module's docstring).
 _MIN_POINTS_PULL_BACK = 64
 _MIN_SIZE_PULL_BACK = 32
-# A sweep compiled whole, at many points, runs as calls of one compiled function on chunks of about this many
-# Hessian entries `c·n²` each, at most `_MAX_CHUNKS` of them (`run`).
-_CHUNK_ENTRIES = 2 ** 17
-_MAX_CHUNKS = 32
+# A sweep compiled whole, at many points, runs as calls of one compiled function on chunks whose Hessians
+# `[c, n, n]` take about this many bytes (512 KiB: `2¹⁷` float32 entries), at most `_MAX_CHUNKS` of them (`run`).
+_CHUNK_BYTES = 2 ** 19
+_MAX_CHUNKS = 64
 
 # Op types that XLA compiles on CPU at least as fast as TensorFlow runs them, and that the sweeps of the analytic
 # rules use: elementwise math, shapes and indexing, matrix products and the gradients of those. Not here, so
@@ -175,9 +175,10 @@ def _forced_reason():
   return "forced by execution.forced(xla={}, pull_back_xla={}, chunks={})".format(*_FORCED[-1])
 
 
-def chunk_count(num_points, size):
-  """How many chunks a compiled sweep of `num_points` points of `size` coordinates runs in (1: one call)."""
-  per_chunk = max(1, _CHUNK_ENTRIES // size ** 2)
+def chunk_count(num_points, size, itemsize=4):
+  """How many chunks a compiled sweep of `num_points` points of `size` coordinates runs in (1: one call), for
+  numbers of `itemsize` bytes."""
+  per_chunk = max(1, _CHUNK_BYTES // (size ** 2 * itemsize))
   return max(1, min(_MAX_CHUNKS, -(-num_points // per_chunk)))
 
 
@@ -196,15 +197,17 @@ def run(sweep, inputs, num_points, size, splittable=False):
 
   A sweep compiled whole, where the points can be split, runs as one compiled function called on chunks of the
   points: `chunk_count` calls, which TensorFlow's executor runs side by side, each on a working set that stays in
-  a core's cache (about `_CHUNK_ENTRIES` Hessian entries). Measured against one call on all the points (float32,
-  `python benchmarks/chunked_sweep.py`, BENCHMARKS.md session 33): 4-layer MAF and RealNVP flows at 1024 points
-  ran 1.3× and 1.85× as fast at D = 64 (32 chunks), 1.4× and 1.7× at D = 128, 1.05× and 1.1× at D = 16 (2 chunks),
-  and 1.1–1.9× at 64 and 256 points of D = 64 and 128; at fewer entries than `_CHUNK_ENTRIES` chunks gained
-  nothing (D ≤ 8). Called one after another the same chunks gained a third as much, so the two cores' parallelism
-  and the cache share the gain. A sweep left as traced gains nothing from chunks (an elementwise + affine flow ran
+  a core's cache (Hessians of about `_CHUNK_BYTES`). Measured against one call on all the points
+  (`python benchmarks/chunked_sweep.py`, BENCHMARKS.md session 33), 4-layer MAF and RealNVP flows at 1024 points
+  ran, in float32, 1.3× and 1.85× as fast at D = 64 (32 chunks), 1.4× and 2.2× at D = 128 (64 chunks), 1.05× and
+  1.1× at D = 16 (2 chunks), and 1.1–1.9× at 64 and 256 points of D = 64 and 128; in float64 1.7× and 2.1× at
+  D = 64, 1.4× and 2.2× at D = 128 (64 chunks). With less than `_CHUNK_BYTES` of Hessians (D ≤ 8 at 1024 points)
+  chunks gained nothing. Called one after another the same chunks gained a third as much, so the two cores and the
+  cache share the gain. A sweep left as traced gains nothing from chunks (an elementwise + affine flow ran
   0.85–0.9× as fast), so it runs whole. Where chunks may apply the sweep is traced for a chunk first, so that a
   compiled sweep is traced once; one that is not compiled is then traced again for all the points. The points are
-  padded with copies of the last one to a whole number of chunks, whose results are dropped.
+  padded with copies of the last one to a whole number of chunks, whose results are dropped. Each call costs the
+  first call about 17 ms (creating and starting it).
 
   Args:
     sweep: `inputs -> structure of tensors`, the sweep on validated points.
@@ -216,7 +219,8 @@ def run(sweep, inputs, num_points, size, splittable=False):
   """
   if tf.executing_eagerly():
     return sweep(inputs)
-  chunks = chunk_count(num_points, size) if splittable and num_points is not None else 1
+  itemsize = tf.nest.flatten(inputs)[0].dtype.size
+  chunks = chunk_count(num_points, size, itemsize) if splittable and num_points is not None else 1
   if _FORCED and _FORCED[-1][2] is not None and splittable:
     chunks = _FORCED[-1][2]
   if chunks > 1:
