@@ -275,8 +275,10 @@ def log_prob_and_derivatives(distribution, z, name="log_prob_and_derivatives", *
 
     def run_sweep(inputs):
       points, conditions = inputs
+      if not conditions:
+        return sweep(distribution, points, layout, kwargs)
       given = list(leaves)
-      for index, condition in zip(per_point or [], conditions):
+      for index, condition in zip(per_point, conditions):  # a chunk's conditions in place of all the points'
         given[index] = condition
       return sweep(distribution, points, layout, tf.nest.pack_sequence_as(kwargs, given))
 
