@@ -195,19 +195,19 @@ def _trace(sweep, inputs, num_points, size):
 def run(sweep, inputs, num_points, size, splittable=False):
   """`sweep(inputs)`, compiled by XLA if `plan` says so (in a graph; eagerly it runs as it is).
 
-  A sweep compiled whole, where the points can be split, runs as one compiled function called on chunks of the
-  points: `chunk_count` calls, which TensorFlow's executor runs side by side, each on a working set that stays in
-  a core's cache (Hessians of about `_CHUNK_BYTES`). Measured against one call on all the points
-  (`python benchmarks/chunked_sweep.py`, BENCHMARKS.md session 33), 4-layer MAF and RealNVP flows at 1024 points
-  ran, in float32, 1.3× and 1.85× as fast at D = 64 (32 chunks), 1.4× and 2.2× at D = 128 (64 chunks), 1.05× and
-  1.1× at D = 16 (2 chunks), and 1.1–1.9× at 64 and 256 points of D = 64 and 128; in float64 1.7× and 2.1× at
-  D = 64, 1.4× and 2.2× at D = 128 (64 chunks). With less than `_CHUNK_BYTES` of Hessians (D ≤ 8 at 1024 points)
-  chunks gained nothing. Called one after another the same chunks gained a third as much, so the two cores and the
-  cache share the gain. A sweep left as traced gains nothing from chunks (an elementwise + affine flow ran
+  A sweep compiled whole, where the points can be split, runs as one compiled function called on chunks of the points:
+  `chunk_count` calls, which TensorFlow's executor runs side by side, each on a working set that stays in a core's
+  cache (Hessians of about `_CHUNK_BYTES`). Measured against one call on all the points (`python
+  benchmarks/chunked_sweep.py`, BENCHMARKS.md session 33), 4-layer MAF and RealNVP flows at 1024 points ran, in
+  float32, 1.3× and 1.85× as fast at D = 64 (32 chunks), 1.4× and 2.2× at D = 128 (64 chunks), 1.05× and 1.1× at
+  D = 16 (2 chunks), and 1.1–1.9× at 64 and 256 points of D = 64 and 128; in float64 1.7× and 2.1× at D = 64, 1.4× and
+  2.2× at D = 128 (64 chunks). With less than `_CHUNK_BYTES` of Hessians (D ≤ 8 at 1024 points) chunks gained nothing.
+  Called one after another the same chunks ran 0.97–1.1× as fast as one call (at D = 64): the gain is mostly the two
+  cores, a little the cache. A sweep left as traced gains nothing from chunks (an elementwise + affine flow ran
   0.85–0.9× as fast), so it runs whole. Where chunks may apply the sweep is traced for a chunk first, so that a
   compiled sweep is traced once; one that is not compiled is then traced again for all the points. The points are
-  padded with copies of the last one to a whole number of chunks, whose results are dropped. Each call costs the
-  first call about 17 ms (creating and starting it).
+  padded with copies of the last one to a whole number of chunks, whose results are dropped. Each call costs the first
+  call about 17 ms (creating and starting it).
 
   Args:
     sweep: `inputs -> structure of tensors`, the sweep on validated points.
