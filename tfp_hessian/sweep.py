@@ -314,8 +314,9 @@ def execution_plan(distribution, z, **kwargs):
 
   `Plan(xla=True, ...)` where the sweep is compiled by XLA (flows whose ops XLA compiles well, at no more points
   than measured to pay: `execution.py`), `Plan(xla=False, ...)` where TensorFlow runs the traced graph; then
-  `pull_back_xla` says whether its pull-back stage, where the Hessians are formed, is compiled on its own. Traces
-  the call once; nothing runs.
+  `pull_back_xla` says whether its pull-back stage, where the Hessians are formed, is compiled on its own, and
+  `chunks` in how many calls on chunks of the points a compiled sweep runs (1: one call). Traces the call once;
+  nothing runs.
   """
   plans = []
   with execution.observe(plans.append):
