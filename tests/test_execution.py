@@ -142,6 +142,20 @@ def test_compiled_sweep_in_chunks_matches_references(name, monkeypatch):
     np.testing.assert_allclose(value, expected, rtol=1e-13, atol=1e-13 * np.max(np.abs(expected)))
 
 
+@pytest.mark.parametrize("name", ["MultivariateNormalTriL", "build_affine_surrogate_posterior (DeferredModule)"])
+def test_sweep_left_as_traced_runs_whole(name, monkeypatch):
+  """Where chunks could apply but the sweep is not compiled whole (a triangular solve), the sweep traced for a chunk
+  is dropped and the one traced for all the points runs, its pull-back compiled alone: exact, in one call."""
+  distribution, _, _ = make_flow(name, np.float64)
+  z = _drawn_points(distribution)
+  size = tfp_hessian.flatten_event(distribution, z).shape[-1]
+  monkeypatch.setattr(execution, "_CHUNK_BYTES", 2 * size ** 2 * np.dtype(np.float64).itemsize)
+  plan = tfp_hessian.execution_plan(distribution, z)
+  assert not plan.xla and plan.pull_back_xla and plan.chunks == 1, plan
+  result = tf.function(lambda z: tfp_hessian.log_prob_and_derivatives(distribution, z))(z)
+  assert_matches_references(distribution, z, result, np.float64)
+
+
 def test_chunks_are_the_measured_ones():
   """Hessians of about `_CHUNK_BYTES` a chunk, at most `_MAX_CHUNKS` chunks (`benchmarks/chunked_sweep.py`)."""
   assert execution.chunk_count(1024, 64) == 32 and execution.chunk_count(1024, 128) == 64
