@@ -122,10 +122,10 @@ CHUNKED = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sam
 
 @pytest.mark.parametrize("name", COMPILED)
 def test_compiled_sweep_in_chunks_matches_references(name, monkeypatch):
-  """At many points a compiled sweep runs as calls on chunks of the points (`execution.chunk_count`), here made to
-  at the registry's 3 points: 2 chunks of 2 points, the last padded with a copy of the last point (its result
-  dropped), conditions `[N, C]` split with the points. The derivatives match the references and one call on all
-  the points; points that cannot be split run in one call."""
+  """At many points a compiled sweep runs as calls on chunks of the points (`execution.chunk_count`); here, with
+  chunks made small, the registry's 3 points run as 2 chunks of 2, the last padded with a copy of the last point
+  (its result dropped), conditions `[N, C]` split with the points. The derivatives match the references and one
+  call on all the points; points that cannot be split run in one call."""
   distribution, z, kwargs = make_flow(name, np.float64)
   call = lambda: tf.function(lambda z: tfp_hessian.log_prob_and_derivatives(distribution, z, **kwargs))(z)  # noqa: E731
   whole = call()
