@@ -17,7 +17,6 @@ import json
 import platform
 import shlex
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -65,13 +64,7 @@ def _cell(name, dim, points, dtype, counts, sequential, rounds):
     functions.update({f"sequential={k}": _sequential(flow, kwargs, k) for k in counts if k > 1})
   functions["default"] = tf.function(lambda z: tfp_hessian.log_prob_hessian(flow, z, **kwargs), autograph=False)
   plan = tfp_hessian.execution_plan(flow, z, **kwargs)
-  first = {}
-  for label, function in functions.items():
-    start = time.perf_counter()
-    function(z).numpy()
-    first[label] = time.perf_counter() - start
-    function(z).numpy()
-  hessians = {label: function(z).numpy() for label, function in functions.items()}
+  first, hessians = harness.first_calls(functions, z)
   whole = hessians[f"chunks={counts[0]}"]
   difference = max(float(np.max(np.abs(h - whole)) / np.max(np.abs(whole))) for h in hessians.values())
   medians = harness.interleaved_medians(functions, z, rounds, np.random.default_rng(0))

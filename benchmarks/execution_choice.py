@@ -41,13 +41,7 @@ def _cell(name, dim, points, dtype, rounds):
   flow = made.distribution
   z = tf.constant(flow.sample(points, seed=(1, 2)).numpy())
   functions = {"graph": _function(flow, False), "xla": _function(flow, True), "default": _function(flow, None)}
-  first = {}
-  for label, function in functions.items():
-    start = time.perf_counter()
-    function(z).numpy()
-    first[label] = time.perf_counter() - start
-    function(z).numpy()
-  hessians = {label: function(z).numpy() for label, function in functions.items()}
+  first, hessians = harness.first_calls(functions, z)
   scale = np.max(np.abs(hessians["graph"]))
   difference = max(float(np.max(np.abs(h - hessians["graph"])) / scale) for h in hessians.values())
   seconds = {label: [] for label in functions}

@@ -80,6 +80,21 @@ def _statistics(seconds):
               max_ms=float(ms.max()), calls=len(ms))
 
 
+def first_calls(functions, z):
+  """`(first, outputs)` of each of `functions` (`{label: fn(z)}`): seconds of its first call (tracing and compiling
+  included), then, after a second call to warm up, the output of a third as numpy. For the A/B scripts
+  (`execution_choice.py`, `chunked_sweep.py`), before `interleaved_medians`."""
+  first, outputs = {}, {}
+  for label, function in functions.items():
+    start = time.perf_counter()
+    function(z).numpy()
+    first[label] = time.perf_counter() - start
+    function(z).numpy()
+  for label, function in functions.items():
+    outputs[label] = function(z).numpy()
+  return first, outputs
+
+
 def interleaved_medians(functions, z, calls, rng):
   """Median seconds per call of each of `functions` (`{label: fn(z)}`), called `calls` times round-robin in a
   random order each round: the A/B comparisons of the benchmark scripts (`small_products.py`,
