@@ -1,15 +1,18 @@
 """Chunks of points: a compiled sweep called on chunks of the points, side by side, against one call on all.
 
     python benchmarks/chunked_sweep.py                                   # the table behind execution.chunk_count
-    python benchmarks/chunked_sweep.py --flows maf --dims 64 --points 1024 --chunks 1 16 32
+    python benchmarks/chunked_sweep.py --flows maf --dims 64 --points 1024 --chunks 1 16 32 --sequential
+    python benchmarks/chunked_sweep.py --flows elementwise_affine --dims 64 --points 1024 --chunks 8 16 32 --split-calls
 
 Each cell times `tf.function`s of `log_prob_hessian` on the same points, interleaved round-robin (`harness`): the
-sweep compiled whole and forced into each of `--chunks` chunk counts (`execution.forced(True, chunks=k)`), and
-the default call (the plan's choice, printed), in `--order parallel` (as `execution.run` issues them: TensorFlow's
-executor runs the chunks' calls side by side) or, with `--sequential`, also each count run one chunk after the
-other (every call waits for the one before), which separates the cores' parallelism from the cache's share of
-the gain. Medians of `--rounds` calls after two warm-up calls, and the first call (tracing and compiling) apart.
-Writes JSON with `--json`.
+sweep compiled whole and forced into each of `--chunks` chunk counts (`execution.forced(True, chunks=k)`, as
+`execution.run` issues them: TensorFlow's executor runs the chunks' calls side by side), and the default call (the
+plan's choice, printed). With `--sequential`, also each count as calls of the sweep compiled for one chunk made to
+run one after another (every call waits for the one before), which separates the cores' parallelism from the
+cache's share of the gain. With `--split-calls`, also each count as that many default calls on slices of the points
+(`split=k`, side by side; each slice's own plan): chunks where the plan leaves the sweep as traced, which
+`execution.run` does not make. Medians of `--rounds` calls after two warm-up calls, and the first call (tracing and
+compiling) apart. Writes JSON with `--json`.
 """
 
 import argparse
@@ -35,8 +38,10 @@ def _forced(flow, kwargs, chunks):
   return tf.function(call, autograph=False)
 
 
-def _sequential(flow, kwargs, chunks):
-  """The same chunks, each call made to wait for the one before (per-point kwargs split alike)."""
+def _sliced(flow, kwargs, chunks, one_after_another):
+  """`chunks` calls of `log_prob_hessian` on slices of the points (per-point kwargs sliced alike): of the sweep
+  compiled for one chunk, made to run one after another, or (not `one_after_another`) of the default call, side by
+  side."""
 
   def call(z):
     size = -(-z.shape[0] // chunks)
@@ -45,6 +50,9 @@ def _sequential(flow, kwargs, chunks):
       part = z[start:start + size]
       part_kwargs = tf.nest.map_structure(
           lambda c, start=start: c[start:start + size] if c.shape.rank == 2 else c, kwargs)
+      if not one_after_another:
+        results.append(tfp_hessian.log_prob_hessian(flow, part, **part_kwargs))
+        continue
       if results:
         with tf.control_dependencies([results[-1]]):
           part = tf.identity(part)
@@ -55,13 +63,15 @@ def _sequential(flow, kwargs, chunks):
   return tf.function(call, autograph=False)
 
 
-def _cell(name, dim, points, dtype, counts, sequential, rounds):
+def _cell(name, dim, points, dtype, counts, sequential, split_calls, rounds):
   made = harness.build_flow(name, dim, dtype)
   flow = made.distribution
   z, kwargs = harness.sample_points(made, points)
   functions = {f"chunks={k}": _forced(flow, kwargs, k) for k in counts}
   if sequential:
-    functions.update({f"sequential={k}": _sequential(flow, kwargs, k) for k in counts if k > 1})
+    functions.update({f"sequential={k}": _sliced(flow, kwargs, k, True) for k in counts if k > 1})
+  if split_calls:
+    functions.update({f"split={k}": _sliced(flow, kwargs, k, False) for k in counts if k > 1})
   functions["default"] = tf.function(lambda z: tfp_hessian.log_prob_hessian(flow, z, **kwargs), autograph=False)
   plan = tfp_hessian.execution_plan(flow, z, **kwargs)
   first, hessians = harness.first_calls(functions, z)
@@ -81,6 +91,7 @@ def main():
   parser.add_argument("--chunks", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64])
   parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
   parser.add_argument("--sequential", action="store_true", help="also time the chunks one after another")
+  parser.add_argument("--split-calls", action="store_true", help="also time default calls on slices, side by side")
   parser.add_argument("--rounds", type=int, default=9)
   parser.add_argument("--json")
   args = parser.parse_args()
@@ -89,7 +100,8 @@ def main():
     for dim in args.dims:
       for points in args.points:
         counts = [k for k in args.chunks if k <= points]
-        cell = _cell(name, dim, points, tf.as_dtype(args.dtype), counts, args.sequential, args.rounds)
+        cell = _cell(name, dim, points, tf.as_dtype(args.dtype), counts, args.sequential, args.split_calls,
+                     args.rounds)
         cells.append(cell)
         best = min(cell["median_ms"], key=cell["median_ms"].get)
         whole = cell["median_ms"][f"chunks={counts[0]}"]

@@ -204,10 +204,11 @@ def run(sweep, inputs, num_points, size, splittable=False):
   2.2× at D = 128 (64 chunks). With less than `_CHUNK_BYTES` of Hessians (D ≤ 8 at 1024 points) chunks gained nothing.
   Called one after another the same chunks ran 0.97–1.1× as fast as one call (at D = 64): the gain is mostly the two
   cores, a little the cache. A sweep left as traced gains nothing from chunks (an elementwise + affine flow ran
-  0.85–0.9× as fast), so it runs whole. Where chunks may apply the sweep is traced for a chunk first, so that a
-  compiled sweep is traced once; one that is not compiled is then traced again for all the points. The points are
-  padded with copies of the last one to a whole number of chunks, whose results are dropped. Each call costs the first
-  call about 17 ms (creating and starting it).
+  0.79–0.85× as fast in calls on 8–32 slices of the points at D = 64), so it runs whole. Where chunks may apply the
+  sweep is traced for a chunk first, so that a compiled sweep is traced once; one that is not compiled is then traced
+  again for all the points. The points are padded with copies of the last one to a whole number of chunks, whose
+  results are dropped. Each call costs the first call 15–25 ms (creating and starting it; `python
+  benchmarks/chunked_memory.py`).
 
   Args:
     sweep: `inputs -> structure of tensors`, the sweep on validated points.
