@@ -8,6 +8,8 @@
   `named_surrogate`: a surrogate posterior over them, as `tfp.experimental.vi` builds it (a `DeferredModule`).
 
 Weights are random (not near the identity), drawn from `seed`, so that every term of the Hessian is exercised.
+They are float32 numbers in either dtype (`_float32`): a float64 flow is the float32 one exactly, computed in
+float64, the truth its float32 derivatives are measured against.
 """
 
 import numpy as np
@@ -105,14 +107,19 @@ def autoregressive_network(dim, hidden_units, dtype, activation="tanh", conditio
   return made
 
 
+def _float32(values):
+  """Drawn `values` rounded to float32 numbers, which either dtype holds exactly (the module's docstring)."""
+  return np.asarray(values, np.float32)
+
+
 def _made(rng, dim, hidden_units, dtype, conditional_size=None):
   """A built `tfb.AutoregressiveNetwork` (tanh) with random masked weights, computing in `dtype` throughout."""
   made = autoregressive_network(dim, hidden_units, dtype, conditional_size=conditional_size)
   for weight in made.trainable_weights:
     if weight.shape.rank == 2:
-      weight.assign(rng.normal(size=weight.shape) / np.sqrt(weight.shape[0]) * 1.2)  # masked by its constraint
+      weight.assign(_float32(rng.normal(size=weight.shape) / np.sqrt(weight.shape[0]) * 1.2))  # masked below
     else:
-      weight.assign(rng.normal(size=weight.shape) * 0.3)
+      weight.assign(_float32(rng.normal(size=weight.shape) * 0.3))
   for weight, constrained in ((w, getattr(w, "constraint", None)) for w in made.trainable_weights):
     if constrained is not None:
       weight.assign(constrained(weight))
@@ -120,7 +127,8 @@ def _made(rng, dim, hidden_units, dtype, conditional_size=None):
 
 
 def _tril(rng, dim, dtype):
-  return tf.constant(np.tril(rng.normal(size=(dim, dim)) * 0.4, -1) + np.diag(rng.uniform(0.7, 1.4, dim)), dtype)
+  return tf.constant(_float32(np.tril(rng.normal(size=(dim, dim)) * 0.4, -1) + np.diag(rng.uniform(0.7, 1.4, dim))),
+                     dtype)
 
 
 def research_flow(dim=10, num_stages=3, hidden_units=(32, 32), dtype=tf.float32, seed=0):
@@ -131,15 +139,17 @@ def research_flow(dim=10, num_stages=3, hidden_units=(32, 32), dtype=tf.float32,
   """
   rng = np.random.default_rng(seed)
   layers = [BoxMap(tf.constant(-2., dtype), tf.constant(3., dtype)),
-            tfb.Shift(tf.constant(rng.uniform(-0.5, 0.5, dim), dtype)), tfb.Scale(tf.constant(0.1, dtype)),
+            tfb.Shift(tf.constant(_float32(rng.uniform(-0.5, 0.5, dim)), dtype)),
+            tfb.Scale(tf.constant(_float32(0.1), dtype)),
             tfb.ScaleMatvecTriL(_tril(rng, dim, dtype))]
   for stage in range(num_stages):
-    layer = tf_keras.layers.BatchNormalization(dtype=dtype)
+    layer = tf_keras.layers.BatchNormalization(epsilon=float(_float32(1e-3)), dtype=dtype)  # Keras' default
     layer(tf.zeros([1, dim], dtype))
-    layer.moving_mean.assign(rng.normal(size=dim) * 0.3)
-    layer.moving_variance.assign(rng.uniform(0.5, 2., size=dim))
+    layer.moving_mean.assign(_float32(rng.normal(size=dim) * 0.3))
+    layer.moving_variance.assign(_float32(rng.uniform(0.5, 2., size=dim)))
     layers += [tfb.MaskedAutoregressiveFlow(_made(rng, dim, hidden_units, dtype), name=f"maf{stage}"),
-               tfb.Permute(rng.permutation(dim)), Shear(tf.constant(rng.normal(size=(dim, dim)) * 0.3, dtype)),
+               tfb.Permute(rng.permutation(dim)),
+               Shear(tf.constant(_float32(rng.normal(size=(dim, dim)) * 0.3), dtype)),
                tfb.BatchNormalization(layer, training=False)]
   base = tfd.MultivariateNormalDiag(tf.zeros(dim, dtype))
   return tfd.TransformedDistribution(base, tfb.Chain(layers))
@@ -169,7 +179,7 @@ def named_model(num_weights=8, dtype=tf.float32, seed=0):
   A `JointDistributionNamed` whose parts depend on each other, so its Hessian has every cross term.
   """
   rng = np.random.default_rng(seed)
-  loc = tf.constant(rng.normal(size=num_weights) * 0.5, dtype)
+  loc = tf.constant(_float32(rng.normal(size=num_weights) * 0.5), dtype)
   return tfd.JointDistributionNamed(dict(
       scale=tfd.HalfNormal(tf.constant(1., dtype)),
       w=lambda scale: tfd.Independent(tfd.Normal(loc, scale[..., tf.newaxis]), 1),
@@ -188,5 +198,5 @@ def named_surrogate(num_weights=8, dtype=tf.float32, seed=0):
       bijector={"scale": tfb.Softplus(), "w": tfb.Identity(), "noise": tfb.Exp()}, dtype=dtype,
       seed=(seed, 1))
   for variable in surrogate.trainable_variables:
-    variable.assign(rng.normal(size=variable.shape) * 0.3 + (0.8 if "diag" in variable.name else 0.))
+    variable.assign(_float32(rng.normal(size=variable.shape) * 0.3 + (0.8 if "diag" in variable.name else 0.)))
   return surrogate

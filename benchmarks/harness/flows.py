@@ -55,6 +55,24 @@ class BenchFlow:
     return len(self.layers) if self.layers is not None else len(self.distribution.bijector.bijectors)
 
 
+class _Draws:
+  """A numpy `Generator` (its methods) that also rounds what it drew to the precision of the flow's weights.
+
+  The weights are drawn in float64 and rounded once, to the dtype they are drawn for (`round`), where they become
+  tensors; a float64 flow with a float32 flow's weights holds exactly the float32 numbers.
+  """
+
+  def __init__(self, rng, dtype):
+    self._rng = rng
+    self._precision = tf.as_dtype(dtype).as_numpy_dtype
+
+  def __getattr__(self, name):
+    return getattr(self._rng, name)
+
+  def round(self, values):
+    return np.asarray(values).astype(self._precision)
+
+
 def _dense_weights(rng, shape, gain):
   return rng.standard_normal(shape) * gain / np.sqrt(shape[0])
 
@@ -74,7 +92,7 @@ def _elementwise_affine(dim, dtype, rng):
                        tailweight=np.exp(rng.uniform(np.log(0.7), np.log(1.4), dim))))
   bijectors = []
   for layer in layers:
-    params = {k: tf.constant(v, dtype) for k, v in layer.items() if k != "kind"}
+    params = {k: tf.constant(rng.round(v), dtype) for k, v in layer.items() if k != "kind"}
     bijectors.append({"scale_tril": tfb.ScaleMatvecTriL, "shift": tfb.Shift,
                       "sinh_arcsinh": tfb.SinhArcsinh}[layer["kind"]](**params))
   return layers, bijectors
@@ -92,8 +110,8 @@ def _realnvp_coupling(dim, dtype, rng):
   dense = conditioner.dense_layers()
   kernels, biases = [], []
   for (kernel, bias, _), gain in zip(dense, _conditioner_gains(len(dense))):
-    kernel.assign(_dense_weights(rng, kernel.shape, gain))
-    bias.assign(0.3 * rng.standard_normal(bias.shape))
+    kernel.assign(rng.round(_dense_weights(rng, kernel.shape, gain)))
+    bias.assign(rng.round(0.3 * rng.standard_normal(bias.shape)))
     kernels.append(kernel.numpy())
     biases.append(bias.numpy())
   layer = dict(kind="real_nvp", num_masked=num_masked, kernels=kernels, biases=biases, activation="tanh")
@@ -108,8 +126,8 @@ def _made(dim, dtype, rng):
   kernels, biases = [], []
   for layer, mask, gain in zip(dense, masks, _conditioner_gains(len(dense))):
     # The kernel constraint masks only optimizer updates: a kernel assigned by hand must be masked by hand.
-    layer.kernel.assign(_dense_weights(rng, layer.kernel.shape, gain) * mask)
-    layer.bias.assign(0.3 * rng.standard_normal(layer.bias.shape))
+    layer.kernel.assign(rng.round(_dense_weights(rng, layer.kernel.shape, gain) * mask))
+    layer.bias.assign(rng.round(0.3 * rng.standard_normal(layer.bias.shape)))
     kernels.append(layer.kernel.numpy())
     biases.append(layer.bias.numpy())
   return made, dict(kind="maf", kernels=kernels, biases=biases, activation="tanh")
@@ -160,8 +178,13 @@ EXAMPLE_FLOWS = {
 FLOWS = {**STOCK_FLOWS, **EXAMPLE_FLOWS}
 
 
-def build_flow(name, dim, dtype, seed=0):
+def build_flow(name, dim, dtype, seed=0, weights_dtype=None):
   """The benchmark flow `name` (a key of `FLOWS`) over `R^dim` in `dtype`, weights from `seed`.
+
+  A stock flow draws its weights for its dtype (a float64 flow is not the float32 one); `weights_dtype` gives it
+  the weights of that dtype's flow instead, exactly: `build_flow(name, dim, tf.float64, weights_dtype=tf.float32)`
+  is the float32 flow computed in float64, the truth its float32 Hessians are measured against
+  (`benchmarks/float32_accuracy.py`). The example flows draw the same weights for either dtype, rounded to it.
 
   Returns:
     A `BenchFlow`.
@@ -175,13 +198,15 @@ def build_flow(name, dim, dtype, seed=0):
     distribution = EXAMPLE_FLOWS[name](dim, dtype, seed)
     condition_size = CONDITION_SIZE if hasattr(distribution, "condition_kwargs") else 0
     return BenchFlow(name, distribution, None, None, condition_size)
-  rng = np.random.default_rng([seed, dim, dtype.size])
+  weights_dtype = tf.as_dtype(weights_dtype or dtype)
+  rng = _Draws(np.random.default_rng([seed, dim, weights_dtype.size]), weights_dtype)
   base = dict(loc=0.3 * rng.standard_normal(dim), scale_diag=rng.uniform(0.7, 1.3, dim))
   layers, bijectors = STOCK_FLOWS[name](dim, dtype, rng)
   distribution = tfd.TransformedDistribution(
-      tfd.MultivariateNormalDiag(tf.constant(base["loc"], dtype), tf.constant(base["scale_diag"], dtype)),
+      tfd.MultivariateNormalDiag(tf.constant(rng.round(base["loc"]), dtype),
+                                 tf.constant(rng.round(base["scale_diag"]), dtype)),
       tfb.Chain(bijectors[::-1]))  # Chain lists its bijectors from the z side.
-  cast = lambda v: np.asarray(v, dtype.as_numpy_dtype) if np.asarray(v).dtype.kind == "f" else v
+  cast = lambda v: rng.round(v).astype(dtype.as_numpy_dtype) if np.asarray(v).dtype.kind == "f" else v
   layers = [{k: ([cast(a) for a in v] if isinstance(v, list) else cast(v)) for k, v in layer.items()}
             for layer in layers]
   return BenchFlow(name, distribution, {k: cast(v) for k, v in base.items()}, layers)
