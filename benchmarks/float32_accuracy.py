@@ -35,15 +35,17 @@ from tfp_hessian import execution, reference
 
 import harness  # benchmarks/harness/, beside this script
 
-METHODS = ["ours", "ours_graph", "tapes", "tapes_xla", "fwd_rev", "fwd_rev_xla"]
+METHODS = ["ours", "ours_graph", "ours_compiled", "tapes", "tapes_xla", "fwd_rev", "fwd_rev_xla"]
+DEFAULT_METHODS = ["ours", "ours_graph", "tapes", "tapes_xla", "fwd_rev", "fwd_rev_xla"]
 ULPS = 8
 
 
 def _method(name, distribution, kwargs):
-  if name == "ours_graph":  # the sweep as traced, nothing compiled
+  if name in ("ours_graph", "ours_compiled"):  # the sweep as traced, nothing compiled; or compiled whole, forced
+    xla = name == "ours_compiled"
 
     def call(z):
-      with execution.forced(False, False):
+      with execution.forced(xla, xla):
         return tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
 
     return tf.function(call, autograph=False)
@@ -121,7 +123,8 @@ def main(argv=None):
   parser.add_argument("--flows", nargs="+", default=list(harness.FLOWS), choices=list(harness.FLOWS))
   parser.add_argument("--dims", nargs="+", type=int, default=[4, 16])
   parser.add_argument("--points", nargs="+", type=int, default=[1024])
-  parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+  parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=METHODS,
+                      help="ours_graph: the sweep forced as traced; ours_compiled: forced compiled whole")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", metavar="PATH")
   parser.add_argument("--functions", action="store_true", help="the elementwise functions alone (module docstring)")
