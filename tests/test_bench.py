@@ -106,6 +106,19 @@ def test_float64_twin_has_the_float32_weights(name):
     assert not np.array_equal(np.asarray(other[0]), np.asarray((variables64 or constants(twin))[0]))
 
 
+def test_float32_accuracy_measures_every_method_against_the_twin():
+  """`benchmarks/float32_accuracy.py` on a small cell: the float64 twin's Hessians (ours and the tapes') agree in
+  float64, every float32 method is within float32 rounding of them, and the tapes meet their own criterion."""
+  import float32_accuracy  # pylint: disable=import-outside-toplevel  (benchmarks/, on sys.path by conftest)
+  methods = ["tapes", "tapes_xla", "ours", "ours_graph", "ours_compiled"]
+  cell = float32_accuracy.measure("maf", 3, 5, methods)
+  assert cell["twin"]["ours_float64_vs_truth"] < 1e-12
+  assert set(cell["methods"]) == set(methods)
+  for name, errors in cell["methods"].items():
+    assert 0 < errors["median"] <= errors["p99"] <= errors["max"] < 1e-5, (name, errors)
+  assert cell["methods"]["tapes"]["over_criterion"] == 0 and cell["methods"]["tapes_xla"]["over_criterion_xla"] == 0
+
+
 def test_made_kernels_are_masked():
   # A MADE whose first kernel lets input i reach its own outputs would not be autoregressive.
   made = harness.build_flow("maf", 6, "float64").distribution.bijector.bijectors[0].parameters[
