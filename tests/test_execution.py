@@ -254,14 +254,15 @@ def test_pull_back_compiled_alone_matches_references(name):
 @pytest.mark.parametrize("transpose_a", [False, True])
 @pytest.mark.parametrize("transpose_b", [False, True])
 @pytest.mark.parametrize("k", [3, products.SHORT_CONTRACTION + 1])
-def test_short_products_are_matmul(transpose_a, transpose_b, k):
+@pytest.mark.parametrize("shared", [None, "a", "b"])
+def test_short_products_are_matmul(transpose_a, transpose_b, k, shared):
   """`products.matmul` is `tf.linalg.matmul` in every transposition, with batches broadcast (`[N, 1]` against
-  `[1, B]`), for a short contraction (the broadcast form) and a long one (the batched dot), eagerly and under XLA;
-  a non-finite entry spoils only the entries it enters."""
+  `[1, B]`, or one matrix shared by every point: `shared`), for a short contraction (the broadcast form) and a long
+  one (the batched dot), eagerly and under XLA; a non-finite entry spoils only the entries it enters."""
   rng = np.random.default_rng(k)
-  a = rng.standard_normal([4, 1] + ([k, 5] if transpose_a else [5, k]))
-  b = rng.standard_normal([1, 2] + ([6, k] if transpose_b else [k, 6]))
-  a[0, 0, 0, 0] = np.inf if transpose_a else np.nan
+  a = rng.standard_normal(([] if shared == "a" else [4, 1]) + ([k, 5] if transpose_a else [5, k]))
+  b = rng.standard_normal(([] if shared == "b" else [1, 2]) + ([6, k] if transpose_b else [k, 6]))
+  a[(0,) * a.ndim] = np.inf if transpose_a else np.nan
   a, b = tf.constant(a), tf.constant(b)
   expected = tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b).numpy()
   compiled = tf.function(lambda a, b: products.matmul(a, b, transpose_a, transpose_b), jit_compile=True)

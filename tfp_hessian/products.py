@@ -8,6 +8,14 @@ multiplication and a sum, which it fuses into one vectorised loop: per 1024 prod
 D = 4 and 1024 points spent 14 of its 17 ms in six such dots. TensorFlow's own executor runs the batched dot
 faster (0.51 against 0.86 ms at `[4, 4]`), but the sweeps it runs are those XLA does not compile
 (`execution.py`), and there these products are a small part of the call.
+
+A batch of matrices times one matrix shared by every point (a linear layer's `Mᵀ H M`) with a short contraction
+takes the broadcast form too. As traced, TensorFlow runs it as a oneDNN batched product with a broadcast operand,
+whose cost at these sizes is its setup: in the 4-layer elementwise + affine flow at D = 2 and 16 points, where the
+pull-back is not compiled, its eight such products were 74% of the call's op time (`python benchmarks/op_profile.py
+elementwise_affine 2 16`); in the broadcast form the whole call ran 1.6× as fast at D = 2 and 1.4× at D = 4 (16
+points), 1.1× at 64 and 1024 points of D = 4 (compiled pull-back), and unchanged elsewhere (`python
+benchmarks/small_products.py --flows elementwise_affine:2:16 …`, session 34).
 """
 
 import tensorflow as tf
@@ -22,14 +30,15 @@ def matmul(a, b, transpose_a=False, transpose_b=False):
   """`op(a) @ op(b)`, batch dimensions broadcast as `tf.linalg.matmul` broadcasts them; `op` transposes the last
   two axes where asked.
 
-  A product of two batches of matrices (both of rank 3 or more) with a contraction of at most `SHORT_CONTRACTION`
-  terms, known when traced, is one broadcast product and a sum over its axis (no transpose is formed); anything
-  else is `tf.linalg.matmul` (a matrix shared by every point keeps the GEMM XLA makes of it, and TensorFlow's
-  executor, which runs the sweeps of the flows XLA does not compile, does not materialise a product `K` times
-  the size of the result).
+  A product with a contraction of at most `SHORT_CONTRACTION` terms, known when traced, of two batches of matrices
+  or of a batch (rank 3 or more) and one matrix (rank 2), is one broadcast product and a sum over its axis (no
+  transpose is formed; the module's docstring says why); anything else is `tf.linalg.matmul` (a longer contraction
+  with a shared matrix keeps the GEMM XLA makes of it, and TensorFlow's executor does not materialise a product
+  `K` times the size of the result).
   """
   k = a.shape[-2] if transpose_a else a.shape[-1]
-  if k is None or k > SHORT_CONTRACTION or (a.shape.rank or 0) < 3 or (b.shape.rank or 0) < 3:
+  ranks = sorted([a.shape.rank or 0, b.shape.rank or 0])
+  if k is None or k > SHORT_CONTRACTION or ranks[0] < 2 or ranks[1] < 3:
     return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
   if transpose_a and transpose_b:
     a, transpose_a = tf.linalg.matrix_transpose(a), False
