@@ -13,9 +13,10 @@ A batch of matrices times one matrix shared by every point (a linear layer's `M�
 takes the broadcast form too. As traced, TensorFlow runs it as a oneDNN batched product with a broadcast operand,
 whose cost at these sizes is its setup: in the 4-layer elementwise + affine flow at D = 2 and 16 points, where the
 pull-back is not compiled, its eight such products were 74% of the call's op time (`python benchmarks/op_profile.py
-elementwise_affine 2 16`); in the broadcast form the whole call ran 1.6× as fast at D = 2 and 1.4× at D = 4 (16
-points), 1.1× at 64 and 1024 points of D = 4 (compiled pull-back), and unchanged elsewhere (`python
-benchmarks/small_products.py --flows elementwise_affine:2:16 …`, session 34).
+elementwise_affine 2 16`); in the broadcast form the whole call ran 1.7× as fast at D = 2 and 4 (16 points),
+1.12× and 1.08× at 64 and 1024 points of D = 4 (compiled pull-back), and unchanged elsewhere (`python
+benchmarks/small_products.py --flows elementwise_affine:2:16 elementwise_affine:4:16 elementwise_affine:4:64
+elementwise_affine:4:1024 …`, BENCHMARKS.md session 34).
 """
 
 import tensorflow as tf
