@@ -30,14 +30,6 @@ from tfp_hessian import execution
 import harness  # benchmarks/harness/, beside this script
 
 
-def _forced(flow, kwargs, chunks):
-  def call(z):
-    with execution.forced(True, chunks=chunks):
-      return tfp_hessian.log_prob_hessian(flow, z, **kwargs)
-
-  return tf.function(call, autograph=False)
-
-
 def _sliced(flow, kwargs, chunks, one_after_another):
   """`chunks` calls of `log_prob_hessian` on slices of the points (per-point kwargs sliced alike): of the sweep
   compiled for one chunk, made to run one after another, or (not `one_after_another`) of the default call, side by
@@ -67,7 +59,7 @@ def _cell(name, dim, points, dtype, counts, sequential, split_calls, rounds):
   made = harness.build_flow(name, dim, dtype)
   flow = made.distribution
   z, kwargs = harness.sample_points(made, points)
-  functions = {f"chunks={k}": _forced(flow, kwargs, k) for k in counts}
+  functions = {f"chunks={k}": harness.ours(flow, kwargs, xla=True, chunks=k) for k in counts}
   if sequential:
     functions.update({f"sequential={k}": _sliced(flow, kwargs, k, True) for k in counts if k > 1})
   if split_calls:

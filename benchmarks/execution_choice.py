@@ -20,27 +20,16 @@ import numpy as np
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import execution
 
 import harness  # benchmarks/harness/, beside this script
-
-
-def _function(flow, xla):
-  if xla is None:
-    return tf.function(lambda z: tfp_hessian.log_prob_hessian(flow, z), autograph=False)
-
-  def forced(z):
-    with execution.forced(xla):
-      return tfp_hessian.log_prob_hessian(flow, z)
-
-  return tf.function(forced, autograph=False)
 
 
 def _cell(name, dim, points, dtype, rounds):
   made = harness.build_flow(name, dim, dtype)
   flow = made.distribution
   z = tf.constant(flow.sample(points, seed=(1, 2)).numpy())
-  functions = {"graph": _function(flow, False), "xla": _function(flow, True), "default": _function(flow, None)}
+  functions = {"graph": harness.ours(flow, xla=False), "xla": harness.ours(flow, xla=True),
+               "default": harness.ours(flow)}
   first, hessians = harness.first_calls(functions, z)
   scale = np.max(np.abs(hessians["graph"]))
   difference = max(float(np.max(np.abs(h - hessians["graph"])) / scale) for h in hessians.values())

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import execution, reference
+from tfp_hessian import reference
 
 import harness  # benchmarks/harness/, beside this script
 
@@ -43,12 +43,7 @@ ULPS = 8
 def _method(name, distribution, kwargs):
   if name in ("ours_graph", "ours_compiled"):  # the sweep as traced, nothing compiled; or compiled whole, forced
     xla = name == "ours_compiled"
-
-    def call(z):
-      with execution.forced(xla, xla):
-        return tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
-
-    return tf.function(call, autograph=False)
+    return harness.ours(distribution, kwargs, xla=xla, pull_back_xla=xla)
   return harness.METHODS[name].make(distribution, kwargs)
 
 

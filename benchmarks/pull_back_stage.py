@@ -18,21 +18,12 @@ import numpy as np
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import execution
 
 import harness  # benchmarks/harness/, beside this script
 
-MODES = {"graph": (False, False), "pull-back": (False, True), "default": None, "whole": (True, True)}
-
-
-def _function(flow, mode):
-  def call(z):
-    if MODES[mode] is None:
-      return tfp_hessian.log_prob_hessian(flow, z)
-    with execution.forced(*MODES[mode]):
-      return tfp_hessian.log_prob_hessian(flow, z)
-
-  return tf.function(call, autograph=False)
+# `execution.forced`'s arguments per variant (none: the default call).
+MODES = {"graph": dict(xla=False, pull_back_xla=False), "pull-back": dict(xla=False, pull_back_xla=True), "default": {},
+         "whole": dict(xla=True, pull_back_xla=True)}
 
 
 def main():
@@ -50,7 +41,7 @@ def main():
       z = tf.constant(flow.sample(points, seed=(1, 2)).numpy())
       functions, first, hessians = {}, {}, {}
       for mode in MODES:
-        functions[mode] = _function(flow, mode)
+        functions[mode] = harness.ours(flow, **MODES[mode])
         start = time.perf_counter()
         hessians[mode] = functions[mode](z).numpy()
         first[mode] = time.perf_counter() - start

@@ -49,12 +49,13 @@ beside the package of a source checkout). Scripts in `benchmarks/` import it as 
 from harness.bench import DEFAULTS, QUICK, SCHEMA, add_arguments, run, run_bench
 from harness.flows import EXAMPLE_FLOWS, FLOWS, STOCK_FLOWS, BenchFlow, build_flow, sample_points
 from harness.measurement import TOLERANCE, first_calls, interleaved_medians
-from harness.methods import METHODS, PEERS, Method, forward_over_reverse
+from harness.methods import METHODS, PEERS, Method, forward_over_reverse, ours
 from harness.peak_rss import PeakRss
 from harness.summaries import FEW_POINTS, MANY_POINTS, cell_command, format_report
 
 __all__ = [
     "BenchFlow", "DEFAULTS", "EXAMPLE_FLOWS", "FEW_POINTS", "FLOWS", "MANY_POINTS", "METHODS", "Method", "PEERS",
     "PeakRss", "QUICK", "SCHEMA", "STOCK_FLOWS", "TOLERANCE", "add_arguments", "build_flow", "cell_command",
-    "first_calls", "forward_over_reverse", "format_report", "interleaved_medians", "run", "run_bench", "sample_points",
+    "first_calls", "forward_over_reverse", "format_report", "interleaved_medians", "ours", "run", "run_bench",
+    "sample_points",
 ]

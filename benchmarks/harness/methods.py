@@ -2,7 +2,8 @@
 
 A method is `make(distribution, kwargs of its log_prob) -> fn(z)`, `z` of shape [N, D]; all but log_prob return
 [N, D, D] Hessians. `forward_over_reverse` is the matrix-free product of the same family, `H v`, timed against
-`tfp_hessian.log_prob_hvp` by `benchmarks/large_d.py`.
+`tfp_hessian.log_prob_hvp` by `benchmarks/large_d.py`. `ours` is the default call, or its sweep forced to run one
+way (`execution.forced`), for the scripts that compare ways of running it.
 """
 
 import dataclasses
@@ -10,9 +11,9 @@ import dataclasses
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import reference
+from tfp_hessian import execution, reference
 
-__all__ = ["METHODS", "PEERS", "Method", "forward_over_reverse", "label"]
+__all__ = ["METHODS", "PEERS", "Method", "forward_over_reverse", "label", "ours"]
 
 
 def _xla_dynamic_update_slice_gradient(op, grad):
@@ -91,6 +92,20 @@ class Method:
   # Time grows with the points N at least as N^points_power: tf.hessians differentiates the sum over the points,
   # so its Hessian is [N, D, N, D].
   points_power: float = 1.
+
+
+def ours(distribution, kwargs=None, **forced):
+  """`log_prob_hessian(distribution, z, **kwargs)` in a `tf.function`: the default call, or with `forced` (the
+  arguments of `execution.forced`: `xla`, `pull_back_xla`, `chunks`) its sweep forced to run that way."""
+  kwargs = kwargs or {}
+
+  def call(z):
+    if not forced:
+      return tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
+    with execution.forced(**forced):
+      return tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
+
+  return _function(call)
 
 
 def _ours(jit_compile=False):
