@@ -15,36 +15,34 @@ import tfp_hessian
 from tfp_hessian import execution, products, reference
 from tfp_hessian import sweep as sweep_lib
 
-from test_flows import COMPILED, PULL_BACK_COMPILED, assert_matches_references, make_flow
+from test_flows import COMPILED, LARGE_D, PULL_BACK_COMPILED, assert_matches_references, make_flow
+
+DENSE_AFFINE = f"dense affine layers at D = {LARGE_D}"  # triangular solves of more than 16 coordinates
 
 # Flows of the registry that keep the traced graph, with the op that decides it (which flows are compiled, and
 # that every plan says why: `test_flows.test_flow_matches_references`).
 NOT_COMPILED = {
-    "MultivariateNormalTriL": "MatrixTriangularSolve",  # slow under XLA on CPU
+    DENSE_AFFINE: "MatrixTriangularSolve of more than 16 coordinates",  # slow under XLA on CPU
     "chain with IAF": "While",  # an IAF's sequential inverse
     "JointDistributionNamed (hierarchical)": "PlaceholderWithDefault",
 }
 
 
-# Flows whose sweep is not compiled whole (a triangular solve, a joint distribution's placeholders, other ops of
-# the inverse pass) but whose pull-back is, alone, from `execution._MIN_POINTS_PULL_BACK` points on: in CI one
-# per kind of pull-back (affine, elementwise, permutation frames, fallback layers, structured and matrix events,
-# batches of parameters, an event size that changes), the rest of them in the full suite.
-PULL_BACK = ["MultivariateNormalTriL", "nested", "batch [B, 1] fallback layer, points [N, 1, D]",
-             "Split into a list, JointMap", "build_affine_surrogate_posterior (DeferredModule)",
-             "JointDistributionNamed (hierarchical)", "Reshape to matrices, Permute(axis=-2)",
+# Flows whose sweep is not compiled whole (a triangular solve of many coordinates, a joint distribution's
+# placeholders, other ops of the inverse pass) but whose pull-back is, alone, from `execution._MIN_POINTS_PULL_BACK`
+# points on: in CI one per kind of pull-back (affine, elementwise, permutation frames, fallback layers, structured
+# events, an event size that changes), the rest of them in the full suite. (Flows of at most 16 coordinates whose
+# only such op is a triangular solve are compiled whole: `test_flows.COMPILED`.)
+PULL_BACK = [DENSE_AFFINE, "nested", "batch [B, 1] fallback layer, points [N, 1, D]",
+             "JointDistributionNamed (hierarchical)",
+             "Invert(JointMap), Invert(Split) over a JointDistributionSequential",
              "IteratedSigmoidCentered (event size changes)"]
 PULL_BACK_SLOW = [
-    "Independent(Logistic) (diagonal autodiff)", "Independent(Normal)", "Independent(Uniform) (constant density)",
-    "Invert(JointMap), Invert(Split) over a JointDistributionSequential", "JointDistributionCoroutine",
-    "JointDistributionCoroutineAutoBatched", "JointDistributionNamedAutoBatched", "JointDistributionSequential",
-    "JointDistributionSequentialAutoBatched", "JointMap over a JointDistributionNamed", "MultivariateNormalDiag",
-    "MultivariateNormalDiagPlusLowRankCovariance", "MultivariateNormalFullCovariance",
-    "MultivariateStudentT (full autodiff)", "Sample(Normal)", "Sample(StudentT) (diagonal autodiff)",
-    "ScaleMatvecLinearOperatorBlock", "bare MultivariateNormalTriL", "bare MultivariateStudentT",
-    "batch [B, 1] and [B, D] parameters, points [N, 1, D]", "batch [B], points [N, B, D]",
-    "stock over tfp_hessian.TransformedDistribution",
-    "tfp_hessian.TransformedDistribution"]
+    "JointDistributionCoroutine", "JointDistributionCoroutineAutoBatched", "JointDistributionNamedAutoBatched",
+    "JointDistributionSequential", "JointDistributionSequentialAutoBatched", "JointMap over a JointDistributionNamed",
+    "MultivariateNormalDiagPlusLowRankCovariance", "MultivariateStudentT (full autodiff)",
+    "Sample(StudentT) (diagonal autodiff)", "bare MultivariateStudentT",
+    "stock over tfp_hessian.TransformedDistribution"]
 
 
 # ("mixed chain", also affine and permuted, is left out: its references overflow at some points it draws.)
@@ -115,9 +113,32 @@ def test_size_limits_are_the_measured_ones():
   assert not execution.plan(graph, 1, 1024).xla
 
 
+def test_triangular_solves_compile_at_small_sizes_only():
+  """Triangular solves are compiled in sweeps of at most `_MAX_SIZE_SOLVES` coordinates (faster compiled there,
+  slower from 32 on); general solves never."""
+  matrix = tf.TensorSpec([None, 3, 3])
+  graph = tf.function(lambda a, b: tf.linalg.triangular_solve(a, b)).get_concrete_function(matrix, matrix).graph
+  small = execution._MAX_SIZE_SOLVES
+  assert execution.plan(graph, 1024, small).xla and execution.plan(graph, 16, 2).xla
+  plan = execution.plan(graph, 16, small + 1)
+  assert not plan.xla and f"MatrixTriangularSolve of more than {small} coordinates" in plan.reason, plan.reason
+  graph = tf.function(lambda a, b: tf.linalg.solve(a, b)).get_concrete_function(matrix, matrix).graph
+  plan = execution.plan(graph, 16, 2)
+  assert not plan.xla and "(MatrixSolve)" in plan.reason, plan.reason
+
+
 # Compiled flows whose points the sweep may run in chunks (`execution.run`); the other compiled flows may not: one
 # point against `[N, C]` conditions (the conditions give the batch), a distribution with a batch of its own.
-CHUNKED = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sample(Normal, [3, 2])", "scalar events"]
+CHUNKED = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sample(Normal, [3, 2])", "scalar events",
+           "MultivariateNormalTriL", "Independent(Logistic) (diagonal autodiff)", "Independent(Normal)",
+           "Independent(Uniform) (constant density)", "MultivariateNormalDiag", "MultivariateNormalFullCovariance",
+           "Reshape to matrices, Permute(axis=-2)", "Sample(Normal)", "ScaleMatvecLinearOperatorBlock",
+           "Split into a list, JointMap", "bare MultivariateNormalTriL",
+           "build_affine_surrogate_posterior (DeferredModule)", "conditional MAF, one [C] condition",
+           "conditional flow as a base (distribution_kwargs)", "tfp_hessian.TransformedDistribution"]
+# Of those, run in chunks in float32 (`test_compiled_float32_no_less_accurate_than_tapes`): conditions split with
+# the points, matrix and scalar events, triangular solves.
+CHUNKED_FLOAT32 = CHUNKED[:4]
 
 
 @pytest.mark.parametrize("name", COMPILED)
@@ -142,10 +163,11 @@ def test_compiled_sweep_in_chunks_matches_references(name, monkeypatch):
     np.testing.assert_allclose(value, expected, rtol=1e-13, atol=1e-13 * np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize("name", ["MultivariateNormalTriL", "build_affine_surrogate_posterior (DeferredModule)"])
+@pytest.mark.parametrize("name", [DENSE_AFFINE, "nested"])
 def test_sweep_left_as_traced_runs_whole(name, monkeypatch):
-  """Where chunks could apply but the sweep is not compiled whole (a triangular solve), the sweep traced for a chunk
-  is dropped and the one traced for all the points runs, its pull-back compiled alone: exact, in one call."""
+  """Where chunks could apply but the sweep is not compiled whole (a triangular solve of many coordinates, a
+  fallback layer's gather), the sweep traced for a chunk is dropped and the one traced for all the points runs, its
+  pull-back compiled alone: exact, in one call."""
   distribution, _, _ = make_flow(name, np.float64)
   z = _drawn_points(distribution)
   size = tfp_hessian.flatten_event(distribution, z).shape[-1]
@@ -201,7 +223,7 @@ def test_eager_first_call_is_not_traced():
 
 @pytest.mark.parametrize("name, drawn, chunked", [(name, False, False) for name in COMPILED + PULL_BACK_COMPILED] + [
     ("MultivariateNormalTriL", True, False), ("build_affine_surrogate_posterior (DeferredModule)", True, False)] + [
-    (name, False, True) for name in CHUNKED])
+    (name, False, True) for name in CHUNKED_FLOAT32])
 def test_compiled_float32_no_less_accurate_than_tapes(name, drawn, chunked, monkeypatch):
   """Point by point, the compiled float32 Hessian is as close to the float64 one as nested tapes' float32 is.
 
@@ -209,8 +231,8 @@ def test_compiled_float32_no_less_accurate_than_tapes(name, drawn, chunked, monk
   graph (XLA fuses and reorders), so it is held to the accuracy users would get from tapes: its error at each
   point at most twice the tapes' error there, plus 8 float32 ulps of the Hessian's largest entry (an error of a
   few ulps where the tapes happen to be exact is rounding, not a loss of accuracy). Flows compiled whole at the
-  registry's points (also run in chunks of 2 points), and flows whose pull-back alone is compiled, at the
-  registry's points or at points drawn.
+  registry's points (also run in chunks of 2 points), their triangular solves included, and flows whose pull-back
+  alone is compiled, at the registry's points or at points drawn.
   """
   distribution32, z32, kwargs32 = make_flow(name, np.float32)
   if drawn:

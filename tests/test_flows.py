@@ -681,15 +681,27 @@ GRAPH = ["MultivariateNormalTriL", "Sample(StudentT) (diagonal autodiff)", "Mult
          "build_affine_surrogate_posterior (DeferredModule)", "conditional MAFs in a Chain, [N, C] conditions",
          "conditional MAF, one point and [N, C] conditions", "research-style: MAF stages, BatchNorm, box map, shear"]
 
-# Flows of the registry whose every op XLA compiles well, at the registry's few points (`execution.py`): their
-# sweeps are compiled, every other flow's sweep runs as traced (`test_flow_matches_references` checks both).
+# Flows of the registry whose every op XLA compiles well, at the registry's few points (`execution.py`; their
+# triangular solves too, of at most `execution._MAX_SIZE_SOLVES` coordinates): their sweeps are compiled, every
+# other flow's sweep runs as traced (`test_flow_matches_references` checks both).
 COMPILED = ["conditional MAFs in a Chain, [N, C] conditions", "conditional MAF, one point and [N, C] conditions",
             "matrix events: Sample(Normal, [3, 2])", "scalar events", "batch [D] Sample(Normal), one point [D]",
             "BatchNormalization built for [N, B, D], batch [B] of parameters",
-            f"{DEEP} nested, a batch [B] Shift at the 5th"]
+            f"{DEEP} nested, a batch [B] Shift at the 5th",
+            # Triangular solves (affine layers, `MultivariateNormalTriL` bases) of at most 16 coordinates.
+            "Independent(Logistic) (diagonal autodiff)", "Independent(Normal)",
+            "Independent(Uniform) (constant density)",
+            "MultivariateNormalDiag", "MultivariateNormalFullCovariance", "MultivariateNormalTriL",
+            "Reshape to matrices, Permute(axis=-2)", "Sample(Normal)", "ScaleMatvecLinearOperatorBlock",
+            "Split into a list, JointMap", "bare MultivariateNormalTriL",
+            "batch [B, 1] and [B, D] parameters, points [N, 1, D]", "batch [B] MVN, one point [D]",
+            "batch [B], points [N, B, D]", "build_affine_surrogate_posterior (DeferredModule)",
+            "conditional MAF, one [C] condition", "conditional flow as a base (distribution_kwargs)",
+            "tfp_hessian.TransformedDistribution"]
 
-# Flows of the registry whose sweep as a whole is not compiled (a triangular solve in the inverse pass) but whose
-# pull-back is, alone, at the registry's points (`execution.pull_back`): enough coordinates to pay.
+# Flows of the registry whose sweep as a whole is not compiled (a triangular solve of more than 16 coordinates in
+# the inverse pass) but whose pull-back is, alone, at the registry's points (`execution.pull_back`): enough
+# coordinates to pay.
 PULL_BACK_COMPILED = [f"dense affine layers at D = {LARGE_D}"]
 
 # Every flow runs in float64 in CI, the precision the package's exactness is checked in; float32 runs there for the
@@ -714,9 +726,10 @@ def _batch_shape(distribution, z, kwargs=None):
   return tf.TensorShape(distribution.log_prob(z, **(kwargs or {})).shape)
 
 
-def assert_matches_references(distribution, z, result, dtype, what="", kwargs=None):
+def assert_matches_references(distribution, z, result, dtype, what="", kwargs=None, jit_compile=False):
   """Value, gradient and Hessian of `result` against nested tapes and `log_prob` at `z` (the Hessian against
-  `tf.hessians`: `test_flow_matches_tf_hessians`)."""
+  `tf.hessians`: `test_flow_matches_tf_hessians`); with `jit_compile`, nested tapes and `log_prob` compiled by
+  XLA, which rounds otherwise than the graph (for a compiled `result`)."""
   kwargs = kwargs or {}
   rtol = RTOL[dtype]
   batch = _batch_shape(distribution, z, kwargs)
@@ -726,10 +739,14 @@ def assert_matches_references(distribution, z, result, dtype, what="", kwargs=No
   assert result.log_prob.shape == batch
   for value in result:
     assert value.dtype == dtype
-  gradient, hessian = reference.tape_derivatives(distribution, z, **kwargs)
+  references = lambda z, kwargs: (*reference.tape_derivatives(distribution, z, **kwargs),  # noqa: E731
+                                  distribution.log_prob(z, **kwargs))
+  if jit_compile:
+    references = tf.function(references, jit_compile=True)
+  gradient, hessian, log_prob = references(z, kwargs)
   assert_close(result.hessian, hessian, rtol, what=f"{what}Hessian vs tapes")
   assert_close(result.gradient, gradient, rtol, 1, what=f"{what}gradient")
-  expected_log_prob = tf.broadcast_to(distribution.log_prob(z, **kwargs), batch)
+  expected_log_prob = tf.broadcast_to(log_prob, batch)
   assert_close(result.log_prob[..., None], expected_log_prob[..., None], rtol, 1, what=f"{what}log_prob")
 
 
@@ -762,7 +779,14 @@ def test_flow_matches_references(name, dtype):
   expected = ("XLA-compiled" if name in COMPILED else "pull-back XLA-compiled" if name in PULL_BACK_COMPILED
               else "not compiled")
   assert plans[0].reason.startswith(expected), plans[0].reason
-  assert_same_derivatives(compiled, result, RTOL[dtype], "compiled vs op by op:")
+  if dtype is np.float32 and plans[0].pull_back_xla:
+    # XLA rounds otherwise than the graph: in float32 a compiled sweep is compared with the references compiled
+    # the same way (the affine surrogate posterior's ill-conditioned gradient is 1.6e-4 apart compiled and op by
+    # op, as nested tapes are from nested tapes compiled); its accuracy against float64, point by point, in
+    # `test_execution.test_compiled_float32_no_less_accurate_than_tapes`.
+    assert_matches_references(distribution, z, compiled, dtype, "compiled: ", kwargs, jit_compile=True)
+  else:
+    assert_same_derivatives(compiled, result, RTOL[dtype], "compiled vs op by op:")
   np.testing.assert_array_equal(tfp_hessian.log_prob_hessian(distribution, z, **kwargs), compiled.hessian)
   if name in GRAPH and dtype is np.float64:
     # The call inside a user's own `tf.function` agrees with both eager ones.

@@ -7,15 +7,18 @@ faster when XLA fused the sweep into a few kernels (`benchmarks/execution_choice
 after the sweeps took their present form (session 24), XLA ran them as fast or faster there too, 0.96–1.68× the
 graph's speed for MAF and RealNVP at D = 64 and 128 with 256 and 1024 points (float32; 1.08–1.33× in float64),
 and up to D = 256 at 16 points. Beyond D = 256 a MAF ran slower compiled except at a single point at D = 512: 0.75×
-at D = 512 and 16 points, 0.53× at D = 1024 and one point. XLA on CPU is also slow for triangular solves at D ≥ 64
-(an elementwise + affine flow ran 0.4–0.9× as fast), cannot compile assertions (`validate_args`) or Python calls,
-and compiling costs the first call 3–6 s more (measured under load).
+at D = 512 and 16 points, 0.53× at D = 1024 and one point. XLA on CPU is also slow for triangular solves from
+D = 32 on (an elementwise + affine flow ran 0.65× as fast at D = 32 and 1024 points, 0.26–0.9× at D = 64 and 128),
+but fast for small ones: the same flow compiled whole, solves included, ran 1.5–2.6× as fast at D = 2 to 16 and
+1024 points (session 27) and 1.46–2.16× at 16 points (session 34). It cannot compile assertions (`validate_args`)
+or Python calls, and compiling costs the first call 1–2 s more at a few points (3–6 s measured under load).
 
 So, in a graph (a user's `tf.function`, or the compiled eager path of `compiled.py`), the sweep is first traced as
 a function of its own, and its ops decide, once per trace:
 
-- every op is one that XLA compiles well on CPU (`_COMPILES_WELL`; any other op, a control-flow op or a call of
-  another function keeps the graph as traced), and
+- every op is one that XLA compiles well on CPU (`_COMPILES_WELL`, and triangular solves of at most
+  `_MAX_SIZE_SOLVES` coordinates; any other op, a control-flow op or a call of another function keeps the graph
+  as traced), and
 - the Hessians `[N, n, n]` are no larger than measured to pay: at most `_MAX_ELEMENTS` numbers for `n` up to
   `_MAX_SIZE`, `_MAX_ELEMENTS_LARGE` beyond, with N known when traced.
 
@@ -23,8 +26,9 @@ Then the traced graph runs XLA-compiled (as `jit_compile=True` compiles a functi
 it is, but for its pull-back stage: where the Hessians `[N, n, n]` are formed (`pull_back`), which is traced as a
 function of its own inside the sweep and compiled alone when its own ops all compile well and there are at least
 `_MIN_POINTS_PULL_BACK` points or `_MIN_SIZE_PULL_BACK` coordinates (and no more than the limits above). That
-keeps TensorFlow's triangular solves (and a joint distribution's placeholders, other ops of the inverse pass) in the
-graph, where they are fast and as accurate as nested tapes, and compiles the products and elementwise passes: a
+keeps TensorFlow's triangular solves of more than `_MAX_SIZE_SOLVES` coordinates (and a joint distribution's
+placeholders, other ops of the inverse pass) in the graph, where they are fast, and compiles the products and
+elementwise passes: a
 4-layer elementwise + affine flow (`ScaleMatvecTriL`) ran 1.2–2.4× as fast as the graph from 64 points or 32
 coordinates on (0.94× at D = 2 and 64 points, noise), 2.0× at D = 128 and 1024 points, where the whole sweep
 compiled ran 0.26× (its batched solves); at 16 points of D = 2 and 16 it gained nothing (0.87×, 0.94×, with the
@@ -74,8 +78,8 @@ _MAX_CHUNKS = 64
 
 # Op types that XLA compiles on CPU at least as fast as TensorFlow runs them, and that the sweeps of the analytic
 # rules use: elementwise math, shapes and indexing, matrix products and the gradients of those. Not here, so
-# never compiled: triangular and general solves (slow under XLA on CPU), assertions, Python calls, stateful and
-# random ops, control flow and calls of other functions.
+# never compiled: general solves and large triangular ones (slow under XLA on CPU; `_COMPILES_WELL_SMALL`),
+# assertions, Python calls, stateful and random ops, control flow and calls of other functions.
 _COMPILES_WELL = frozenset("""
     Abs Acosh AddN AddV2 Asinh Atanh BiasAdd BroadcastArgs BroadcastGradientArgs BroadcastTo Cast Ceil ConcatV2
     Const Cos Cosh Cumsum Digamma Div DivNoNan Elu EnsureShape Equal Erf Erfc Exp ExpandDims Expm1 Fill Floor
@@ -89,6 +93,14 @@ _COMPILES_WELL = frozenset("""
     Unpack Xlog1py Xlogy ZerosLike
 """.split())
 
+# Op types that XLA compiles well on CPU for events of at most `_MAX_SIZE_SOLVES` coordinates only: triangular
+# solves. A 4-layer elementwise + affine flow (`ScaleMatvecTriL`) ran 1.5–2.6× as fast compiled whole at n = 2 to
+# 16 and 1024 points, 0.65× at n = 32 (session 27), and 1.46–2.16× at n = 2 to 16 and 16 points (session 34:
+# `python benchmarks/execution_choice.py --flows elementwise_affine --dims 2 4 16 --points 16`). Compiled, their
+# float32 results have the error of nested tapes compiled the same way (`benchmarks/float32_accuracy.py`).
+_COMPILES_WELL_SMALL = frozenset({"MatrixTriangularSolve"})
+_MAX_SIZE_SOLVES = 16
+
 
 _Stage = collections.namedtuple("_Stage", ["op_types", "call_ops", "plan"])  # a pull-back stage as traced
 _Run = collections.namedtuple("_Run", ["num_points", "size", "stages"])  # a sweep being traced by `run`
@@ -97,7 +109,9 @@ _RUNS = []
 
 def _why_not(types, num_points, size):
   """Why a graph of ops of `types` at these sizes is not compiled, or None if it is measured to pay."""
-  others = sorted(set(types) - _COMPILES_WELL)
+  small = size <= _MAX_SIZE_SOLVES
+  others = [op if small or op not in _COMPILES_WELL_SMALL else f"{op} of more than {_MAX_SIZE_SOLVES} coordinates"
+            for op in sorted(set(types) - _COMPILES_WELL - (_COMPILES_WELL_SMALL if small else frozenset()))]
   if others:
     return f"its graph has ops XLA is not known to compile well ({', '.join(others)})"
   if num_points is None:
@@ -273,8 +287,8 @@ def pull_back(back, grad, hess):
 
   The pull-back (`pullback.pull_back`) is where the Hessians `[N, n, n]` are formed: matrix products and
   elementwise passes, which XLA compiles well. What keeps a whole sweep from being compiled is mostly in the
-  inverse pass and the base: triangular solves (slow under XLA on CPU, and less accurate in float32), an IAF's
-  loop, a joint distribution's placeholders. Compiled alone, the pull-back keeps TensorFlow's solves.
+  inverse pass and the base: triangular solves of many coordinates (slow under XLA on CPU), an IAF's loop, a joint
+  distribution's placeholders. Compiled alone, the pull-back keeps TensorFlow's solves.
   """
   if tf.executing_eagerly() or not _RUNS:
     return back(grad, hess)
