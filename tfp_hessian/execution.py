@@ -28,12 +28,12 @@ function of its own inside the sweep and compiled alone when its own ops all com
 `_MIN_POINTS_PULL_BACK` points or `_MIN_SIZE_PULL_BACK` coordinates (and no more than the limits above). That
 keeps TensorFlow's triangular solves of more than `_MAX_SIZE_SOLVES` coordinates (and a joint distribution's
 placeholders, other ops of the inverse pass) in the graph, where they are fast, and compiles the products and
-elementwise passes: a
-4-layer elementwise + affine flow (`ScaleMatvecTriL`) ran 1.2–2.4× as fast as the graph from 64 points or 32
-coordinates on (0.94× at D = 2 and 64 points, noise), 2.0× at D = 128 and 1024 points, where the whole sweep
-compiled ran 0.26× (its batched solves); at 16 points of D = 2 and 16 it gained nothing (0.87×, 0.94×, with the
-graph against itself at 0.81×, 0.93×) and cost the first call 0.3–0.5 s more (float32;
-`python benchmarks/pull_back_stage.py`, BENCHMARKS.md session 31).
+elementwise passes: a 4-layer elementwise + affine flow (`ScaleMatvecTriL`) ran 1.2–2.4× as fast as the graph from
+64 points or 32 coordinates on (0.94× at D = 2 and 64 points, noise), 2.0× at D = 128 and 1024 points, where the
+whole sweep compiled ran 0.26× (its batched solves); at 16 points of D = 2 and 16 it gained nothing (0.87×,
+0.94×, with the graph against itself at 0.81×, 0.93×) and cost the first call 0.3–0.5 s more (float32;
+`python benchmarks/pull_back_stage.py`, BENCHMARKS.md session 31). (Since session 35 that flow is compiled whole at
+D ≤ 16, its solves included.)
 
 A sweep compiled whole runs, at many points, as calls of one compiled function on chunks of the points
 (`chunk_count`: Hessians of about `_CHUNK_BYTES` a chunk, at most `_MAX_CHUNKS` chunks), which TensorFlow's
