@@ -33,7 +33,7 @@ NOT_COMPILED = {
 # points on: in CI one per kind of pull-back (affine, elementwise, permutation frames, fallback layers, structured
 # events, an event size that changes), the rest of them in the full suite. (Flows of at most 16 coordinates whose
 # only such op is a triangular solve are compiled whole: `test_flows.COMPILED`.)
-PULL_BACK = [DENSE_AFFINE, "nested", "batch [B, 1] fallback layer, points [N, 1, D]",
+PULL_BACK = [DENSE_AFFINE, "batch [B, 1] fallback layer, points [N, 1, D]",
              "JointDistributionNamed (hierarchical)",
              "Invert(JointMap), Invert(Split) over a JointDistributionSequential",
              "IteratedSigmoidCentered (event size changes)"]
@@ -41,8 +41,7 @@ PULL_BACK_SLOW = [
     "JointDistributionCoroutine", "JointDistributionCoroutineAutoBatched", "JointDistributionNamedAutoBatched",
     "JointDistributionSequential", "JointDistributionSequentialAutoBatched", "JointMap over a JointDistributionNamed",
     "MultivariateNormalDiagPlusLowRankCovariance", "MultivariateStudentT (full autodiff)",
-    "Sample(StudentT) (diagonal autodiff)", "bare MultivariateStudentT",
-    "stock over tfp_hessian.TransformedDistribution"]
+    "Sample(StudentT) (diagonal autodiff)", "bare MultivariateStudentT"]
 
 
 # ("mixed chain", also affine and permuted, is left out: its references overflow at some points it draws.)
@@ -135,7 +134,8 @@ CHUNKED = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sam
            "Reshape to matrices, Permute(axis=-2)", "Sample(Normal)", "ScaleMatvecLinearOperatorBlock",
            "Split into a list, JointMap", "bare MultivariateNormalTriL",
            "build_affine_surrogate_posterior (DeferredModule)", "conditional MAF, one [C] condition",
-           "conditional flow as a base (distribution_kwargs)", "tfp_hessian.TransformedDistribution"]
+           "conditional flow as a base (distribution_kwargs)", "tfp_hessian.TransformedDistribution", "mixed chain",
+           "nested", "stock over tfp_hessian.TransformedDistribution"]
 # Of those, run in chunks in float32 (`test_compiled_float32_no_less_accurate_than_tapes`): conditions split with
 # the points, matrix and scalar events, triangular solves.
 CHUNKED_FLOAT32 = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sample(Normal, [3, 2])",
@@ -164,10 +164,10 @@ def test_compiled_sweep_in_chunks_matches_references(name, monkeypatch):
     np.testing.assert_allclose(value, expected, rtol=1e-13, atol=1e-13 * np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize("name", [DENSE_AFFINE, "nested"])
+@pytest.mark.parametrize("name", [DENSE_AFFINE, "IteratedSigmoidCentered (event size changes)"])
 def test_sweep_left_as_traced_runs_whole(name, monkeypatch):
   """Where chunks could apply but the sweep is not compiled whole (a triangular solve of many coordinates, a
-  fallback layer's gather), the sweep traced for a chunk is dropped and the one traced for all the points runs, its
+  layer's dynamic stitch), the sweep traced for a chunk is dropped and the one traced for all the points runs, its
   pull-back compiled alone: exact, in one call."""
   distribution, _, _ = make_flow(name, np.float64)
   z = _drawn_points(distribution)

@@ -697,7 +697,9 @@ COMPILED = ["conditional MAFs in a Chain, [N, C] conditions", "conditional MAF, 
             "batch [B, 1] and [B, D] parameters, points [N, 1, D]", "batch [B] MVN, one point [D]",
             "batch [B], points [N, B, D]", "build_affine_surrogate_posterior (DeferredModule)",
             "conditional MAF, one [C] condition", "conditional flow as a base (distribution_kwargs)",
-            "tfp_hessian.TransformedDistribution"]
+            "tfp_hessian.TransformedDistribution",
+            # `ScaleMatvecLU` (its permutation's `GatherNd`, its triangular solves).
+            "mixed chain", "nested", "stock over tfp_hessian.TransformedDistribution"]
 
 # Flows of the registry whose sweep as a whole is not compiled (a triangular solve of more than 16 coordinates in
 # the inverse pass) but whose pull-back is, alone, at the registry's points (`execution.pull_back`): enough

@@ -83,7 +83,7 @@ _MAX_CHUNKS = 64
 _COMPILES_WELL = frozenset("""
     Abs Acosh AddN AddV2 Asinh Atanh BiasAdd BroadcastArgs BroadcastGradientArgs BroadcastTo Cast Ceil ConcatV2
     Const Cos Cosh Cumsum Digamma Div DivNoNan Elu EnsureShape Equal Erf Erfc Exp ExpandDims Expm1 Fill Floor
-    GatherV2 Greater GreaterEqual Identity IdentityN InvertPermutation IsFinite IsInf IsNan LeakyRelu Less
+    GatherNd GatherV2 Greater GreaterEqual Identity IdentityN InvertPermutation IsFinite IsInf IsNan LeakyRelu Less
     LessEqual Lgamma Log Log1p LogicalAnd LogicalNot LogicalOr LogSoftmax MatMul BatchMatMulV2 MatrixBandPart
     MatrixDiagPartV3 MatrixDiagV3 MatrixSetDiagV3 Max Maximum Mean Min Minimum Mul MulNoNan Neg NoOp NotEqual OneHot
     OnesLike Pack Pad PadV2 Placeholder Pow Prod Range Rank RealDiv Reciprocal ReciprocalGrad ReadVariableOp Relu
