@@ -30,9 +30,10 @@ NOT_COMPILED = {
 
 # Flows whose sweep is not compiled whole (a triangular solve of many coordinates, a joint distribution's
 # placeholders, other ops of the inverse pass) but whose pull-back is, alone, from `execution._MIN_POINTS_PULL_BACK`
-# points on: in CI one per kind of pull-back (affine, elementwise, permutation frames, fallback layers, structured
-# events, an event size that changes), the rest of them in the full suite. (Flows of at most 16 coordinates whose
-# only such op is a triangular solve are compiled whole: `test_flows.COMPILED`.)
+# points on: in CI one per kind of pull-back (affine and elementwise at D = 96, fallback layers, structured events,
+# an event size that changes), the rest of them in the full suite. (Flows of at most 16 coordinates whose only such
+# ops are triangular solves and `GatherNd` are compiled whole, their pull-backs with them, permutation frames
+# included: `test_flows.COMPILED`.)
 PULL_BACK = [DENSE_AFFINE, "batch [B, 1] fallback layer, points [N, 1, D]",
              "JointDistributionNamed (hierarchical)",
              "Invert(JointMap), Invert(Split) over a JointDistributionSequential",
