@@ -6,6 +6,7 @@ A method is `make(distribution, kwargs of its log_prob) -> fn(z)`, `z` of shape 
 way (`execution.forced`), for the scripts that compare ways of running it.
 """
 
+import contextlib
 import dataclasses
 
 import tensorflow as tf
@@ -94,22 +95,17 @@ class Method:
   points_power: float = 1.
 
 
-def ours(distribution, kwargs=None, **forced):
-  """`log_prob_hessian(distribution, z, **kwargs)` in a `tf.function`: the default call, or with `forced` (the
-  arguments of `execution.forced`: `xla`, `pull_back_xla`, `chunks`) its sweep forced to run that way."""
+def ours(distribution, kwargs=None, jit_compile=False, **forced):
+  """`log_prob_hessian(distribution, z, **kwargs)` in a `tf.function` (`jit_compile`: all of it compiled by XLA):
+  the default call, or with `forced` (the arguments of `execution.forced`: `xla`, `pull_back_xla`, `chunks`) its
+  sweep forced to run that way."""
   kwargs = kwargs or {}
 
   def call(z):
-    if not forced:
-      return tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
-    with execution.forced(**forced):
+    with execution.forced(**forced) if forced else contextlib.nullcontext():
       return tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
 
-  return _function(call)
-
-
-def _ours(jit_compile=False):
-  return lambda flow, kwargs: _function(lambda z: tfp_hessian.log_prob_hessian(flow, z, **kwargs), jit_compile)
+  return _function(call, jit_compile)
 
 
 def _tapes(jit_compile=False):
@@ -120,8 +116,9 @@ METHODS = {
     "log_prob": Method("log_prob alone (tf.function)",
                        lambda flow, kwargs: _function(lambda z: flow.log_prob(z, **kwargs)), hessian=False,
                        alternative=False),
-    "ours": Method("ours: log_prob_hessian (tf.function)", _ours(), alternative=False),
-    "ours_xla": Method("ours + XLA (jit_compile)", _ours(jit_compile=True), alternative=False),
+    "ours": Method("ours: log_prob_hessian (tf.function)", ours, alternative=False),
+    "ours_xla": Method("ours + XLA (jit_compile)", lambda flow, kwargs: ours(flow, kwargs, jit_compile=True),
+                       alternative=False),
     "tf_hessians": Method("tf.hessians (tf.function)",
                           lambda flow, kwargs: _function(lambda z: reference.naive_hessian(flow, z, **kwargs)),
                           points_power=2.),
