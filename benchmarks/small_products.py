@@ -2,6 +2,7 @@
 
     python benchmarks/small_products.py [--num-points 1024] [--sizes 2 3 4 5 6 7 8 12 16] [--calls 30]
     python benchmarks/small_products.py --flows conditional_maf:4:1024 maf:4:1024 maf:4:16 [--calls 25]
+    python benchmarks/small_products.py --flows elementwise_affine:4:16 --old shared-dots
 
 For each size K, 1024 products `[K, K] × [K, K]` (and `[K, 32] × [32, 32]`, a long contraction, for contrast),
 each as a `tf.function` of ten products in a row (so a call's overhead is a tenth of each figure), with and without
@@ -9,8 +10,9 @@ XLA (`jit_compile=True`); calls interleaved, medians per product in ms. `tfp_hes
 product of two batches of matrices as the broadcast form up to `products.SHORT_CONTRACTION` terms.
 
 With `--flows name:D:N ...` (bench flows, float32), the default call `log_prob_hessian` in a `tf.function` as
-it is ("new") and traced with `products.SHORT_CONTRACTION = 0` ("old": every product a batched dot), beside
-`log_prob` and forward-over-reverse + XLA, calls interleaved, medians in ms.
+it is ("new") and traced with `products.SHORT_CONTRACTION = 0` ("old": every product a batched dot; with `--old
+shared-dots`, only the products with one matrix shared by every point, as before session 34), beside `log_prob`
+and forward-over-reverse + XLA, calls interleaved, medians in ms.
 """
 
 import argparse
@@ -45,20 +47,38 @@ def _chain(product):
   return chained
 
 
-def _whole_calls(cells, calls, rng):
+def _shared_as_dots(matmul):
+  """`matmul` but for a product with one operand a single matrix (rank 2), which stays `tf.linalg.matmul`."""
+  def rule(a, b, transpose_a=False, transpose_b=False):
+    if min(a.shape.rank or 0, b.shape.rank or 0) < 3:
+      return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+    return matmul(a, b, transpose_a, transpose_b)
+  return rule
+
+
+def _traced(distribution, z, kwargs):
+  function = tf.function(lambda z: tfp_hessian.log_prob_hessian(distribution, z, **kwargs), autograph=False)
+  function(z)  # traced now, with the products as they are set
+  return function
+
+
+def _whole_calls(cells, calls, rng, old_rule):
   for cell in cells:
     name, dim, num_points = cell.split(":")
     flow = harness.build_flow(name, int(dim), tf.float32)
     z, kwargs = harness.sample_points(flow, int(num_points))
     distribution = flow.distribution
     functions = {"log_prob": tf.function(lambda z: distribution.log_prob(z, **kwargs), autograph=False)}
-    default = products.SHORT_CONTRACTION
-    for label, short in (("old", 0), ("new", default)):
-      products.SHORT_CONTRACTION = short
-      functions[label] = tf.function(lambda z: tfp_hessian.log_prob_hessian(distribution, z, **kwargs),
-                                     autograph=False)
-      functions[label](z)  # traced now, with this setting
-    products.SHORT_CONTRACTION = default
+    default, matmul = products.SHORT_CONTRACTION, products.matmul
+    if old_rule == "shared-dots":
+      products.matmul = _shared_as_dots(matmul)
+    else:
+      products.SHORT_CONTRACTION = 0
+    try:
+      functions["old"] = _traced(distribution, z, kwargs)
+    finally:
+      products.SHORT_CONTRACTION, products.matmul = default, matmul
+    functions["new"] = _traced(distribution, z, kwargs)
     functions["fwd_rev_xla"] = harness.METHODS["fwd_rev_xla"].make(distribution, kwargs)
     old, new = functions["old"](z).numpy(), functions["new"](z).numpy()
     ms = {key: 1e3 * seconds for key, seconds in harness.interleaved_medians(functions, z, calls, rng).items()}
@@ -73,10 +93,13 @@ def main():
   parser.add_argument("--sizes", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8, 12, 16])
   parser.add_argument("--calls", type=int, default=30)
   parser.add_argument("--flows", nargs="+", metavar="NAME:D:N", help="whole calls on bench flows instead")
+  parser.add_argument("--old", choices=["dots", "shared-dots"], default="dots",
+                      help="with --flows, what 'old' traces as a batched dot: every product, or those with a shared "
+                           "matrix only")
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   if args.flows:
-    _whole_calls(args.flows, args.calls, rng)
+    _whole_calls(args.flows, args.calls, rng, args.old)
     return
   print(f"{args.num_points} products per call, ms per product (median of {args.calls} interleaved calls)")
   print(f"{'shape':>14s} {'matmul':>8s} {'bcast':>8s} {'matmul+XLA':>11s} {'bcast+XLA':>10s}")

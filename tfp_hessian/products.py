@@ -17,6 +17,13 @@ elementwise_affine 2 16`); in the broadcast form the whole call ran 1.7× as fas
 1.12× and 1.08× at 64 and 1024 points of D = 4 (compiled pull-back), and unchanged elsewhere (`python
 benchmarks/small_products.py --flows elementwise_affine:2:16 elementwise_affine:4:16 elementwise_affine:4:64
 elementwise_affine:4:1024 …`, BENCHMARKS.md session 34).
+
+Since session 35 that flow is compiled whole at D ≤ 16, where XLA would have made a GEMM of such a product; there
+the broadcast form ran level with it, 0.98–1.07× (D = 2 and 4, 16 and 1024 points; two identical traces at D = 16,
+whose contraction is too long for the rule, differed by 1.05×: `python benchmarks/small_products.py --flows
+elementwise_affine:2:16 elementwise_affine:4:16 elementwise_affine:2:1024 elementwise_affine:4:1024
+elementwise_affine:16:16 --old shared-dots --calls 41`). It stays for the flows kept in the graph at these sizes
+(the research flow's affine layer).
 """
 
 import tensorflow as tf
