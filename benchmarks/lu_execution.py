@@ -3,13 +3,13 @@
     python benchmarks/lu_execution.py                      # D = 4 and 16, 16 and 1024 points
     python benchmarks/lu_execution.py --dims 4 --points 16 --rounds 41 --json out.json
 
-`ScaleMatvecLU`'s inverse gathers its permutation (`GatherNd`), which `execution` does not compile, so its sweep
-runs as a graph (its pull-back compiled alone from 64 points) even where its triangular solves would be compiled
-(n ≤ 16). This measures what compiling it whole would give, forced (`execution.forced`), for a 4-layer flow
+`ScaleMatvecLU`'s inverse gathers its permutation (`GatherNd`), which `execution` did not compile before session
+35, so its sweep ran as a graph (its pull-back compiled alone from 64 points) even where its triangular solves
+would be compiled (n ≤ 16). This measures that choice, forced both ways (`execution.forced`), for a 4-layer flow
 `[Shift, ScaleMatvecLU, SinhArcsinh] × 4` over a `MultivariateNormalDiag` base with random float32 weights:
 
 - time: the graph, the sweep compiled whole and TF's own `log_prob`, each a `tf.function`, interleaved round-robin
-  (medians of `--rounds` rounds of 5 calls, after a first call timed apart);
+  (medians of `--rounds` calls, after a first call timed apart and a warm-up call);
 - float32 accuracy: per point, the Hessian's largest error over the truth's largest entry, the truth being the
   float64 flow of the same (float32) weights, at `--accuracy-points` points; for the graph, the sweep compiled,
   nested tapes and nested tapes + XLA (median, 99th percentile and largest over the points).
@@ -20,14 +20,15 @@ import json
 import platform
 import shlex
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_hessian
-from tfp_hessian import execution, reference
+from tfp_hessian import reference
+
+import harness  # benchmarks/harness/, beside this script
 
 tfd, tfb = tfp.distributions, tfp.bijectors
 
@@ -46,36 +47,15 @@ def lu_flow(dim, dtype, seed=0):
   return tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(dim, dtype)), tfb.Chain(layers))
 
 
-def _ours(flow, xla):
-  with execution.forced(xla):
-    function = tf.function(lambda z: tfp_hessian.log_prob_hessian(flow, z))
-    start = time.perf_counter()
-    function(z_of[flow])
-    first = time.perf_counter() - start
-  return function, first
-
-
-z_of = {}
-
-
-def _timing(dim, points, rounds):
+def _timing(dim, points, rounds, rng):
   flow = lu_flow(dim, np.float32)
-  z = z_of[flow] = tf.constant(flow.sample(points, seed=(1, 2)).numpy())
-  graph, graph_first = _ours(flow, False)
-  xla, xla_first = _ours(flow, True)
-  log_prob = tf.function(lambda z: flow.log_prob(z))
-  functions = {"graph": graph, "xla": xla, "log_prob": log_prob}
-  log_prob(z)
-  times = {label: [] for label in functions}
-  for _ in range(rounds):
-    for label, function in functions.items():
-      start = time.perf_counter()
-      for _ in range(5):
-        function(z)
-      times[label].append((time.perf_counter() - start) / 5 * 1e3)
-  medians = {label: float(np.median(values)) for label, values in times.items()}
+  z = tf.constant(flow.sample(points, seed=(1, 2)).numpy())
+  functions = {"graph": harness.ours(flow, xla=False), "xla": harness.ours(flow, xla=True),
+               "log_prob": tf.function(lambda z: flow.log_prob(z), autograph=False)}
+  first, _ = harness.first_calls(functions, z)
+  medians = {label: 1e3 * seconds for label, seconds in harness.interleaved_medians(functions, z, rounds, rng).items()}
   return {"dim": dim, "points": points, "median_ms": medians, "graph_over_xla": medians["graph"] / medians["xla"],
-          "first_call_s": {"graph": graph_first, "xla": xla_first},
+          "first_call_s": {"graph": first["graph"], "xla": first["xla"]},
           "default_plan": tfp_hessian.execution_plan(flow, z).reason}
 
 
@@ -86,8 +66,7 @@ def _accuracy(dim, points):
   scale = np.max(np.abs(truth), axis=(-2, -1))
   hessians = {}
   for label, xla in (("graph", False), ("xla", True)):
-    with execution.forced(xla):
-      hessians[label] = tf.function(lambda z: tfp_hessian.log_prob_hessian(flow32, z))(z)
+    hessians[label] = harness.ours(flow32, xla=xla)(z)
   hessians["tapes"] = tf.function(lambda z: reference.tape_hessian(flow32, z))(z)
   hessians["tapes_xla"] = tf.function(lambda z: reference.tape_hessian(flow32, z), jit_compile=True)(z)
   errors = {}
@@ -102,7 +81,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dims", type=int, nargs="+", default=[4, 16])
   parser.add_argument("--points", type=int, nargs="+", default=[16, 1024])
-  parser.add_argument("--rounds", type=int, default=21)
+  parser.add_argument("--rounds", type=int, default=61)
   parser.add_argument("--accuracy-points", type=int, default=256)
   parser.add_argument("--json", help="write the results as JSON to this path")
   args = parser.parse_args()
@@ -111,9 +90,10 @@ def main():
   print("| D | N | graph ms | XLA ms | log_prob ms | graph / XLA | first call graph / XLA s | default call |")
   print("|---:|---:|---:|---:|---:|---:|---|---|")
   timings, accuracies = [], []
+  rng = np.random.default_rng(0)
   for dim in args.dims:
     for points in args.points:
-      cell = _timing(dim, points, args.rounds)
+      cell = _timing(dim, points, args.rounds, rng)
       timings.append(cell)
       m, f = cell["median_ms"], cell["first_call_s"]
       print(f"| {dim} | {points} | {m['graph']:.3g} | {m['xla']:.3g} | {m['log_prob']:.3g} | "
