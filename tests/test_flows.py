@@ -741,8 +741,9 @@ def assert_matches_references(distribution, z, result, dtype, what="", kwargs=No
   assert result.log_prob.shape == batch
   for value in result:
     assert value.dtype == dtype
-  references = lambda z, kwargs: (*reference.tape_derivatives(distribution, z, **kwargs),  # noqa: E731
-                                  distribution.log_prob(z, **kwargs))
+  def references(z, kwargs):
+    return (*reference.tape_derivatives(distribution, z, **kwargs), distribution.log_prob(z, **kwargs))
+
   if jit_compile:
     references = tf.function(references, jit_compile=True)
   gradient, hessian, log_prob = references(z, kwargs)
