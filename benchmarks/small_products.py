@@ -3,6 +3,7 @@
     python benchmarks/small_products.py [--num-points 1024] [--sizes 2 3 4 5 6 7 8 12 16] [--calls 30]
     python benchmarks/small_products.py --flows conditional_maf:4:1024 maf:4:1024 maf:4:16 [--calls 25]
     python benchmarks/small_products.py --flows elementwise_affine:4:16 --old shared-dots
+    python benchmarks/small_products.py --flows research_flow:4:1024 --old fallback-matvec
 
 For each size K, 1024 products `[K, K] × [K, K]` (and `[K, 32] × [32, 32]`, a long contraction, for contrast),
 each as a `tf.function` of ten products in a row (so a call's overhead is a tenth of each figure), with and without
@@ -11,18 +12,21 @@ product of two batches of matrices as the broadcast form up to `products.SHORT_C
 
 With `--flows name:D:N ...` (bench flows, float32), the default call `log_prob_hessian` in a `tf.function` as
 it is ("new") and traced with `products.SHORT_CONTRACTION = 0` ("old": every product a batched dot; with `--old
-shared-dots`, only the products with one matrix shared by every point, as before session 34), beside `log_prob`
-and forward-over-reverse + XLA, calls interleaved, medians in ms.
+shared-dots`, only the products with one matrix shared by every point, as before session 34; with `--old
+fallback-matvec`, only the autodiff fallback's quadratic form, as a `tf.linalg.matvec` as before session 36), beside
+`log_prob` and forward-over-reverse + XLA, calls interleaved, medians in ms. `--xla` forces the sweeps of both
+compiled whole (`execution.forced(True)`), to compare them where the default call keeps the graph.
 """
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
 import tensorflow as tf
 
 import tfp_hessian
-from tfp_hessian import products
+from tfp_hessian import execution, products, pullback
 
 import harness  # benchmarks/harness/, beside this script
 
@@ -56,29 +60,40 @@ def _shared_as_dots(matmul):
   return rule
 
 
-def _traced(distribution, z, kwargs):
-  function = tf.function(lambda z: tfp_hessian.log_prob_hessian(distribution, z, **kwargs), autograph=False)
+def _quadratic_form_as_matvec(matrix, vector):
+  return tf.reduce_sum(vector * tf.linalg.matvec(matrix, vector))
+
+
+def _traced(distribution, z, kwargs, xla):
+  def call(z):
+    with execution.forced(True) if xla else contextlib.nullcontext():
+      return tfp_hessian.log_prob_hessian(distribution, z, **kwargs)
+
+  function = tf.function(call, autograph=False)
   function(z)  # traced now, with the products as they are set
   return function
 
 
-def _whole_calls(cells, calls, rng, old_rule):
+def _whole_calls(cells, calls, rng, old_rule, xla):
   for cell in cells:
     name, dim, num_points = cell.split(":")
     flow = harness.build_flow(name, int(dim), tf.float32)
     z, kwargs = harness.sample_points(flow, int(num_points))
     distribution = flow.distribution
     functions = {"log_prob": tf.function(lambda z: distribution.log_prob(z, **kwargs), autograph=False)}
-    default, matmul = products.SHORT_CONTRACTION, products.matmul
+    default, matmul, quadratic_form = products.SHORT_CONTRACTION, products.matmul, pullback._quadratic_form
     if old_rule == "shared-dots":
       products.matmul = _shared_as_dots(matmul)
+    elif old_rule == "fallback-matvec":
+      pullback._quadratic_form = _quadratic_form_as_matvec  # pylint: disable=protected-access
     else:
       products.SHORT_CONTRACTION = 0
     try:
-      functions["old"] = _traced(distribution, z, kwargs)
+      functions["old"] = _traced(distribution, z, kwargs, xla)
     finally:
       products.SHORT_CONTRACTION, products.matmul = default, matmul
-    functions["new"] = _traced(distribution, z, kwargs)
+      pullback._quadratic_form = quadratic_form  # pylint: disable=protected-access
+    functions["new"] = _traced(distribution, z, kwargs, xla)
     functions["fwd_rev_xla"] = harness.METHODS["fwd_rev_xla"].make(distribution, kwargs)
     old, new = functions["old"](z).numpy(), functions["new"](z).numpy()
     ms = {key: 1e3 * seconds for key, seconds in harness.interleaved_medians(functions, z, calls, rng).items()}
@@ -93,13 +108,14 @@ def main():
   parser.add_argument("--sizes", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8, 12, 16])
   parser.add_argument("--calls", type=int, default=30)
   parser.add_argument("--flows", nargs="+", metavar="NAME:D:N", help="whole calls on bench flows instead")
-  parser.add_argument("--old", choices=["dots", "shared-dots"], default="dots",
-                      help="with --flows, what 'old' traces as a batched dot: every product, or those with a shared "
-                           "matrix only")
+  parser.add_argument("--old", choices=["dots", "shared-dots", "fallback-matvec"], default="dots",
+                      help="with --flows, what 'old' traces as a batched dot: every product, those with a shared "
+                           "matrix only, or the autodiff fallback's quadratic form only")
+  parser.add_argument("--xla", action="store_true", help="with --flows, both sweeps forced compiled whole")
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   if args.flows:
-    _whole_calls(args.flows, args.calls, rng, args.old)
+    _whole_calls(args.flows, args.calls, rng, args.old, args.xla)
     return
   print(f"{args.num_points} products per call, ms per product (median of {args.calls} interleaved calls)")
   print(f"{'shape':>14s} {'matmul':>8s} {'bcast':>8s} {'matmul+XLA':>11s} {'bcast+XLA':>10s}")
