@@ -130,13 +130,14 @@ def _real_nvp(dtype, rng, num_masked=2, dim=DIM, **kwargs):
 
 
 def _made(dtype, rng, activation="tanh", hidden_units=(7, 6), dim=DIM, conditional_size=None,
-          conditional_layers="all_layers"):
+          conditional_layers="all_layers", input_order="left-to-right"):
   """A built `tfb.AutoregressiveNetwork` with random masked weights, computing in `dtype` throughout.
 
   With `conditional_size` it is a conditional network (`conditional_input` of that size, added to the first or
-  every layer).
+  every layer); `input_order` is TFP's (the order of the coordinates the network is autoregressive in).
   """
-  made = autoregressive_network(dim, hidden_units, dtype, activation, conditional_size, conditional_layers)
+  made = autoregressive_network(dim, hidden_units, dtype, activation, conditional_size, conditional_layers,
+                                input_order)
   dense = [layer for layer in private_api.made_model(made).layers if isinstance(layer, tf_keras.layers.Dense)]
   masked = [layer for layer in dense if layer.use_bias]  # the condition's layers have no bias and no mask
   for layer, mask in zip(masked, private_api.made_masks(made)):
@@ -397,6 +398,14 @@ BIJECTORS = {
     "IAF: Invert(MAF(MADE tanh))": BijectorCase(
         lambda dtype, rng, dim=DIM: tfb.Invert(tfb.MaskedAutoregressiveFlow(_made(dtype, rng, dim=dim))),
         min_batched_dim=2),
+    # The IAF's solves are triangular where the network's order is the coordinates' or its reverse (lower and upper
+    # triangular Jacobians), general for any other order.
+    "IAF: Invert(MAF(MADE tanh, right-to-left))": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Invert(tfb.MaskedAutoregressiveFlow(
+            _made(dtype, rng, dim=dim, input_order="right-to-left"))), min_batched_dim=2),
+    "IAF: Invert(MAF(MADE tanh, random order))": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Invert(tfb.MaskedAutoregressiveFlow(
+            _made(dtype, rng, dim=dim, input_order=rng.permutation(dim) + 1))), min_batched_dim=2),
     "RealNVP": BijectorCase(_real_nvp, edges=(-6., 6.), min_dim=3),
     "RealNVP(DenseShiftAndLogScale)": BijectorCase(_real_nvp_dense, edges=(-6., 6.)),
     "RealNVP(DenseShiftAndLogScale swish)": BijectorCase(

@@ -158,6 +158,25 @@ def test_pullback_invert_undoes_pullback(name):
   assert_close(back_hess, hess, 1e-8, 2, what="Hessian round trip")
 
 
+def _solves(name):
+  """`(general, triangular)`: the numbers of general and triangular solves in the traced call on the case's flow."""
+  flow, z = flow_and_points(BIJECTORS[name], np.float64)
+  graph = tf.function(lambda z: tfp_hessian.log_prob_hessian(flow, z)).get_concrete_function(z).graph
+  types = [node.op for function in graph.as_graph_def().library.function for node in function.node_def]
+  return types.count("MatrixSolve"), types.count("MatrixTriangularSolve")
+
+
+def test_iaf_solves_are_triangular_where_the_network_order_is_the_coordinates():
+  """An IAF runs its MAF layer's pullback backwards, by three solves with the layer's Jacobian: triangular solves
+  where the network is autoregressive in the coordinates' order or its reverse (a triangular Jacobian, by its
+  masks), general ones for any other order. (The base's own triangular solves are in every count; each case
+  matches the references in `test_log_prob_hessian_matches_references`.)"""
+  general, triangular = _solves("IAF: Invert(MAF(MADE tanh, random order))")
+  assert general == 3, general
+  for order in ("", ", right-to-left"):
+    assert _solves(f"IAF: Invert(MAF(MADE tanh{order}))") == (0, triangular + 3), order
+
+
 def test_odd_power_on_negative_points_by_mirror_symmetry():
   """`Power(3)` covers the whole line, but TFP's inverse has NaN derivatives at y < 0 (an untaken `tf.where`
   branch), so no reference exists there. Over a base symmetric under negation the flow is symmetric too, so the

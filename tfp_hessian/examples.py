@@ -79,7 +79,7 @@ class Shear(tfb.Bijector):
 
 
 def autoregressive_network(dim, hidden_units, dtype, activation="tanh", conditional_size=None,
-                           conditional_layers="all_layers"):
+                           conditional_layers="all_layers", input_order="left-to-right"):
   """A built `tfb.AutoregressiveNetwork(params=2)` over `[dim]` events, computing in `dtype` throughout.
 
   Its activation layers take tf-keras' floatx when they are created, so floatx is `dtype` while the network is
@@ -92,6 +92,7 @@ def autoregressive_network(dim, hidden_units, dtype, activation="tanh", conditio
     activation: of the hidden layers.
     conditional_size: the size of a `conditional_input` it also reads; None for none.
     conditional_layers: where the condition enters, "all_layers" or "first_layer".
+    input_order: TFP's `input_order` ("left-to-right", "right-to-left", "random" or the degrees).
   """
   floatx = tf_keras.backend.floatx()
   tf_keras.backend.set_floatx(tf.as_dtype(dtype).name)
@@ -99,7 +100,7 @@ def autoregressive_network(dim, hidden_units, dtype, activation="tanh", conditio
                      conditional_input_layers=conditional_layers) if conditional_size else {}
   try:
     made = tfb.AutoregressiveNetwork(params=2, event_shape=[dim], hidden_units=list(hidden_units),
-                                     activation=activation, dtype=dtype, **conditional)
+                                     activation=activation, dtype=dtype, input_order=input_order, **conditional)
     condition = dict(conditional_input=tf.zeros([1, conditional_size], dtype)) if conditional_size else {}
     made(tf.zeros([1, dim], dtype), **condition)
   finally:

@@ -18,6 +18,7 @@ Layers built with `bijector_fn` (any elementwise bijector per coordinate, e.g. a
 fallback.
 """
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import masked_autoregressive as maf_lib
@@ -101,6 +102,30 @@ def _check_condition(what, condition, size, dtype):
                      f"every point); got shape {condition.shape}.")
 
 
+def _jacobian_triangle(network, size):
+  """`"lower"` where the layer's Jacobian `∂x/∂y` is lower triangular, by the masks of its `AutoregressiveNetwork`
+  (every output of coordinate `i` reads inputs `j < i` only: TFP's default `input_order="left-to-right"`),
+  `"upper"` for the reverse order, None for any other order or network.
+
+  The masks say which inputs each output can reach, whatever the kernels' values: as TFP's own `Invert` of the
+  layer (an IAF) takes them, whose inverse runs the network once per coordinate in that order.
+  """
+  masks = private_api.made_masks(network) if isinstance(network, maf_lib.AutoregressiveNetwork) else None
+  if not masks or size is None:
+    return None
+  reach = np.eye(size, dtype=bool)  # reach[j, k]: input j reaches unit k of the layer so far
+  for mask in masks:
+    reach = (reach.astype(np.int64) @ (np.asarray(mask) != 0)) > 0
+  if reach.shape[-1] % size:
+    return None
+  reads = reach.reshape(size, size, -1).any(axis=-1)  # [j, i]: an output of coordinate i reads input j
+  if not np.tril(reads).any():
+    return "lower"
+  if not np.triu(reads).any():
+    return "upper"
+  return None
+
+
 @registry.register(tfb.MaskedAutoregressiveFlow, applies=_has_shift_and_log_scale_fn, validate=_validate_condition)
 def masked_autoregressive_flow_rule(bijector, y, layout, kwargs):
   del layout
@@ -114,7 +139,7 @@ def masked_autoregressive_flow_rule(bijector, y, layout, kwargs):
       return tf.concat(pair, axis=-1)
 
     derivatives = conditioners.AutodiffDerivatives(shift_and_log_scale, y)
-  return ConditionedAffinePullback(y, derivatives)
+  return ConditionedAffinePullback(y, derivatives, triangle=_jacobian_triangle(fn, y.shape[-1]))
 
 
 def _coupling_split(bijector, d):
