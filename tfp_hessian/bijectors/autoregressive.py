@@ -107,8 +107,8 @@ def _jacobian_triangle(network, size):
   (every output of coordinate `i` reads inputs `j < i` only: TFP's default `input_order="left-to-right"`),
   `"upper"` for the reverse order, None for any other order or network.
 
-  The masks say which inputs each output can reach, whatever the kernels' values: as TFP's own `Invert` of the
-  layer (an IAF) takes them, whose inverse runs the network once per coordinate in that order.
+  The masks say which inputs each output can reach, whatever values the kernels hold; TFP's own IAF relies on the
+  same structure (its `log_prob` inverts the layer by running the network once per coordinate, in that order).
   """
   masks = private_api.made_masks(network) if isinstance(network, maf_lib.AutoregressiveNetwork) else None
   if not masks or size is None:
