@@ -166,15 +166,17 @@ def _solves(name):
   return types.count("MatrixSolve"), types.count("MatrixTriangularSolve")
 
 
-def test_iaf_solves_are_triangular_where_the_network_order_is_the_coordinates():
+def test_inverted_layers_solve_by_triangular_solves_where_their_jacobian_is_triangular():
   """An IAF runs its MAF layer's pullback backwards, by three solves with the layer's Jacobian: triangular solves
   where the network is autoregressive in the coordinates' order or its reverse (a triangular Jacobian, by its
-  masks), general ones for any other order. (The base's own triangular solves are in every count; each case
-  matches the references in `test_log_prob_hessian_matches_references`.)"""
+  masks), general ones for any other order; `Invert(RealNVP)` always triangular ones (its conditioning block
+  first or last). (The base's own triangular solves are in every count; each case matches the references in
+  `test_log_prob_hessian_matches_references`.)"""
   general, triangular = _solves("IAF: Invert(MAF(MADE tanh, random order))")
   assert general == 3, general
-  for order in ("", ", right-to-left"):
-    assert _solves(f"IAF: Invert(MAF(MADE tanh{order}))") == (0, triangular + 3), order
+  for name in ("IAF: Invert(MAF(MADE tanh))", "IAF: Invert(MAF(MADE tanh, right-to-left))", "Invert(RealNVP)",
+               "Invert(RealNVP(reversed mask))"):
+    assert _solves(name) == (0, triangular + 3), name
 
 
 def test_odd_power_on_negative_points_by_mirror_symmetry():

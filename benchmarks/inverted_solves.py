@@ -1,0 +1,73 @@
+"""Inverted MAF (IAF) and RealNVP layers by triangular solves against general ones: old and new in one process.
+
+    python benchmarks/inverted_solves.py [--flows maf realnvp] [--dims 16 64] [--points 16 1024] [--calls 21]
+
+A flow is the bench's 4-layer MAF or RealNVP (`harness.build_flow(name, D)`) with each `MaskedAutoregressiveFlow`
+or `RealNVP` inverted: an IAF, or RealNVP run the other way, whose pullback is the layer's run backwards
+(`ConditionedAffinePullback.invert`), three solves with the layer's `[D, D]` Jacobian per point. That Jacobian is
+triangular (a MADE autoregressive in the coordinates' order, TFP's default `input_order="left-to-right"`; a coupling
+layer always), so the solves are triangular ("new"); "old" traces the same call with every solve a general one
+(`pullback._pull_forward` without its `triangle`, as before session 36). Beside them TF's own `log_prob`; calls
+interleaved, medians in ms, the first call of "new", and how far the two Hessians are apart.
+"""
+
+import argparse
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_hessian import pullback
+
+import harness  # benchmarks/harness/, beside this script
+
+tfb, tfd = tfp.bijectors, tfp.distributions
+
+
+def inverted(name, dim, dtype=tf.float32):
+  """The bench's flow `name` ("maf" or "realnvp") over `R^dim` with each of its MAF or RealNVP layers inverted (the
+  same networks and weights)."""
+  flow = harness.build_flow(name, dim, dtype).distribution
+  layers = [tfb.Invert(b) if isinstance(b, (tfb.MaskedAutoregressiveFlow, tfb.RealNVP)) else b
+            for b in flow.bijector.bijectors]
+  return tfd.TransformedDistribution(flow.distribution, tfb.Chain(layers))
+
+
+def _general_solves(pull_forward):
+  def general(*args, triangle=None, **kwargs):
+    del triangle
+    return pull_forward(*args, **kwargs)
+  return general
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--flows", nargs="+", default=["maf", "realnvp"], choices=["maf", "realnvp"])
+  parser.add_argument("--dims", nargs="+", type=int, default=[16, 64])
+  parser.add_argument("--points", nargs="+", type=int, default=[16, 1024])
+  parser.add_argument("--calls", type=int, default=21)
+  args = parser.parse_args()
+  rng = np.random.default_rng(0)
+  for name in args.flows:
+    for dim in args.dims:
+      flow = inverted(name, dim)
+      for num_points in args.points:
+        z = tf.constant(flow.sample(num_points, seed=(1, 2)).numpy())
+        pull_forward = pullback._pull_forward  # pylint: disable=protected-access
+        pullback._pull_forward = _general_solves(pull_forward)  # pylint: disable=protected-access
+        try:
+          old = harness.ours(flow)
+          old(z)  # traced now, with general solves
+        finally:
+          pullback._pull_forward = pull_forward  # pylint: disable=protected-access
+        functions = {"log_prob": harness.METHODS["log_prob"].make(flow, {}), "old": old, "new": harness.ours(flow)}
+        first, outputs = harness.first_calls(functions, z)
+        ms = {key: 1e3 * value for key, value in harness.interleaved_medians(functions, z, args.calls, rng).items()}
+        apart = np.max(np.abs(outputs["new"] - outputs["old"])) / np.max(np.abs(outputs["old"]))
+        times = ", ".join(f"{key} {value:.2f} ms" for key, value in ms.items())
+        print(f"Invert({name}) D={dim} N={num_points}: {times}; old/new {ms['old'] / ms['new']:.2f}x; first call new "
+              f"{first['new']:.1f} s; max |new - old| / max |old| {apart:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
