@@ -1,6 +1,8 @@
 """Inverted MAF (IAF) and RealNVP layers by triangular solves against general ones: old and new in one process.
 
     python benchmarks/inverted_solves.py [--flows maf realnvp] [--dims 16 64] [--points 16 1024] [--calls 21]
+    python benchmarks/inverted_solves.py --flows realnvp --alternatives tapes tapes_xla
+    python benchmarks/inverted_solves.py --solves-alone [--dims 16 64] [--points 1024 256]
 
 A flow is the bench's 4-layer MAF or RealNVP (`harness.build_flow(name, D)`) with each `MaskedAutoregressiveFlow`
 or `RealNVP` inverted: an IAF, or RealNVP run the other way, whose pullback is the layer's run backwards
@@ -8,7 +10,12 @@ or `RealNVP` inverted: an IAF, or RealNVP run the other way, whose pullback is t
 triangular (a MADE autoregressive in the coordinates' order, TFP's default `input_order="left-to-right"`; a coupling
 layer always), so the solves are triangular ("new"); "old" traces the same call with every solve a general one
 (`pullback._pull_forward` without its `triangle`, as before session 36). Beside them TF's own `log_prob`; calls
-interleaved, medians in ms, the first call of "new", and how far the two Hessians are apart.
+interleaved, medians in ms, the first call of "new", and how far the two Hessians are apart. `--alternatives`
+adds methods of the bench (`harness.METHODS`: `tapes`, `tapes_xla`, ...) to each cell.
+
+With `--solves-alone`, the inversion itself instead (`pullback._pull_forward`, its three solves and nothing else:
+zero curvature), on random upper triangular `[D, D]` matrices, one per point, with and without its `triangle`, each
+D paired with the number of points in the same place of `--points`.
 """
 
 import argparse
@@ -40,14 +47,33 @@ def _general_solves(pull_forward):
   return general
 
 
+def _solves_alone(dims, points, calls, rng):
+  for dim, num_points in zip(dims, points):
+    matrix = tf.constant(np.triu(np.eye(dim) + 0.3 * rng.standard_normal((num_points, dim, dim))), tf.float32)
+    grad = tf.constant(rng.standard_normal((num_points, dim)), tf.float32)
+    hess = tf.constant(rng.standard_normal((num_points, dim, dim)), tf.float32)
+    functions = {
+        triangle: tf.function(lambda g, triangle=triangle: pullback._pull_forward(  # pylint: disable=protected-access
+            matrix, g, hess, lambda _: tf.zeros_like(hess), transposed=True, triangle=triangle), autograph=False)
+        for triangle in (None, "upper")}
+    ms = {key: 1e3 * value for key, value in harness.interleaved_medians(functions, grad, calls, rng).items()}
+    print(f"three solves, D={dim} N={num_points}: general {ms[None]:.2f} ms, triangular {ms['upper']:.2f} ms; "
+          f"{ms[None] / ms['upper']:.2f}x", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--flows", nargs="+", default=["maf", "realnvp"], choices=["maf", "realnvp"])
   parser.add_argument("--dims", nargs="+", type=int, default=[16, 64])
   parser.add_argument("--points", nargs="+", type=int, default=[16, 1024])
   parser.add_argument("--calls", type=int, default=21)
+  parser.add_argument("--alternatives", nargs="*", default=[], choices=sorted(harness.METHODS))
+  parser.add_argument("--solves-alone", action="store_true", help="the three solves alone (module docstring)")
   args = parser.parse_args()
   rng = np.random.default_rng(0)
+  if args.solves_alone:
+    _solves_alone(args.dims, args.points, args.calls, rng)
+    return
   for name in args.flows:
     for dim in args.dims:
       flow = inverted(name, dim)
@@ -61,6 +87,7 @@ def main():
         finally:
           pullback._pull_forward = pull_forward  # pylint: disable=protected-access
         functions = {"log_prob": harness.METHODS["log_prob"].make(flow, {}), "old": old, "new": harness.ours(flow)}
+        functions.update({method: harness.METHODS[method].make(flow, {}) for method in args.alternatives})
         first, outputs = harness.first_calls(functions, z)
         ms = {key: 1e3 * value for key, value in harness.interleaved_medians(functions, z, args.calls, rng).items()}
         apart = np.max(np.abs(outputs["new"] - outputs["old"])) / np.max(np.abs(outputs["old"]))
