@@ -1,17 +1,23 @@
-"""Inverted MAF (IAF) and RealNVP layers by triangular solves against general ones: old and new in one process.
+"""Inverted MAF (IAF) and RealNVP layers, as the default call takes them against older ways: old and new in one process.
 
     python benchmarks/inverted_solves.py [--flows maf realnvp] [--dims 16 64] [--points 16 1024] [--calls 21]
-    python benchmarks/inverted_solves.py --flows realnvp --alternatives tapes tapes_xla
+    python benchmarks/inverted_solves.py --flows realnvp --old run-backwards --alternatives tapes tapes_xla
     python benchmarks/inverted_solves.py --solves-alone [--dims 16 64] [--points 1024 256]
 
 A flow is the bench's 4-layer MAF or RealNVP (`harness.build_flow(name, D)`) with each `MaskedAutoregressiveFlow`
-or `RealNVP` inverted: an IAF, or RealNVP run the other way, whose pullback is the layer's run backwards
-(`ConditionedAffinePullback.invert`), three solves with the layer's `[D, D]` Jacobian per point. That Jacobian is
-triangular (a MADE autoregressive in the coordinates' order, TFP's default `input_order="left-to-right"`; a coupling
-layer always), so the solves are triangular ("new"); "old" traces the same call with every solve a general one
-(`pullback._pull_forward` without its `triangle`, as before session 36). Beside them TF's own `log_prob`; calls
-interleaved, medians in ms, the first call of "new", and how far the two Hessians are apart. `--alternatives`
-adds methods of the bench (`harness.METHODS`: `tapes`, `tapes_xla`, ...) to each cell.
+or `RealNVP` inverted. An IAF's pullback is its MAF layer's run backwards (`ConditionedAffinePullback.invert`),
+three solves with the layer's `[D, D]` Jacobian per point, triangular where the MADE is autoregressive in the
+coordinates' order (TFP's default `input_order="left-to-right"`). An inverted RealNVP layer is a coupling layer
+itself and has a block form of its own (`InvertedCouplingPullback`, session 37), with no solve. "new" is the
+default call; "old" traces the same call as an earlier session did (`--old`):
+
+- `general-solves` (default): every layer run backwards, every solve a general one (`pullback._pull_forward`
+  without its `triangle`), as before session 36;
+- `run-backwards`: an inverted RealNVP layer run backwards by its triangular solves, as in session 36 (an IAF is
+  then the same either way).
+
+Beside them TF's own `log_prob`; calls interleaved, medians in ms, the first call of "new", and how far the two
+Hessians are apart. `--alternatives` adds methods of the bench (`harness.METHODS`: `tapes`, `tapes_xla`, ...).
 
 With `--solves-alone`, the inversion itself instead (`pullback._pull_forward`, its three solves and nothing else:
 zero curvature), on random upper triangular `[D, D]` matrices, one per point, with and without its `triangle`, each
@@ -67,6 +73,8 @@ def main():
   parser.add_argument("--dims", nargs="+", type=int, default=[16, 64])
   parser.add_argument("--points", nargs="+", type=int, default=[16, 1024])
   parser.add_argument("--calls", type=int, default=21)
+  parser.add_argument("--old", default="general-solves", choices=["general-solves", "run-backwards"],
+                      help="what the new call is measured against (module docstring)")
   parser.add_argument("--alternatives", nargs="*", default=[], choices=sorted(harness.METHODS))
   parser.add_argument("--solves-alone", action="store_true", help="the three solves alone (module docstring)")
   args = parser.parse_args()
@@ -80,12 +88,16 @@ def main():
       for num_points in args.points:
         z = tf.constant(flow.sample(num_points, seed=(1, 2)).numpy())
         pull_forward = pullback._pull_forward  # pylint: disable=protected-access
-        pullback._pull_forward = _general_solves(pull_forward)  # pylint: disable=protected-access
+        block_form = pullback.CouplingPullback.inverted
+        pullback.CouplingPullback.inverted = pullback.Pullback.inverted  # run backwards
+        if args.old == "general-solves":
+          pullback._pull_forward = _general_solves(pull_forward)  # pylint: disable=protected-access
         try:
           old = harness.ours(flow)
-          old(z)  # traced now, with general solves
+          old(z)  # traced now, the old way
         finally:
           pullback._pull_forward = pull_forward  # pylint: disable=protected-access
+          pullback.CouplingPullback.inverted = block_form
         functions = {"log_prob": harness.METHODS["log_prob"].make(flow, {}), "old": old, "new": harness.ours(flow)}
         functions.update({method: harness.METHODS[method].make(flow, {}) for method in args.alternatives})
         first, outputs = harness.first_calls(functions, z)

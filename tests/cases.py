@@ -414,10 +414,12 @@ BIJECTORS = {
                                            min_dim=3),
     "RealNVP(fraction_masked)": BijectorCase(
         lambda dtype, rng, dim=DIM: _real_nvp(dtype, rng, fraction_masked=0.6), min_dim=2),
+    # The inverse of a coupling layer is a coupling layer: its block form, conditioning block first or last.
     "Invert(RealNVP)": BijectorCase(lambda dtype, rng, dim=DIM: tfb.Invert(_real_nvp(dtype, rng)), min_dim=3),
-    # Its solves are triangular: lower where the conditioning block comes first, upper where it comes last.
     "Invert(RealNVP(reversed mask))": BijectorCase(
         lambda dtype, rng, dim=DIM: tfb.Invert(_real_nvp(dtype, rng, num_masked=-2)), min_dim=3),
+    "Invert(RealNVP(DenseShiftAndLogScale))": BijectorCase(
+        lambda dtype, rng, dim=DIM: tfb.Invert(_real_nvp_dense(dtype, rng, dim=dim))),
     # A permutation after a coupling or autoregressive layer is folded into it (pullback.py); two in a row
     # compose, and one on the z side of the chain has no layer to fold into. After a factored (narrow) MAF, the
     # sweep carries the permutations as a frame through an elementwise layer and into the next MAF

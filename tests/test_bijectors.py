@@ -169,14 +169,15 @@ def _solves(name):
 def test_inverted_layers_solve_by_triangular_solves_where_their_jacobian_is_triangular():
   """An IAF runs its MAF layer's pullback backwards, by three solves with the layer's Jacobian: triangular solves
   where the network is autoregressive in the coordinates' order or its reverse (a triangular Jacobian, by its
-  masks), general ones for any other order; `Invert(RealNVP)` always triangular ones (its conditioning block
-  first or last). (The base's own triangular solves are in every count; each case matches the references in
-  `test_log_prob_hessian_matches_references`.)"""
+  masks), general ones for any other order. `Invert(RealNVP)` solves nothing: the inverse of a coupling layer is a
+  coupling layer, with a block form of its own. (The base's own triangular solves are in every count; each case
+  matches the references in `test_log_prob_hessian_matches_references`.)"""
   general, triangular = _solves("IAF: Invert(MAF(MADE tanh, random order))")
   assert general == 3, general
-  for name in ("IAF: Invert(MAF(MADE tanh))", "IAF: Invert(MAF(MADE tanh, right-to-left))", "Invert(RealNVP)",
-               "Invert(RealNVP(reversed mask))"):
+  for name in ("IAF: Invert(MAF(MADE tanh))", "IAF: Invert(MAF(MADE tanh, right-to-left))"):
     assert _solves(name) == (0, triangular + 3), name
+  for name in ("Invert(RealNVP)", "Invert(RealNVP(reversed mask))", "Invert(RealNVP(DenseShiftAndLogScale))"):
+    assert _solves(name) == (0, triangular), name
 
 
 def test_odd_power_on_negative_points_by_mirror_symmetry():

@@ -136,7 +136,7 @@ CHUNKED = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sam
            "Split into a list, JointMap", "bare MultivariateNormalTriL",
            "build_affine_surrogate_posterior (DeferredModule)", "conditional MAF, one [C] condition",
            "conditional flow as a base (distribution_kwargs)", "tfp_hessian.TransformedDistribution", "mixed chain",
-           "nested", "stock over tfp_hessian.TransformedDistribution"]
+           "nested", "stock over tfp_hessian.TransformedDistribution", "conditional inverted RealNVP"]
 # Of those, run in chunks in float32 (`test_compiled_float32_no_less_accurate_than_tapes`): conditions split with
 # the points, matrix and scalar events, triangular solves.
 CHUNKED_FLOAT32 = ["conditional MAFs in a Chain, [N, C] conditions", "matrix events: Sample(Normal, [3, 2])",

@@ -535,6 +535,14 @@ def _conditional_iaf(dtype, rng):
   return flow, _structure_points(flow, **kwargs), kwargs
 
 
+def _conditional_inverted_real_nvp(dtype, rng):
+  """`Invert` of a conditional RealNVP: its condition reaches the coupling's conditioner through `forward`."""
+  flow = tfd.TransformedDistribution(_mvn_diag(rng, dtype), tfb.Chain([tfb.Shift(_vec(rng, dtype, -1., 1.)), tfb.Invert(
+      _real_nvp_dense(dtype, rng, dim=D, conditional_size=C), name="inverted_coupling")]))
+  kwargs = dict(bijector_kwargs={"inverted_coupling": dict(conditional_input=_condition(rng, dtype, NUM_POINTS))})
+  return flow, _structure_points(flow, **kwargs), kwargs
+
+
 def _conditional_real_nvp(dtype, rng):
   """RealNVP with the package's dense conditioner reading `[y_C, c]`, and one with a callable conditioner."""
   condition = _condition(rng, dtype, NUM_POINTS)
@@ -663,6 +671,7 @@ FLOWS = {
     "conditional MAF, one point and [N, C] conditions": _conditional_maf_one_point,
     "conditional IAF": _conditional_iaf,
     "conditional RealNVPs (dense and callable conditioners)": _conditional_real_nvp,
+    "conditional inverted RealNVP": _conditional_inverted_real_nvp,
     "conditional flow as a base (distribution_kwargs)": _conditional_nested,
     # User-written bijectors.
     "research-style: MAF stages, BatchNorm, box map, shear": _research_style,
@@ -698,6 +707,8 @@ COMPILED = ["conditional MAFs in a Chain, [N, C] conditions", "conditional MAF, 
             "batch [B], points [N, B, D]", "build_affine_surrogate_posterior (DeferredModule)",
             "conditional MAF, one [C] condition", "conditional flow as a base (distribution_kwargs)",
             "tfp_hessian.TransformedDistribution",
+            # An inverted coupling layer's block form solves nothing.
+            "conditional inverted RealNVP",
             # `ScaleMatvecLU` (its permutation's `GatherNd`, its triangular solves).
             "mixed chain", "nested", "stock over tfp_hessian.TransformedDistribution"]
 

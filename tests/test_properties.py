@@ -413,6 +413,8 @@ CONDITIONAL_LAYERS = {
         _made(dtype, rng, dim=dim, conditional_size=CONDITION_SIZE)), name=name),
     "conditional RealNVP": lambda dtype, rng, dim, name: _real_nvp_dense(
         dtype, rng, dim=dim, conditional_size=CONDITION_SIZE, name=name),
+    "conditional inverted RealNVP": lambda dtype, rng, dim, name: tfb.Invert(_real_nvp_dense(
+        dtype, rng, dim=dim, conditional_size=CONDITION_SIZE), name=name),
 }
 
 # Maps of each coordinate alone, onto parts of a structured event (any shape).

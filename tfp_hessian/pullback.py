@@ -39,6 +39,7 @@ __all__ = [
     "pull_back",
     "ConditionedAffinePullback",
     "CouplingPullback",
+    "InvertedCouplingPullback",
 ]
 
 
@@ -1092,8 +1093,9 @@ class CouplingPullback(ConditionedAffinePullback):
   the conditioner's factors taken on `y_C` only. With `|C| = |T| = D/2` these products cost about a quarter of
   the dense layer's. They are taken transposed, `Bᵀ` and `qᵀ = H_CT + Bᵀ H_TT - (V S)ᵀ` (`H` symmetric), in the
   layout of the conditioner's tangents. Everything else (``invert``, inspection, ``_curvature``) is the dense
-  `ConditionedAffinePullback` of the same layer, its conditioner embedded in all of `y`; ``invert`` (`Invert` of
-  the layer) solves with `J` by triangular solves (lower where `C` comes first, upper where it comes last).
+  `ConditionedAffinePullback` of the same layer, its conditioner embedded in all of `y`; ``invert`` solves with
+  `J` by triangular solves (lower where `C` comes first, upper where it comes last). `Invert` of the layer has a
+  block form of its own (``inverted``: `InvertedCouplingPullback`).
 
   Args:
     y: `[*batch, D]`.
@@ -1113,6 +1115,11 @@ class CouplingPullback(ConditionedAffinePullback):
   def conditioner(self):
     return self._coupling
 
+  @property
+  def blocks(self):
+    """`(C, T)`: the slices of the conditioning and the transformed coordinates."""
+    return self._blocks
+
   def with_output_permuted(self, source):
     return None  # Folding a permutation in would break the blocks.
 
@@ -1130,18 +1137,72 @@ class CouplingPullback(ConditionedAffinePullback):
     cc = _sum([h_cc, products.matmul(h_ct, b_t, transpose_b=True), products.matmul(b_t, q_t, transpose_b=True),
                products.matmul(s_t, (b_t + s_t * x_t[..., tf.newaxis, :]) * -v[..., tf.newaxis, :], transpose_b=True)]
               + _minus_contraction(self._coupling, tf.concat([v * a, v * x_t + 1], axis=-1)))
-    ct = q_t * a[..., tf.newaxis, :]
-    tc = tf.linalg.matrix_transpose(ct)
-    tt = h_tt * _outer(a, a)
     grad_c = grad[..., c] + _times(b_t, v) - tf.reduce_sum(s_t, axis=-1)
-    # The blocks' batch shapes may differ (`jacobian()` pulls back a stack of basis vectors with one Hessian).
-    blocks = cc, ct, tc, tt
-    if not (cc.shape[:-2].is_fully_defined() and all(b.shape[:-2] == cc.shape[:-2] for b in blocks)):
-      batch = tf.shape(cc)[:-2]
-      for block in blocks[1:]:
-        batch = tf.broadcast_dynamic_shape(batch, tf.shape(block)[:-2])
-      cc, ct, tc, tt = (tf.broadcast_to(b, tf.concat([batch, tf.shape(b)[-2:]], 0)) for b in blocks)
-    grad_t = v * a
-    if c.start == 0:
-      return tf.concat([grad_c, grad_t], -1), tf.concat([tf.concat([cc, ct], -1), tf.concat([tc, tt], -1)], -2)
-    return tf.concat([grad_t, grad_c], -1), tf.concat([tf.concat([tt, tc], -1), tf.concat([ct, cc], -1)], -2)
+    return _coupling_blocks(c, grad_c, v * a, cc, q_t * a[..., tf.newaxis, :], h_tt * _outer(a, a))
+
+  def inverted(self, y, y_layout=None):
+    # `Invert` of a coupling layer is a coupling layer: its own block form, no solves.
+    return InvertedCouplingPullback(self, y, y_layout)
+
+
+class InvertedCouplingPullback(InvertedPullback):
+  """`Invert` of an affine coupling layer, itself a coupling layer: `x_C = u_C`, `x_T = u_T ⊙ a + m(u_C)` with
+  `a = exp(s(u_C))`, by the block form of `CouplingPullback` rather than solves with the layer's Jacobian.
+
+  Here `x = b.forward(u)` is the `Invert` layer's inverse image and `u` its points; the inner `CouplingPullback`
+  (of `b`, taken at `x`) holds the conditioner's derivatives at `x_C = u_C`, which are all this needs. With
+  `B = ∂x_T/∂u_C = diag(x_T - m) S + M` (`a ⊙ u_T = x_T - m`), `v = (∇F)_T` and `q = H_TC + H_TT B + V S`,
+
+  .. math::
+
+      ∇^2G_{CC} &= H_{CC} + H_{CT} B + B^T q - M^T V S + \\sum_p w_p ∇^2 o_p, \\quad
+      w = [v,\\; v ⊙ (x_T - m) + 1], \\\\
+      ∇^2G_{TC} = \\operatorname{diag}(a)\\, q, \\quad
+      ∇^2G_{TT} = \\operatorname{diag}(a) H_{TT} \\operatorname{diag}(a), \\quad
+      ∇G_C = (∇F)_C + B^T v + \\sum_k ∇s_k, \\quad ∇G_T = a ⊙ v,
+
+  `o = [m, s]` the conditioner's outputs (its second derivatives through its factors, on `u_C` only). An inverted
+  RealNVP layer ran its layer's pullback backwards before: three triangular solves with the `[D, D]` Jacobian per
+  point (`python benchmarks/inverted_solves.py --flows realnvp` measures the two). `invert` (the layer itself) is
+  the inner pullback's block form.
+
+  Args:
+    inner: the `CouplingPullback` of the layer, taken at `x`.
+    x: the points it was taken at, the `Invert` layer's inverse image.
+    x_layout: the layout of `x`; None for a vector.
+  """
+
+  def __call__(self, grad, hess):
+    inner = self.inner
+    (c, t), coupling = inner.blocks, inner.conditioner
+    size = t.stop - t.start
+    shift, log_scale = coupling.outputs[..., :size], coupling.outputs[..., size:]
+    a, w = tf.exp(log_scale), self.flat_x[..., t] - shift  # w = a ⊙ u_T
+    m_t = coupling.jacobian_transpose_columns(slice(0, size))  # Mᵀ, Sᵀ: [*batch, |C|, |T|]
+    s_t = coupling.jacobian_transpose_columns(slice(size, 2 * size))
+    b_t = s_t * w[..., tf.newaxis, :] + m_t
+    v = grad[..., t]
+    rows_c, rows_t = hess[..., c, :], hess[..., t, :]
+    h_cc, h_ct, h_tt = rows_c[..., c], rows_c[..., t], rows_t[..., t]
+    q_t = h_ct + products.matmul(b_t, h_tt) + s_t * v[..., tf.newaxis, :]
+    cc = _sum([h_cc, products.matmul(h_ct, b_t, transpose_b=True), products.matmul(b_t, q_t, transpose_b=True),
+               products.matmul(m_t * -v[..., tf.newaxis, :], s_t, transpose_b=True)]
+              + _minus_contraction(coupling, -tf.concat(_broadcast_batches([v, v * w + 1], 1), axis=-1)))
+    grad_c = grad[..., c] + _times(b_t, v) + tf.reduce_sum(s_t, axis=-1)
+    return _coupling_blocks(c, grad_c, v * a, cc, q_t * a[..., tf.newaxis, :], h_tt * _outer(a, a))
+
+
+def _coupling_blocks(c, grad_c, grad_t, cc, ct, tt):
+  """`(∇G, ∇²G)` of a coupling layer from its blocks (`C` the conditioning slice, first or last): the gradient's
+  `(C, T)` parts and the Hessian's `CC`, `CT` and `TT` blocks (`TC = CTᵀ`)."""
+  tc = tf.linalg.matrix_transpose(ct)
+  # The blocks' batch shapes may differ (`jacobian()` pulls back a stack of basis vectors with one Hessian).
+  blocks = cc, ct, tc, tt
+  if not (cc.shape[:-2].is_fully_defined() and all(b.shape[:-2] == cc.shape[:-2] for b in blocks)):
+    batch = tf.shape(cc)[:-2]
+    for block in blocks[1:]:
+      batch = tf.broadcast_dynamic_shape(batch, tf.shape(block)[:-2])
+    cc, ct, tc, tt = (tf.broadcast_to(b, tf.concat([batch, tf.shape(b)[-2:]], 0)) for b in blocks)
+  if c.start == 0:
+    return tf.concat([grad_c, grad_t], -1), tf.concat([tf.concat([cc, ct], -1), tf.concat([tc, tt], -1)], -2)
+  return tf.concat([grad_t, grad_c], -1), tf.concat([tf.concat([tt, tc], -1), tf.concat([ct, cc], -1)], -2)

@@ -8,8 +8,9 @@ In order of preference:
 - `Invert(Invert(c))` is `c`;
 - `b`'s forward rule, where it has one: derivatives of `b.forward` at the point itself, exact to the last digit
   at the edges of the support;
-- `b`'s own pullback, taken at `v = b.forward(y)` and run backwards (`InvertedPullback`): exact, but at a
-  rounded `v` where the support ends;
+- `b`'s own pullback, taken at `v = b.forward(y)` and run backwards (`Pullback.inverted`: generally
+  `InvertedPullback`, three solves with its Jacobian per point; a coupling layer's inverse is a coupling layer,
+  which keeps its block form): exact, but at a rounded `v` where the support ends;
 - with none of these, `Invert(b)` is served by the autodiff fallback.
 
 Keyword arguments go where TFP sends them: `Invert(b).inverse(y, **kw)` is `b.forward(y, **kw)`.
@@ -19,7 +20,6 @@ import tensorflow_probability as tfp
 
 from tfp_hessian import events, private_api, registry
 from tfp_hessian.bijectors.chain import chain_members, composed, joint_map_pullback
-from tfp_hessian.pullback import InvertedPullback
 
 tfb = tfp.bijectors
 
@@ -64,7 +64,7 @@ def inverted_pullback(bijector, y, layout, kwargs):
   v = bijector.forward(y, **kwargs)
   v_layout = events.layout_of(v, bijector.forward_event_ndims(layout.ranks, **kwargs))
   if registry.has_analytic_rule(bijector, v_layout):
-    return InvertedPullback(registry.pullback(bijector, v, v_layout, kwargs), v, v_layout)
+    return registry.pullback(bijector, v, v_layout, kwargs).inverted(v, v_layout)
   return registry.fallback(tfb.Invert(bijector), y, layout, kwargs)
 
 
