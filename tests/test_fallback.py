@@ -12,7 +12,7 @@ import tensorflow_probability as tfp
 
 import tfp_hessian
 from tfp_hessian import bijectors as hb
-from tfp_hessian import events, reference, registry
+from tfp_hessian import events, pullback, reference, registry
 from tfp_hessian.bijectors import autodiff
 from tfp_hessian.examples import BoxMap, Shear
 from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback, InvertedPullback
@@ -148,12 +148,52 @@ def _shear(dim):
   return Shear(tf.constant(np.random.default_rng(1).normal(size=(dim, dim)) * 0.7, tf.float64))
 
 
+class _ReversedShear(tfb.Bijector):
+  """`Shear` in the reverse order of the coordinates, `y = P shear(P x)` (`P` the reversal) written as one layer:
+  its Jacobian is upper triangular, its inverse a loop."""
+
+  def __init__(self, dim):
+    self._shear = _shear(dim)
+    super().__init__(forward_min_event_ndims=1, name="reversed_shear")
+
+  def _forward(self, x):
+    return tf.reverse(self._shear.forward(tf.reverse(x, [-1])), [-1])
+
+  def _inverse(self, y):
+    return tf.reverse(self._shear.inverse(tf.reverse(y, [-1])), [-1])
+
+  def _inverse_log_det_jacobian(self, y):
+    return tf.zeros_like(y[..., 0])
+
+
+class _RotatedShear(tfb.Bijector):
+  """`y = R shear(x)` for a rotation `R`, written as one layer: a dense Jacobian, an inverse that loops."""
+
+  def __init__(self, dim):
+    self._shear = _shear(dim)
+    self._rotation = tf.constant(np.linalg.qr(np.random.default_rng(2).normal(size=(dim, dim)))[0])
+    super().__init__(forward_min_event_ndims=1, name="rotated_shear")
+
+  def _forward(self, x):
+    return tf.linalg.matvec(self._rotation, self._shear.forward(x))
+
+  def _inverse(self, y):
+    return self._shear.inverse(tf.linalg.matvec(self._rotation, y, transpose_a=True))
+
+  def _inverse_log_det_jacobian(self, y):
+    return tf.zeros_like(y[..., 0])
+
+
 # Vector-event bijectors without a rule, with the direction the fallback differentiates them in: the forward map
 # (then run backwards, an `InvertedPullback`) where the inverse's graph loops or has `INVERSE_COST_RATIO` times the
 # forward's ops, else the inverse (an `AutodiffPullback`).
 DIRECTIONS = {
     # A Python loop over the 16 coordinates to invert (~230 ops), a matvec and a tanh forward (~16).
     "Shear, D = 16": (lambda: _shear(16), 16, InvertedPullback),
+    # The same forward map run backwards: solves with an upper triangular Jacobian, and with a dense one
+    # (`pullback._adjoint_solver` sees which at run time).
+    "reversed Shear, D = 16": (lambda: _ReversedShear(16), 16, InvertedPullback),
+    "rotated Shear, D = 16": (lambda: _RotatedShear(16), 16, InvertedPullback),
     # At D = 4 the loop is short (~64 ops against ~16).
     "Shear, D = 4": (lambda: _shear(4), 4, AutodiffPullback),
     # Its inverse is MAF's forward, a `tf.while_loop`.
@@ -205,3 +245,28 @@ def test_analytic_rules_still_win_over_the_elementwise_fallback():
   bijector = tfb.Softplus()
   assert autodiff.is_coordinatewise(bijector) and registry.has_analytic_rule(bijector)
   assert registry.lookup(bijector) is not registry.fallback
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_solves_see_at_run_time_whether_a_jacobian_is_triangular(dtype):
+  """The forward direction's solves (`pullback._adjoint_solver(..., triangle="check")`) take triangular solves where
+  the Jacobians are lower or upper triangular at every point (`_triangle_at_run_time`: 0, 1), general ones otherwise
+  (2), and give NaN at a non-finite point only; the solutions are those of the solves chosen."""
+  rng = np.random.default_rng(0)
+  lower = np.tril(rng.normal(size=(5, 6, 6)) * 3, -1) + np.eye(6) * rng.uniform(0.5, 1, size=(5, 1, 6))
+  one_dense = lower.copy()
+  one_dense[3, 1, 4] = 0.2  # one point's matrix has an entry above the diagonal
+  rhs = tf.constant(rng.normal(size=(5, 6, 3)), dtype)
+  cases = ((lower, 0, "lower"), (np.swapaxes(lower, -1, -2), 1, "upper"), (one_dense, 2, None),
+           (np.eye(6) * rng.uniform(0.5, 1, size=(5, 1, 6)), 0, "lower"))  # diagonal: both; lower is taken
+  for matrix, index, triangle in cases:
+    matrix = tf.constant(matrix, dtype)
+    assert pullback._triangle_at_run_time(matrix) == index, triangle
+    for transposed in (False, True):
+      np.testing.assert_array_equal(pullback._adjoint_solver(matrix, transposed, "check")(rhs),
+                                    pullback._adjoint_solver(matrix, transposed, triangle)(rhs))
+  broken = tf.tensor_scatter_nd_update(tf.constant(lower, dtype), [[2, 0, 0]], tf.constant([np.nan], dtype))
+  solved = pullback._adjoint_solver(broken, False, "check")(rhs).numpy()
+  assert np.all(np.isnan(solved[2])) and np.all(np.isfinite(np.delete(solved, 2, axis=0)))
+  np.testing.assert_array_equal(np.delete(solved, 2, axis=0),
+                                np.delete(pullback._adjoint_solver(broken, False, "lower")(rhs).numpy(), 2, axis=0))
