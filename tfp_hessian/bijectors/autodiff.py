@@ -40,8 +40,11 @@ __all__ = ["autodiff_rule", "elementwise_autodiff_rule", "flat_autodiff_rule", "
 # Measured on flows with user-written `Shear`s (`examples.Shear`: ~14 ops per coordinate to invert, ~37 forward),
 # float32, `python benchmarks/fallback_direction.py`: the forward direction 1.25–2.8× faster at D = 16 and 32, within
 # 0.95–1.1× at D = 8 (op ratio 3.8), 0.5–0.8× at D = 4 (ratio 2.3), at 1024 points; first call 4–5 s instead of
-# 11–29 s from D = 16.
-INVERSE_COST_RATIO = 4
+# 11–29 s from D = 16. Since its solves see a triangular Jacobian at run time (session 37), D = 8 takes the forward
+# map too: per call 0.97–1.07× the inverse's, first call 2.0–2.8 s instead of 3.4–3.7 (research flow and 4 shears, 16
+# and 1024 points; `python benchmarks/fallback_direction.py --flows research_flow shears --dims 6 7 8`), where at D = 7
+# (ratio 3.4) the forward map ran 0.79–1.36×.
+INVERSE_COST_RATIO = 3.5
 _LOOPS = frozenset({"While", "StatelessWhile", "For"})
 
 
