@@ -11,8 +11,8 @@ mostly autoregressive, so triangular; the solves see it at run time from the Jac
 triangular. "new" is the default call; "old" the same call traced with general solves (as before session 37). Flows:
 
 - `research_flow`: `tfp_hessian.examples.research_flow` (3 `Shear`s, lower triangular);
-- `reversed_shear`: one `Shear` on the coordinates reversed, written as one layer (upper triangular);
-- `rotated_shear`: a rotation after a `Shear`, written as one layer: a dense Jacobian, where the check costs and
+- `reversed_shear`: `examples.ReversedShear`, a `Shear` on the coordinates reversed (upper triangular);
+- `rotated_shear`: `examples.RotatedShear`, a rotation after a `Shear`: a dense Jacobian, where the check costs and
   gains nothing.
 
 Calls interleaved round-robin (`harness`), medians in ms, old/new, and how far the two Hessians are apart;
@@ -29,55 +29,21 @@ from tfp_hessian import examples, pullback
 
 import harness  # benchmarks/harness/, beside this script
 
-tfb, tfd = tfp.bijectors, tfp.distributions
-
-
-class _ReversedShear(tfb.Bijector):
-  """`y = P shear(P x)`, `P` the reversal of the coordinates, as one layer: an upper triangular Jacobian."""
-
-  def __init__(self, shear):
-    self._shear = shear
-    super().__init__(forward_min_event_ndims=1, name="reversed_shear")
-
-  def _forward(self, x):
-    return tf.reverse(self._shear.forward(tf.reverse(x, [-1])), [-1])
-
-  def _inverse(self, y):
-    return tf.reverse(self._shear.inverse(tf.reverse(y, [-1])), [-1])
-
-  def _inverse_log_det_jacobian(self, y):
-    return tf.zeros_like(y[..., 0])
-
-
-class _RotatedShear(tfb.Bijector):
-  """`y = R shear(x)`, `R` a rotation, as one layer: a dense Jacobian."""
-
-  def __init__(self, shear, rotation):
-    self._shear, self._rotation = shear, rotation
-    super().__init__(forward_min_event_ndims=1, name="rotated_shear")
-
-  def _forward(self, x):
-    return tf.linalg.matvec(self._rotation, self._shear.forward(x))
-
-  def _inverse(self, y):
-    return self._shear.inverse(tf.linalg.matvec(self._rotation, y, transpose_a=True))
-
-  def _inverse_log_det_jacobian(self, y):
-    return tf.zeros_like(y[..., 0])
+tfd = tfp.distributions
 
 
 def _over_gaussian(bijector, dim):
   return tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(dim)), bijector)
 
 
-def _shear(rng, dim):
-  return examples.Shear(tf.constant(rng.normal(size=(dim, dim)) * 0.3, tf.float32))
+def _weights(rng, dim):
+  return tf.constant(rng.normal(size=(dim, dim)) * 0.3, tf.float32)
 
 
 FLOWS = {
     "research_flow": lambda dim, rng: examples.research_flow(dim=dim),
-    "reversed_shear": lambda dim, rng: _over_gaussian(_ReversedShear(_shear(rng, dim)), dim),
-    "rotated_shear": lambda dim, rng: _over_gaussian(_RotatedShear(_shear(rng, dim), tf.constant(
+    "reversed_shear": lambda dim, rng: _over_gaussian(examples.ReversedShear(_weights(rng, dim)), dim),
+    "rotated_shear": lambda dim, rng: _over_gaussian(examples.RotatedShear(_weights(rng, dim), tf.constant(
         np.linalg.qr(rng.normal(size=(dim, dim)))[0], tf.float32)), dim),
 }
 

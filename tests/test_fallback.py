@@ -14,7 +14,7 @@ import tfp_hessian
 from tfp_hessian import bijectors as hb
 from tfp_hessian import events, pullback, reference, registry
 from tfp_hessian.bijectors import autodiff
-from tfp_hessian.examples import BoxMap, Shear
+from tfp_hessian.examples import BoxMap, ReversedShear, RotatedShear, Shear
 from tfp_hessian.pullback import AutodiffPullback, ElementwisePullback, InvertedPullback
 
 from cases import BIJECTORS, DIM, RTOL, assert_close, flow_and_points
@@ -148,40 +148,14 @@ def _shear(dim):
   return Shear(tf.constant(np.random.default_rng(1).normal(size=(dim, dim)) * 0.7, tf.float64))
 
 
-class _ReversedShear(tfb.Bijector):
-  """`Shear` in the reverse order of the coordinates, `y = P shear(P x)` (`P` the reversal) written as one layer:
-  its Jacobian is upper triangular, its inverse a loop."""
-
-  def __init__(self, dim):
-    self._shear = _shear(dim)
-    super().__init__(forward_min_event_ndims=1, name="reversed_shear")
-
-  def _forward(self, x):
-    return tf.reverse(self._shear.forward(tf.reverse(x, [-1])), [-1])
-
-  def _inverse(self, y):
-    return tf.reverse(self._shear.inverse(tf.reverse(y, [-1])), [-1])
-
-  def _inverse_log_det_jacobian(self, y):
-    return tf.zeros_like(y[..., 0])
+def _reversed_shear(dim):
+  return ReversedShear(tf.constant(np.random.default_rng(1).normal(size=(dim, dim)) * 0.7, tf.float64))
 
 
-class _RotatedShear(tfb.Bijector):
-  """`y = R shear(x)` for a rotation `R`, written as one layer: a dense Jacobian, an inverse that loops."""
-
-  def __init__(self, dim):
-    self._shear = _shear(dim)
-    self._rotation = tf.constant(np.linalg.qr(np.random.default_rng(2).normal(size=(dim, dim)))[0])
-    super().__init__(forward_min_event_ndims=1, name="rotated_shear")
-
-  def _forward(self, x):
-    return tf.linalg.matvec(self._rotation, self._shear.forward(x))
-
-  def _inverse(self, y):
-    return self._shear.inverse(tf.linalg.matvec(self._rotation, y, transpose_a=True))
-
-  def _inverse_log_det_jacobian(self, y):
-    return tf.zeros_like(y[..., 0])
+def _rotated_shear(dim):
+  rotation = np.linalg.qr(np.random.default_rng(2).normal(size=(dim, dim)))[0]
+  return RotatedShear(tf.constant(np.random.default_rng(1).normal(size=(dim, dim)) * 0.7, tf.float64),
+                      tf.constant(rotation))
 
 
 # Vector-event bijectors without a rule, with the direction the fallback differentiates them in: the forward map
@@ -192,8 +166,8 @@ DIRECTIONS = {
     "Shear, D = 16": (lambda: _shear(16), 16, InvertedPullback),
     # The same forward map run backwards: solves with an upper triangular Jacobian, and with a dense one
     # (`pullback._adjoint_solver` sees which at run time).
-    "reversed Shear, D = 16": (lambda: _ReversedShear(16), 16, InvertedPullback),
-    "rotated Shear, D = 16": (lambda: _RotatedShear(16), 16, InvertedPullback),
+    "reversed Shear, D = 16": (lambda: _reversed_shear(16), 16, InvertedPullback),
+    "rotated Shear, D = 16": (lambda: _rotated_shear(16), 16, InvertedPullback),
     # At D = 4 the loop is short (~64 ops against ~16).
     "Shear, D = 4": (lambda: _shear(4), 4, AutodiffPullback),
     # Its inverse is MAF's forward, a `tf.while_loop`.

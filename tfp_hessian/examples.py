@@ -2,6 +2,8 @@
 
 - `BoxMap` and `Shear` are bijectors as research code writes them: subclasses of `tfb.Bijector` with vector events
   (`forward_min_event_ndims=1`) and no Hessian rule, so the sweep serves them by its autodiff fallback;
+  `ReversedShear` (an upper triangular Jacobian) and `RotatedShear` (a dense one) are variants with inverses that
+  loop, for the fallback's forward direction;
 - `research_flow`: MAF stages with `Permute` and `BatchNormalization`, a post-affine layer and a map onto a box;
 - `conditional_maf`: an amortized posterior `q(θ | x)`, MAFs over conditional `AutoregressiveNetwork`s;
 - `named_model`: a model over named parameters, a `JointDistributionNamed` whose parts depend on each other, and
@@ -20,8 +22,8 @@ import tf_keras
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
-__all__ = ["BoxMap", "Shear", "autoregressive_network", "conditional_maf", "named_model", "named_surrogate",
-           "research_flow"]
+__all__ = ["BoxMap", "ReversedShear", "RotatedShear", "Shear", "autoregressive_network", "conditional_maf",
+           "named_model", "named_surrogate", "research_flow"]
 
 
 class BoxMap(tfb.Bijector):
@@ -73,6 +75,44 @@ class Shear(tfb.Bijector):
       shift = tf.reduce_sum(tf.stack(xs, -1) * weights[i, :i], -1) if xs else tf.zeros_like(y[..., 0])
       xs.append(y[..., i] - tf.tanh(shift))
     return tf.stack(xs, axis=-1)
+
+  def _inverse_log_det_jacobian(self, y):
+    return tf.zeros_like(y[..., 0])
+
+
+class ReversedShear(tfb.Bijector):
+  """`Shear` on the coordinates in reverse order, `y = P shear(P x)` (`P` the reversal), written as one layer: an
+  upper triangular Jacobian, an inverse that loops."""
+
+  def __init__(self, weights, name="reversed_shear"):
+    parameters = dict(locals())
+    self._shear = Shear(weights)
+    super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
+
+  def _forward(self, x):
+    return tf.reverse(self._shear.forward(tf.reverse(x, [-1])), [-1])
+
+  def _inverse(self, y):
+    return tf.reverse(self._shear.inverse(tf.reverse(y, [-1])), [-1])
+
+  def _inverse_log_det_jacobian(self, y):
+    return tf.zeros_like(y[..., 0])
+
+
+class RotatedShear(tfb.Bijector):
+  """`y = R shear(x)` for an orthogonal `R` (`rotation`, `[D, D]`), written as one layer: a dense Jacobian, an
+  inverse that loops."""
+
+  def __init__(self, weights, rotation, name="rotated_shear"):
+    parameters = dict(locals())
+    self._shear, self._rotation = Shear(weights), rotation
+    super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
+
+  def _forward(self, x):
+    return tf.linalg.matvec(self._rotation, self._shear.forward(x))
+
+  def _inverse(self, y):
+    return self._shear.inverse(tf.linalg.matvec(self._rotation, y, transpose_a=True))
 
   def _inverse_log_det_jacobian(self, y):
     return tf.zeros_like(y[..., 0])
