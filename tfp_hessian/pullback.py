@@ -92,14 +92,14 @@ def _adjoint_solver(matrix, transposed=False, triangle=None):
       return tf.linalg.solve(square, rhs, adjoint=not transposed)
 
     def triangular(lower):
-      return lambda: tf.linalg.triangular_solve(square, rhs, lower=lower, adjoint=not transposed)
+      return tf.linalg.triangular_solve(square, rhs, lower=lower, adjoint=not transposed)
 
     if triangle == "check":
-      solution = tf.switch_case(branch, [triangular(True), triangular(False), general])
+      solution = tf.switch_case(branch, [lambda: triangular(True), lambda: triangular(False), general])
     elif triangle is None:
       solution = general()
     else:
-      solution = triangular(triangle == "lower")()
+      solution = triangular(triangle == "lower")
     return tf.where(finite, solution, tf.constant(float("nan"), rhs.dtype))
 
   return solve
