@@ -1190,8 +1190,8 @@ class InvertedCouplingPullback(InvertedPullback):
 
   `o = [m, s]` the conditioner's outputs (its second derivatives through its factors, on `u_C` only). An inverted
   RealNVP layer ran its layer's pullback backwards before: three triangular solves with the `[D, D]` Jacobian per
-  point (`python benchmarks/inverted_solves.py --flows realnvp` measures the two). `invert` (the layer itself) is
-  the inner pullback's block form.
+  point (`python benchmarks/inverted_solves.py --flows realnvp --old run-backwards` measures the two). `invert`
+  (the layer itself) is the inner pullback's block form.
 
   Args:
     inner: the `CouplingPullback` of the layer, taken at `x`.
